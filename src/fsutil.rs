@@ -1,0 +1,1 @@
+//! File-system helpers. STUB: replaced by the local-source work.

@@ -1,0 +1,14 @@
+//! assistd: a small, synchronous host agent that runs commands for the Cloud Assistant
+//! control plane, or from a local task directory. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod fsutil;
+pub mod model;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod signals;
+pub mod source;
+pub mod timer;

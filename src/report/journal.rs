@@ -1,0 +1,1 @@
+//! The local journal. STUB: replaced by the journal work.

@@ -1,0 +1,132 @@
+//! Schedules of periodic tasks: cron, rate and at expressions, parsed from text into a value
+//! that answers "when is the next run after this instant". Pure: reads no clock and no file
+//! (the system zone is resolved once by the caller and passed in).
+
+pub mod at;
+pub mod cron;
+pub mod rate;
+pub mod tz;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+pub use tz::Zone;
+
+/// Which grammar an expression is parsed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleKind {
+    Cron,
+    Rate,
+    At,
+}
+
+/// A parsed schedule.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Cron(cron::CronSchedule),
+    Rate(rate::RateSchedule),
+    At(at::AtSchedule),
+}
+
+/// The error codes of spec §5.5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidCronExpression,
+    TimezoneInformationCorrupt,
+    InvalidGMTOffsetForTimezone,
+    InvalidGMTOffsetHourForTimezone,
+    InvalidGMTOffsetMinuteForTimezone,
+    CronExpressionExpired,
+    InvalidRateExpression,
+    RateFrequencyTooLarge,
+    InvalidAtExpression,
+    AtExpressionExpired,
+}
+
+/// A schedule that cannot be parsed or has no run left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleError {
+    pub code: ErrorCode,
+    /// What exactly is wrong, e.g. `syntax error in hour field: '25'`.
+    pub detail: Option<String>,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidCronExpression => "InvalidCronExpression",
+            ErrorCode::TimezoneInformationCorrupt => "TimezoneInformationCorrupt",
+            ErrorCode::InvalidGMTOffsetForTimezone => "InvalidGMTOffsetForTimezone",
+            ErrorCode::InvalidGMTOffsetHourForTimezone => "InvalidGMTOffsetHourForTimezone",
+            ErrorCode::InvalidGMTOffsetMinuteForTimezone => "InvalidGMTOffsetMinuteForTimezone",
+            ErrorCode::CronExpressionExpired => "CronExpressionExpired",
+            ErrorCode::InvalidRateExpression => "InvalidRateExpression",
+            ErrorCode::RateFrequencyTooLarge => "RateFrequencyTooLarge",
+            ErrorCode::InvalidAtExpression => "InvalidAtExpression",
+            ErrorCode::AtExpressionExpired => "AtExpressionExpired",
+        }
+    }
+}
+
+impl ScheduleError {
+    pub fn new(code: ErrorCode) -> ScheduleError {
+        ScheduleError { code, detail: None }
+    }
+
+    pub fn with_detail(code: ErrorCode, detail: impl Into<String>) -> ScheduleError {
+        ScheduleError { code, detail: Some(detail.into()) }
+    }
+}
+
+impl fmt::Display for ScheduleError {
+    /// `<Code>` or `<Code>: <detail>`: the text of `assistd next` errors and of invalid reports.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code.as_str())?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ScheduleError {}
+
+impl Schedule {
+    /// Parses `expr` with the grammar of `kind`. `creation_ms` anchors rates; `system_zone`
+    /// is used by a cron without a zone suffix. Does not check for expiry (see `first_after`).
+    pub fn parse(expr: &str, kind: ScheduleKind, creation_ms: i64, system_zone: &Zone) -> Result<Schedule, ScheduleError> {
+        match kind {
+            ScheduleKind::Cron => cron::CronSchedule::parse(expr, system_zone).map(Schedule::Cron),
+            ScheduleKind::Rate => rate::RateSchedule::parse(expr, creation_ms).map(Schedule::Rate),
+            ScheduleKind::At => at::AtSchedule::parse(expr).map(Schedule::At),
+        }
+    }
+
+    /// The first run strictly after `from`, or `None` when the schedule has no run left.
+    pub fn next_after(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Cron(c) => c.next_after(from),
+            Schedule::Rate(r) => r.next_after(from),
+            Schedule::At(a) => a.next_after(from),
+        }
+    }
+
+    /// Like `next_after`, but no run at all is an error (`CronExpressionExpired`, `AtExpressionExpired`).
+    pub fn first_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, ScheduleError> {
+        self.next_after(now).ok_or_else(|| {
+            ScheduleError::new(match self {
+                Schedule::At(_) => ErrorCode::AtExpressionExpired,
+                _ => ErrorCode::CronExpressionExpired,
+            })
+        })
+    }
+
+    /// The zone a cron is evaluated in; `None` for rate and at (they are absolute).
+    pub fn zone(&self) -> Option<&Zone> {
+        match self {
+            Schedule::Cron(c) => Some(c.zone()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The local task directory. STUB: replaced by the local-source work.
