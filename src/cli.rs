@@ -1,1 +1,514 @@
-//! STUB
+//! Command-line interface: subcommands `agent`, `next`, `check`, `journal`, hand-parsed flags,
+//! and how errors become one line on stderr and an exit code. It wires handles together and
+//! holds no agent logic of its own.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
+use crate::engine::{Engine, EngineConfig, Reload};
+use crate::fsutil::StateDir;
+use crate::report::journal::{self, Journal, JournalLimits};
+use crate::runner::{self, RunnerConfig};
+use crate::schedule::{self, Schedule, ScheduleKind};
+use crate::source::local::{self, LocalSource, RebootState};
+use crate::source::SourceEvent;
+use crate::{signals, timer};
+
+pub const USAGE: &str = "\
+assistd: runs commands for a cloud control plane, or from a local task directory
+
+USAGE:
+    assistd agent --local DIR [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
+    assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
+    assistd check DIR|FILE
+    assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
+    assistd --version | --help
+
+COMMANDS:
+    agent     run in the foreground; with --local, tasks are the *.json files of DIR and
+              results go to the journal in the state dir (default /var/lib/assistd).
+              SIGHUP re-reads DIR; SIGTERM/SIGINT stop cleanly.
+    next      print the next fire times of a cron, rate or at expression, in UTC
+    check     validate task files; one line per problem
+    journal   print the local journal for people
+
+EXIT CODES:
+    0 ok, 1 `check` found problems, 2 error
+";
+
+/// An error that ends a command: printed as one line, exit code 2.
+#[derive(Debug)]
+pub enum CliError {
+    Usage(String),
+    Config(ConfigError),
+    Schedule(schedule::ScheduleError),
+    Io { what: String, source: io::Error },
+    Engine(crate::engine::EngineError),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(msg) => write!(f, "{msg} (see assistd --help)"),
+            CliError::Config(e) => e.fmt(f),
+            CliError::Schedule(e) => e.fmt(f),
+            CliError::Io { what, .. } => f.write_str(what),
+            CliError::Engine(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CliError::Config(e) => e.source(),
+            CliError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CliError {
+    let what = what.into();
+    move |source| CliError::Io { what, source }
+}
+
+/// `error: a: b: c` — the error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// True when the error is a closed stdout (`assistd journal | head`), which is not a failure.
+fn is_broken_pipe(e: &CliError) -> bool {
+    matches!(e, CliError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+}
+
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    match run(args) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Hand-written flag parsing: `--name value` or `--name=value`, positionals in order.
+struct Args {
+    items: Vec<String>,
+    positionals: Vec<String>,
+}
+
+impl Args {
+    fn new(raw: Vec<OsString>) -> Result<Args, CliError> {
+        let mut items = Vec::new();
+        for a in raw {
+            items.push(
+                a.into_string()
+                    .map_err(|a| CliError::Usage(format!("argument is not UTF-8: {a:?}")))?,
+            );
+        }
+        Ok(Args {
+            items,
+            positionals: Vec::new(),
+        })
+    }
+
+    /// Takes `--name VALUE` (or `--name=VALUE`) out of the arguments.
+    fn value(&mut self, name: &str) -> Result<Option<String>, CliError> {
+        let prefix = format!("{name}=");
+        for i in 0..self.items.len() {
+            if self.items[i] == name {
+                if i + 1 >= self.items.len() {
+                    return Err(CliError::Usage(format!("{name} needs a value")));
+                }
+                let v = self.items.remove(i + 1);
+                self.items.remove(i);
+                return Ok(Some(v));
+            }
+            if let Some(v) = self.items[i].strip_prefix(&prefix) {
+                let v = v.to_string();
+                self.items.remove(i);
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn flag(&mut self, name: &str) -> bool {
+        match self.items.iter().position(|a| a == name) {
+            Some(i) => {
+                self.items.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After all flags are taken: the rest are positionals; anything starting with `--` is unknown.
+    /// A lone `--` ends the flags (so `assistd next -- "-5 ..."` style values stay possible).
+    fn finish(&mut self) -> Result<(), CliError> {
+        let mut rest = std::mem::take(&mut self.items).into_iter();
+        while let Some(a) = rest.next() {
+            if a == "--" {
+                self.positionals.extend(rest.by_ref());
+                break;
+            }
+            if a.starts_with("--") {
+                return Err(CliError::Usage(format!("unknown option {a}")));
+            }
+            self.positionals.push(a);
+        }
+        Ok(())
+    }
+}
+
+pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
+    let mut args = Args::new(raw)?;
+    if args.items.is_empty() || args.flag("--help") || args.flag("-h") {
+        print!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.flag("--version") || args.flag("-V") {
+        println!("assistd {}", env!("CARGO_PKG_VERSION"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let command = args.items.remove(0);
+    match command.as_str() {
+        "agent" => cmd_agent(args),
+        "next" => cmd_next(args),
+        "check" => cmd_check(args),
+        "journal" => cmd_journal(args),
+        other => Err(CliError::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+/// The config file (from `--config`, else the default location if present) with the flags
+/// every command shares applied on top.
+fn load_config(args: &mut Args) -> Result<Config, CliError> {
+    let mut cfg = match args.value("--config")? {
+        Some(path) => Config::load(Path::new(&path), true),
+        None => Config::load(Path::new(DEFAULT_CONFIG), false),
+    }
+    .map_err(CliError::Config)?;
+    if let Some(dir) = args.value("--state-dir")? {
+        cfg.state_dir = PathBuf::from(dir);
+    }
+    Ok(cfg)
+}
+
+fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
+    let mut cfg = load_config(&mut args)?;
+    if let Some(dir) = args.value("--local")? {
+        cfg.local_dir = Some(PathBuf::from(dir));
+    }
+    if let Some(n) = args.value("--workers")? {
+        cfg.workers = n
+            .parse()
+            .ok()
+            .filter(|n| (1..=crate::engine::MAX_WORKERS).contains(n))
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--workers must be a number from 1 to 500, not {n:?}"
+                ))
+            })?;
+    }
+    if let Some(level) = args.value("--log-level")? {
+        cfg.log_level = level
+            .parse()
+            .map_err(|_| CliError::Usage(format!("unknown log level {level:?}")))?;
+    }
+    args.finish()?;
+    if let Some(extra) = args.positionals.first() {
+        return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    let Some(local_dir) = cfg.local_dir.clone() else {
+        return Err(CliError::Usage(
+            "remote mode is not available in this build yet; run with --local DIR".to_string(),
+        ));
+    };
+
+    // Block the signals before any thread exists, so every thread inherits the mask.
+    signals::block().map_err(io_err("cannot block signals"))?;
+    init_logging(cfg.log_level);
+    log::info!(
+        "phase=startup assistd {} local mode on {}",
+        env!("CARGO_PKG_VERSION"),
+        local_dir.display()
+    );
+
+    let state = StateDir::new(cfg.state_dir.clone());
+    state.create().map_err(io_err(format!(
+        "cannot create state dir {}",
+        cfg.state_dir.display()
+    )))?;
+    let _lock =
+        crate::fsutil::lock_exclusive(&state.lock_file()).map_err(|source| CliError::Io {
+            what: format!(
+                "another assistd is already running with state dir {} (lock {})",
+                cfg.state_dir.display(),
+                state.lock_file().display()
+            ),
+            source,
+        })?;
+    let journal = Journal::open(
+        &state.journal_dir(),
+        JournalLimits {
+            max_bytes: cfg.journal_max_bytes,
+            keep: cfg.journal_keep,
+        },
+    )
+    .map_err(io_err(format!(
+        "cannot open the journal in {}",
+        state.journal_dir().display()
+    )))?;
+    let reboot = RebootState::load(&state).map_err(io_err("cannot load the reboot-task state"))?;
+
+    let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
+    let (timer, timer_join) = timer::spawn(timer::SystemClock);
+    let engine_cfg = EngineConfig {
+        workers: cfg.workers,
+        runner: RunnerConfig {
+            script_dir: state.script_dir(),
+            allow_power_actions: cfg.allow_power_actions,
+        },
+        system_zone: schedule::tz::system_zone(),
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    let engine = Engine::new(engine_cfg, Arc::new(journal), timer);
+    let mut source = LocalReload(LocalSource::new(local_dir, reboot));
+    let result = engine.run(&mut source, crossbeam_channel::never(), signals);
+    // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
+    let _ = timer_join.join();
+    result.map_err(CliError::Engine)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The local task directory as the engine's reload hook: logs every bad file and goes on.
+struct LocalReload(LocalSource);
+
+impl Reload for LocalReload {
+    fn reload(&mut self) -> Vec<SourceEvent> {
+        let scan = self.0.scan();
+        for error in &scan.errors {
+            log::error!("phase=load skipping task file: {}", error_chain(error));
+        }
+        log::info!(
+            "phase=load {} change(s), {} bad file(s)",
+            scan.events.len(),
+            scan.errors.len()
+        );
+        scan.events
+    }
+}
+
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    // Only fails when a logger is already set (a second agent in one test process): keep that one.
+    let _ = simplelog::WriteLogger::init(level, config, io::stderr());
+}
+
+/// The grammar an expression looks like: `rate(`, `at(`, else cron.
+fn guess_kind(expr: &str) -> ScheduleKind {
+    let lower = expr.trim_start().to_ascii_lowercase();
+    if lower.starts_with("rate") {
+        ScheduleKind::Rate
+    } else if lower.starts_with("at(") {
+        ScheduleKind::At
+    } else {
+        ScheduleKind::Cron
+    }
+}
+
+fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
+    let from = match args.value("--from")? {
+        Some(text) => DateTime::parse_from_rfc3339(&text)
+            .map_err(|e| CliError::Usage(format!("--from {text:?} is not an RFC 3339 time ({e})")))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let count: usize = match args.value("--count")? {
+        Some(n) => n
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--count must be a number, not {n:?}")))?,
+        None => 5,
+    };
+    let kind = match args.value("--repeat")?.as_deref() {
+        None => None,
+        Some("Period") => Some(ScheduleKind::Cron),
+        Some("Rate") => Some(ScheduleKind::Rate),
+        Some("At") => Some(ScheduleKind::At),
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "--repeat must be Period, Rate or At, not {other:?}"
+            )))
+        }
+    };
+    let creation_ms: i64 = match args.value("--creation-time")? {
+        Some(n) => n.parse().map_err(|_| {
+            CliError::Usage(format!("--creation-time must be milliseconds, not {n:?}"))
+        })?,
+        None => 0,
+    };
+    args.finish()?;
+    let [expr] = args.positionals.as_slice() else {
+        return Err(CliError::Usage(
+            "next takes exactly one expression (quote it)".to_string(),
+        ));
+    };
+    let kind = kind.unwrap_or_else(|| guess_kind(expr));
+    let zone = schedule::tz::system_zone();
+    let schedule = Schedule::parse(expr, kind, creation_ms, &zone).map_err(CliError::Schedule)?;
+    let mut next = schedule.first_after(from).map_err(CliError::Schedule)?;
+    let mut out = io::stdout().lock();
+    for i in 0..count {
+        writeln!(out, "{}", next.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .map_err(io_err("cannot write"))?;
+        if i + 1 == count {
+            break;
+        }
+        match schedule.next_after(next) {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
+    args.finish()?;
+    let [target] = args.positionals.as_slice() else {
+        return Err(CliError::Usage(
+            "check takes one task file or directory".to_string(),
+        ));
+    };
+    let target = PathBuf::from(target);
+    let files = if target.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
+            .map_err(io_err(format!("cannot read {}", target.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![target]
+    };
+    let zone = schedule::tz::system_zone();
+    let mut problems = 0;
+    let mut out = io::stdout().lock();
+    for file in &files {
+        for problem in check_file(file, &zone) {
+            problems += 1;
+            writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+        }
+    }
+    if problems > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    writeln!(out, "{} task file(s) OK", files.len()).map_err(io_err("cannot write"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every problem of one task file, each as one line naming the file.
+fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
+    let info = match local::load_file(path) {
+        Ok(info) => info,
+        Err(e) => return vec![error_chain(&e)],
+    };
+    let mut problems = Vec::new();
+    if info.repeat.is_periodic() {
+        let kind = match info.repeat {
+            crate::model::RepeatType::Rate => ScheduleKind::Rate,
+            crate::model::RepeatType::At => ScheduleKind::At,
+            _ => ScheduleKind::Cron,
+        };
+        if let Err(e) = Schedule::parse(&info.cron, kind, info.creation_time, zone)
+            .and_then(|s| s.first_after(Utc::now()))
+        {
+            problems.push(format!("{}: cron: {e}", path.display()));
+        }
+    }
+    if let Err(invalid) = runner::precheck(&info) {
+        problems.push(format!(
+            "{}: {}: {}",
+            path.display(),
+            invalid.param,
+            invalid.value
+        ));
+    }
+    problems
+}
+
+fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let task = args.value("--task")?;
+    let follow = args.flag("--follow") || args.flag("-f");
+    args.finish()?;
+    if let Some(extra) = args.positionals.first() {
+        return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    let dir = StateDir::new(cfg.state_dir.clone()).journal_dir();
+    let mut out = io::stdout().lock();
+    journal::print(&dir, task.as_deref(), follow, &mut out).map_err(io_err(format!(
+        "cannot print the journal in {}",
+        dir.display()
+    )))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_are_recognised_by_their_look() {
+        assert_eq!(guess_kind("rate(5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("RATE (5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("at(2030-01-01T00:00:00)"), ScheduleKind::At);
+        assert_eq!(guess_kind("0 0 * * * ?"), ScheduleKind::Cron);
+    }
+
+    #[test]
+    fn flags_take_values_in_both_forms_and_unknown_ones_are_refused() {
+        let mut args = Args::new(vec![
+            "--count".into(),
+            "3".into(),
+            "x".into(),
+            "--from=2030-01-01T00:00:00Z".into(),
+        ])
+        .expect("utf-8");
+        assert_eq!(args.value("--count").expect("ok"), Some("3".to_string()));
+        assert_eq!(
+            args.value("--from").expect("ok"),
+            Some("2030-01-01T00:00:00Z".to_string())
+        );
+        args.finish().expect("no unknown flags");
+        assert_eq!(args.positionals, vec!["x".to_string()]);
+        let mut bad = Args::new(vec!["--nope".into()]).expect("utf-8");
+        assert!(bad.finish().is_err());
+    }
+}

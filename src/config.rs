@@ -1,1 +1,240 @@
-//! STUB
+//! The agent's configuration: the JSON config file, then command-line flags on top, validated
+//! into one `Config`. Errors name the key and the file. It never starts anything.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Default location of the config file.
+pub const DEFAULT_CONFIG: &str = "/etc/assistd/config.json";
+/// Default state directory (journal, boot tracking, scripts).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/assistd";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Local mode: the directory of task files. `None` means remote mode.
+    pub local_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    pub allow_power_actions: bool,
+    pub journal_max_bytes: u64,
+    pub journal_keep: usize,
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            local_dir: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            workers: 8,
+            shutdown_grace: Duration::from_secs(10),
+            allow_power_actions: false,
+            journal_max_bytes: 10 * 1024 * 1024,
+            journal_keep: 3,
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Syntax {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    NotAnObject {
+        path: PathBuf,
+    },
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+    },
+    BadValue {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, .. } => write!(f, "cannot read config {}", path.display()),
+            ConfigError::Syntax { path, .. } => {
+                write!(f, "config {} is not valid JSON", path.display())
+            }
+            ConfigError::NotAnObject { path } => {
+                write!(f, "config {} must be a JSON object", path.display())
+            }
+            ConfigError::UnknownKey { path, key } => {
+                write!(f, "config {}: unknown key \"{key}\"", path.display())
+            }
+            ConfigError::BadValue {
+                path,
+                key,
+                expected,
+            } => {
+                write!(
+                    f,
+                    "config {}: key \"{key}\" must be {expected}",
+                    path.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Syntax { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` over the defaults. A missing file at the default location is not an error.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Config::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Config::from_json(path, &bytes)
+    }
+
+    /// Parses config bytes; `path` only names the file in errors.
+    pub fn from_json(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|source| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ConfigError::NotAnObject {
+                path: path.to_path_buf(),
+            });
+        };
+        let mut cfg = Config::default();
+        let bad = |key: &str, expected| ConfigError::BadValue {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            expected,
+        };
+        for (key, v) in &map {
+            match key.as_str() {
+                "local_dir" => {
+                    cfg.local_dir = Some(PathBuf::from(
+                        v.as_str().ok_or_else(|| bad(key, "a string"))?,
+                    ))
+                }
+                "state_dir" => {
+                    cfg.state_dir = PathBuf::from(v.as_str().ok_or_else(|| bad(key, "a string"))?)
+                }
+                "workers" => {
+                    cfg.workers = v
+                        .as_u64()
+                        .filter(|n| (1..=crate::engine::MAX_WORKERS as u64).contains(n))
+                        .ok_or_else(|| bad(key, "a number from 1 to 500"))?
+                        as usize
+                }
+                "shutdown_grace_secs" => {
+                    cfg.shutdown_grace = Duration::from_secs(
+                        v.as_u64()
+                            .ok_or_else(|| bad(key, "a whole number of seconds"))?,
+                    )
+                }
+                "allow_power_actions" => {
+                    cfg.allow_power_actions =
+                        v.as_bool().ok_or_else(|| bad(key, "true or false"))?
+                }
+                "journal_max_bytes" => {
+                    cfg.journal_max_bytes = v
+                        .as_u64()
+                        .filter(|n| *n >= 4096)
+                        .ok_or_else(|| bad(key, "a number of bytes of at least 4096"))?
+                }
+                "journal_keep" => {
+                    cfg.journal_keep = v
+                        .as_u64()
+                        .filter(|n| *n <= 100)
+                        .ok_or_else(|| bad(key, "a number from 0 to 100"))?
+                        as usize
+                }
+                "log_level" => {
+                    cfg.log_level = v
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| bad(key, "one of off, error, warn, info, debug, trace"))?
+                }
+                _ => {
+                    return Err(ConfigError::UnknownKey {
+                        path: path.to_path_buf(),
+                        key: key.clone(),
+                    })
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, String> {
+        Config::from_json(Path::new("c.json"), json.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_object_is_the_defaults() {
+        assert_eq!(parse("{}"), Ok(Config::default()));
+    }
+
+    #[test]
+    fn known_keys_are_read() {
+        let cfg = parse(r#"{"workers": 3, "state_dir": "/tmp/s", "allow_power_actions": true, "log_level": "debug"}"#)
+            .expect("valid config");
+        assert_eq!(cfg.workers, 3);
+        assert_eq!(cfg.state_dir, PathBuf::from("/tmp/s"));
+        assert!(cfg.allow_power_actions);
+        assert_eq!(cfg.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key() {
+        assert_eq!(
+            parse(r#"{"worker": 3}"#),
+            Err("config c.json: unknown key \"worker\"".to_string())
+        );
+        assert_eq!(
+            parse(r#"{"workers": 501}"#),
+            Err("config c.json: key \"workers\" must be a number from 1 to 500".to_string())
+        );
+        assert_eq!(
+            parse(r#"{"workers": "8"}"#),
+            Err("config c.json: key \"workers\" must be a number from 1 to 500".to_string())
+        );
+        assert_eq!(
+            parse("[]"),
+            Err("config c.json must be a JSON object".to_string())
+        );
+    }
+}

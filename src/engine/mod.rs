@@ -1,1 +1,248 @@
-//! STUB
+//! The control loop: one `Event` enum, one `next_event`, one `handle_event`. It owns the
+//! dispatch decisions and the shutdown sequence. It knows nothing of HTTP or files: tasks come
+//! in as `SourceEvent`s, reports go out through a `Reporter`.
+
+pub mod dispatch;
+pub mod invocation;
+pub mod registry;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{at, never, select_biased, unbounded, Receiver};
+use threadpool::ThreadPool;
+
+use crate::model::RunTaskInfo;
+use crate::report::Reporter;
+use crate::runner::{Cancel, Invalid, RunnerConfig};
+use crate::schedule::Zone;
+use crate::signals::Signal;
+use crate::source::SourceEvent;
+use crate::timer::TimerHandle;
+
+use invocation::{Done, JobContext};
+use registry::Registry;
+
+/// The largest worker pool the engine accepts (the reference's concurrency hard limit).
+pub const MAX_WORKERS: usize = 500;
+
+/// What the engine needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Worker threads running invocations (1..=500).
+    pub workers: usize,
+    pub runner: RunnerConfig,
+    /// The zone of crons without a zone suffix.
+    pub system_zone: Zone,
+    /// How long running invocations may go on after SIGTERM before they are killed.
+    pub shutdown_grace: Duration,
+}
+
+/// Checks a run task before it is dispatched (signature verification, spec §7).
+pub type Verifier = Box<dyn Fn(&RunTaskInfo) -> Result<(), Invalid> + Send>;
+
+/// Something the control loop re-reads on start and on SIGHUP (the local task directory).
+/// Sources that push events on their own (the server) return nothing here.
+pub trait Reload {
+    fn reload(&mut self) -> Vec<SourceEvent>;
+}
+
+/// A source with nothing to reload.
+pub struct NoReload;
+
+impl Reload for NoReload {
+    fn reload(&mut self) -> Vec<SourceEvent> {
+        Vec::new()
+    }
+}
+
+/// Why the control loop ended other than by a signal.
+#[derive(Debug)]
+pub enum EngineError {
+    /// Every task source hung up (the fetch thread died).
+    SourceLost,
+    /// The signal thread died: a bug, since it only ends at exit.
+    SignalsLost,
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::SourceLost => f.write_str("the task source stopped unexpectedly"),
+            EngineError::SignalsLost => f.write_str("the signal thread stopped unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+enum Event {
+    Signal(Signal),
+    Done(Done),
+    Source(Box<SourceEvent>),
+}
+
+pub struct Engine {
+    ctx: JobContext,
+    pool: ThreadPool,
+    /// `None` once shutdown has begun: dropping it lets the timer thread end.
+    timer: Option<TimerHandle>,
+    zone: Zone,
+    grace: Duration,
+    done_rx: Receiver<Done>,
+    verifier: Option<Verifier>,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, reporter: Arc<dyn Reporter>, timer: TimerHandle) -> Engine {
+        let workers = cfg.workers.clamp(1, MAX_WORKERS);
+        let (done_tx, done_rx) = unbounded();
+        let ctx = JobContext {
+            registry: Arc::new(Registry::new()),
+            reporter,
+            runner: Arc::new(cfg.runner),
+            done: done_tx,
+        };
+        Engine {
+            ctx,
+            pool: threadpool::Builder::new()
+                .num_threads(workers)
+                .thread_name("worker".to_string())
+                .build(),
+            timer: Some(timer),
+            zone: cfg.system_zone,
+            grace: cfg.shutdown_grace,
+            done_rx,
+            verifier: None,
+        }
+    }
+
+    pub fn set_verifier(&mut self, verifier: Verifier) {
+        self.verifier = Some(verifier);
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.ctx.registry.clone()
+    }
+
+    /// Hands one source event to dispatch.
+    pub fn handle_source_event(&mut self, event: SourceEvent) {
+        match event {
+            SourceEvent::Run(info) => self.dispatch_run(info),
+            SourceEvent::Stop(info) => self.dispatch_stop(info),
+            SourceEvent::Test(info) => self.dispatch_test(info),
+        }
+    }
+
+    /// Runs the control loop until SIGTERM/SIGINT, then shuts down (see ARCHITECTURE.md).
+    pub fn run(
+        mut self,
+        reload: &mut dyn Reload,
+        source: Receiver<SourceEvent>,
+        signals: Receiver<Signal>,
+    ) -> Result<(), EngineError> {
+        for event in reload.reload() {
+            self.handle_source_event(event);
+        }
+        let mut source = Some(source);
+        let result = loop {
+            let event = match self.next_event(&signals, source.as_ref()) {
+                Ok(event) => event,
+                Err(EngineError::SourceLost) => {
+                    // A local agent has no pushing source; losing it is only an error when
+                    // one was expected. Either way, stop selecting on it.
+                    source = None;
+                    continue;
+                }
+                Err(e) => break Err(e),
+            };
+            let started = Instant::now();
+            match event {
+                Event::Signal(Signal::Terminate) => break Ok(()),
+                Event::Signal(Signal::Reload) => {
+                    log::info!("phase=reload re-reading tasks (SIGHUP)");
+                    for event in reload.reload() {
+                        self.handle_source_event(event);
+                    }
+                }
+                Event::Done(done) => self.handle_done(done),
+                Event::Source(event) => self.handle_source_event(*event),
+            }
+            let took = started.elapsed();
+            if took > Duration::from_millis(100) {
+                log::warn!(
+                    "phase=loop one control-loop turn took {} ms",
+                    took.as_millis()
+                );
+            }
+        };
+        self.shutdown(&signals);
+        result
+    }
+
+    fn next_event(
+        &self,
+        signals: &Receiver<Signal>,
+        source: Option<&Receiver<SourceEvent>>,
+    ) -> Result<Event, EngineError> {
+        let never_source = never();
+        let source = source.unwrap_or(&never_source);
+        // Biased: signals first, then completions, then new work.
+        select_biased! {
+            recv(signals) -> s => s.map(Event::Signal).map_err(|_| EngineError::SignalsLost),
+            recv(self.done_rx) -> d => Ok(Event::Done(d.expect("the engine holds a sender of its own done channel"))),
+            recv(source) -> e => e.map(|e| Event::Source(Box::new(e))).map_err(|_| EngineError::SourceLost),
+        }
+    }
+
+    fn handle_done(&mut self, done: Done) {
+        if let Some(verdict) = &done.outcome.task_error {
+            if verdict.drops_periodic() {
+                self.delete_periodic(&done.task_id);
+            }
+        }
+    }
+
+    /// Shutdown: stop new work, let running invocations finish within the grace period,
+    /// then kill them; every invocation still sends its final report.
+    fn shutdown(mut self, signals: &Receiver<Signal>) {
+        log::info!(
+            "phase=shutdown stopping: no new work; {} invocation(s) live",
+            self.ctx.registry.live_count()
+        );
+        self.timer = None;
+        self.ctx.registry.cancel_all(Cancel::Stop, true);
+        let grace_end = Instant::now() + self.grace;
+        let mut killed = false;
+        while self.ctx.registry.live_count() > 0 {
+            let deadline = if killed {
+                Instant::now() + Duration::from_secs(30)
+            } else {
+                grace_end
+            };
+            select_biased! {
+                recv(signals) -> s => {
+                    if matches!(s, Ok(Signal::Terminate)) && !killed {
+                        log::warn!("phase=shutdown second signal: killing running invocations now");
+                        self.ctx.registry.cancel_all(Cancel::Stop, false);
+                        killed = true;
+                    }
+                }
+                recv(self.done_rx) -> _ => {}
+                recv(at(deadline)) -> _ => {
+                    if killed {
+                        log::error!("phase=shutdown invocations did not end after being killed; exiting anyway");
+                        break;
+                    }
+                    log::warn!("phase=shutdown grace period over: killing {} invocation(s)", self.ctx.registry.live_count());
+                    self.ctx.registry.cancel_all(Cancel::Stop, false);
+                    killed = true;
+                }
+            }
+        }
+        // Every job has sent its final report; queued report jobs still drain here.
+        self.pool.join();
+        log::info!("phase=shutdown done");
+    }
+}

@@ -1,0 +1,242 @@
+//! Run / stop / test decisions (spec §5.6–5.9, §6): duplicates, invoke-version changes,
+//! periodic scheduling and the non-overlap rule. It decides and hands work to the pool and the
+//! timer; it never runs a process and never blocks on a report (reports go through the pool).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use crate::model::{RepeatType, RunTaskInfo};
+use crate::report::{Report, ReportHead, WallClock};
+use crate::runner::{self, Cancel};
+use crate::schedule::{Schedule, ScheduleKind};
+use crate::timer::{Callback, Firing};
+
+use super::invocation::{run_job, stopped_without_run};
+use super::registry::Periodic;
+use super::Engine;
+use crate::report::StopResult;
+
+/// The report head of an invocation; periodic ones carry wall-clock parameters (spec §5.8).
+pub fn head_for(info: &RunTaskInfo, schedule: Option<&Schedule>) -> ReportHead {
+    let wall_clock = match (info.repeat, schedule.and_then(Schedule::zone)) {
+        (RepeatType::Rate, _) => WallClock::Rate,
+        (RepeatType::Period, Some(zone)) => WallClock::Cron {
+            zone_name: zone.name(),
+            offset_secs: zone.offset_secs_at(Utc::now()),
+        },
+        _ => WallClock::None,
+    };
+    ReportHead {
+        task_id: info.task_id.clone(),
+        invoke_version: info.invoke_version,
+        repeat: info.repeat,
+        wall_clock,
+    }
+}
+
+impl Engine {
+    /// Spec §6.1.
+    pub fn dispatch_run(&mut self, info: RunTaskInfo) {
+        let id = info.task_id.clone();
+        let version = info.invoke_version;
+        if let Some(known) = self.ctx.registry.known(&id) {
+            if known.invoke_version() == version {
+                log::debug!("task={id} invoke_version={version} phase=dispatch ignored duplicately fetched task");
+                return;
+            }
+            if !info.repeat.is_periodic() {
+                log::info!(
+                    "task={id} invoke_version={version} phase=dispatch existing task (version {}) is not periodic; new version ignored",
+                    known.invoke_version()
+                );
+                return;
+            }
+            log::info!(
+                "task={id} invoke_version={version} phase=dispatch new invoke version replaces version {}",
+                known.invoke_version()
+            );
+            self.cancel_periodic_quietly(&id);
+        }
+        if let Some(verify) = &self.verifier {
+            if let Err(invalid) = verify(&info) {
+                self.report_async(Report::Invalid {
+                    head: head_for(&info, None),
+                    param: invalid.param,
+                    value: invalid.value,
+                });
+                return;
+            }
+        }
+        if info.repeat.is_periodic() {
+            self.schedule_periodic(info);
+        } else {
+            self.start_once(info);
+        }
+    }
+
+    /// Spec §6.2.
+    pub fn dispatch_stop(&mut self, info: RunTaskInfo) {
+        let id = &info.task_id;
+        log::info!(
+            "task={id} invoke_version={} phase=stop repeat={}",
+            info.invoke_version,
+            info.repeat
+        );
+        if info.repeat.is_periodic() && self.ctx.registry.take_periodic(id).is_some() {
+            if let Some(timer) = &self.timer {
+                timer.disarm(id);
+            }
+        }
+        if !self.ctx.registry.cancel(id, Cancel::Stop) {
+            // Not queued or running: the reference still answers `killed` with zeros.
+            self.report_async(stopped_without_run(
+                head_for(&info, None),
+                StopResult::Killed,
+            ));
+        }
+    }
+
+    /// Spec §6.3: pre-check only, one `invalid` or one `verified`; never executed.
+    pub fn dispatch_test(&mut self, info: RunTaskInfo) {
+        if self.ctx.registry.has_live(&info.task_id) {
+            log::debug!(
+                "task={} phase=test ignored: an invocation is queued or running",
+                info.task_id
+            );
+            return;
+        }
+        let ctx = self.ctx.clone();
+        self.pool.execute(move || {
+            let head = head_for(&info, None);
+            let report = match runner::precheck(&info) {
+                Ok(()) => Report::Verified { head },
+                Err(invalid) => Report::Invalid {
+                    head,
+                    param: invalid.param,
+                    value: invalid.value,
+                },
+            };
+            ctx.send(&report);
+        });
+    }
+
+    fn start_once(&mut self, info: RunTaskInfo) {
+        let Some(cancel) =
+            self.ctx
+                .registry
+                .try_add_live(&info.task_id, info.invoke_version, false)
+        else {
+            log::debug!(
+                "task={} phase=dispatch already queued or running",
+                info.task_id
+            );
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let head = head_for(&info, None);
+        let info = Arc::new(info);
+        self.pool
+            .execute(move || run_job(ctx, info, head, cancel, false));
+    }
+
+    /// Spec §5.6: parse, check that a run is left, register, arm the timer.
+    fn schedule_periodic(&mut self, info: RunTaskInfo) {
+        let kind = match info.repeat {
+            RepeatType::Rate => ScheduleKind::Rate,
+            RepeatType::At => ScheduleKind::At,
+            _ => ScheduleKind::Cron,
+        };
+        let parsed = Schedule::parse(&info.cron, kind, info.creation_time, &self.zone)
+            .and_then(|s| s.first_after(Utc::now()).map(|first| (s, first)));
+        let (schedule, first) = match parsed {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Unlike the reference, an expired `at()` is reported too: nothing is dropped silently.
+                log::warn!(
+                    "task={} invoke_version={} phase=schedule invalid expression: {e}",
+                    info.task_id,
+                    info.invoke_version
+                );
+                self.report_async(Report::Invalid {
+                    head: head_for(&info, None),
+                    param: "cron".to_string(),
+                    value: e.to_string(),
+                });
+                return;
+            }
+        };
+        let Some(timer) = &self.timer else { return };
+        let schedule = Arc::new(schedule);
+        let info = Arc::new(info);
+        let periodic = Periodic {
+            info: info.clone(),
+            schedule: schedule.clone(),
+        };
+        if !self.ctx.registry.register_periodic(&info.task_id, periodic) {
+            log::debug!("task={} phase=schedule already registered", info.task_id);
+            return;
+        }
+        log::info!(
+            "task={} invoke_version={} phase=schedule {} '{}' first run {}",
+            info.task_id,
+            info.invoke_version,
+            info.repeat,
+            info.cron,
+            first.to_rfc3339()
+        );
+        let callback = self.periodic_callback(info.clone(), schedule.clone());
+        timer.arm(&info.task_id, schedule, callback);
+    }
+
+    /// What the timer calls on each firing: the non-overlap check, then a pool job.
+    fn periodic_callback(&self, info: Arc<RunTaskInfo>, schedule: Arc<Schedule>) -> Callback {
+        let ctx = self.ctx.clone();
+        let pool = self.pool.clone();
+        let is_cron = matches!(info.repeat, RepeatType::Period);
+        Box::new(move |firing: Firing| {
+            let Some(cancel) = ctx
+                .registry
+                .try_add_periodic_invocation(&info.task_id, info.invoke_version)
+            else {
+                log::info!(
+                    "task={} invoke_version={} phase=fire skip invocation since overlapped with existing invocation",
+                    info.task_id,
+                    info.invoke_version
+                );
+                return;
+            };
+            let head = head_for(&info, Some(&schedule));
+            let (ctx, info) = (ctx.clone(), info.clone());
+            let completes_cron = is_cron && firing.last;
+            pool.execute(move || run_job(ctx, info, head, cancel, completes_cron));
+        })
+    }
+
+    /// Spec §5.9: stop the timer, unregister, kill a running invocation; no report.
+    pub(super) fn cancel_periodic_quietly(&mut self, id: &str) {
+        self.ctx.registry.take_periodic(id);
+        if let Some(timer) = &self.timer {
+            timer.disarm(id);
+        }
+        self.ctx.registry.cancel(id, Cancel::Quiet);
+    }
+
+    /// Spec §9 `deletePeriodicTask`: drop the registration silently; a running invocation continues.
+    pub(super) fn delete_periodic(&mut self, id: &str) {
+        if self.ctx.registry.take_periodic(id).is_some() {
+            log::info!(
+                "task={id} phase=report-error periodic task dropped at the server's request"
+            );
+            if let Some(timer) = &self.timer {
+                timer.disarm(id);
+            }
+        }
+    }
+
+    /// Reports from the control loop go through the pool: a slow receiver never blocks it.
+    pub(super) fn report_async(&self, report: Report) {
+        let ctx = self.ctx.clone();
+        self.pool.execute(move || ctx.send(&report));
+    }
+}
