@@ -1417,3 +1417,68 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod odd_input_tests {
+    use super::*;
+
+    /// Every odd token in every day and time position parses or fails cleanly, and whatever
+    /// parses can be searched without panicking.
+    #[test]
+    fn odd_tokens_never_panic() {
+        let tokens = [
+            "*",
+            "?",
+            "L",
+            "W",
+            "LW",
+            "l",
+            "0",
+            "7",
+            "59",
+            "1-7",
+            "7-1",
+            "*/0",
+            "1/0",
+            "#",
+            "1#",
+            "#1",
+            "0L",
+            "7L",
+            "L-1",
+            "-",
+            "/",
+            ",",
+            "31W",
+            "0W",
+            "é",
+            "５",
+            "99999999999999999999",
+            "1-",
+            "-1",
+            "*/",
+            "?/2",
+            "a-b/c",
+            "5#5",
+            "7#5",
+            "SUN-SAT/7",
+            "1-7/7",
+            "2099",
+            "1970-2099/2099",
+        ];
+        let from = DateTime::from_timestamp(1_900_000_000, 0).expect("valid time");
+        let zone = Zone::Named(chrono_tz::America::New_York);
+        for a in tokens {
+            for b in tokens {
+                for expr in [
+                    format!("{a} {a} {a} {a} * {b}"),
+                    format!("0 0 0 {a} {b} {b} {b}"),
+                ] {
+                    if let Ok(cron) = CronSchedule::parse(&expr, &zone) {
+                        let _ = cron.next_after(from);
+                    }
+                }
+            }
+        }
+    }
+}
