@@ -33,12 +33,8 @@ impl CronSchedule {
             }
             [_, _, _, _, _, _, last] => (field_array(&words, "*"), Zone::parse(last)?),
             [_, _, _, _, _, _, year, zone] => (field_array(&words, year), Zone::parse(zone)?),
-            _ => {
-                return Err(ScheduleError::with_detail(
-                    ErrorCode::InvalidCronExpression,
-                    format!("expected 6, 7 or 8 fields, found {}", words.len()),
-                ))
-            }
+            // A bare code, as the reference reports it.
+            _ => return Err(ScheduleError::new(ErrorCode::InvalidCronExpression)),
         };
         Ok(CronSchedule {
             fields: Box::new(Fields::parse(&exprs)?),
@@ -1069,18 +1065,9 @@ mod tests {
     // Spec §10.9 errors.
     #[test]
     fn field_counts() {
-        check_err(
-            "0 0 8 * *",
-            "InvalidCronExpression: expected 6, 7 or 8 fields, found 5",
-        );
-        check_err(
-            "0 0 8 * * ? * * extra",
-            "InvalidCronExpression: expected 6, 7 or 8 fields, found 9",
-        );
-        check_err(
-            "",
-            "InvalidCronExpression: expected 6, 7 or 8 fields, found 0",
-        );
+        check_err("0 0 8 * *", "InvalidCronExpression");
+        check_err("0 0 8 * * ? * * extra", "InvalidCronExpression");
+        check_err("", "InvalidCronExpression");
     }
     #[test]
     fn zone_errors() {
@@ -1210,10 +1197,7 @@ mod tests {
             "InvalidCronExpression: syntax error in day-of-week field: 'é'",
         );
         check_err("0 0 0 1 1 ? 20", "TimezoneInformationCorrupt");
-        check_err(
-            "@daily",
-            "InvalidCronExpression: expected 6, 7 or 8 fields, found 1",
-        );
+        check_err("@daily", "InvalidCronExpression");
     }
 
     // Where the reference is wrong.
