@@ -1,15 +1,162 @@
-//! At expressions (spec §5.4). STUB: replaced by the schedule work.
-use super::{ErrorCode, ScheduleError};
-use chrono::{DateTime, Utc};
+//! At expressions (spec §5.4): one moment, `at(YYYY-MM-DDTHH:MM:SS)` in UTC. Pure: never reads
+//! the clock; expiry is judged against the `from` the caller passes.
 
-#[derive(Clone, Debug)]
-pub struct AtSchedule {}
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::{ErrorCode, ScheduleError};
+
+/// A parsed at expression: a single run at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtSchedule {
+    at: DateTime<Utc>,
+}
 
 impl AtSchedule {
-    pub fn parse(_expr: &str) -> Result<AtSchedule, ScheduleError> {
-        Err(ScheduleError::new(ErrorCode::InvalidAtExpression))
+    /// Parses `at(2024-03-15T12:00:00)` or the bare time; the `at(` prefix and `)` suffix are
+    /// stripped only when both are present (case-insensitive), as in the reference.
+    pub fn parse(expr: &str) -> Result<AtSchedule, ScheduleError> {
+        if expr.len() < 4 {
+            return Err(ScheduleError::new(ErrorCode::InvalidAtExpression));
+        }
+        let has_prefix = expr.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("at("));
+        let text = match (has_prefix, expr.strip_suffix(')')) {
+            (true, Some(inner)) => inner.get(3..).unwrap_or(""),
+            _ => expr,
+        };
+        parse_utc(text).map(|at| AtSchedule { at }).ok_or_else(|| {
+            ScheduleError::with_detail(
+                ErrorCode::InvalidAtExpression,
+                format!("cannot parse {text:?} as YYYY-MM-DDTHH:MM:SS"),
+            )
+        })
     }
-    pub fn next_after(&self, _from: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        None
+
+    /// The moment of the single run.
+    pub fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+
+    /// The moment if it is strictly after `from`, else `None` (expired).
+    pub fn next_after(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (self.at > from).then_some(self.at)
+    }
+}
+
+/// Exactly `YYYY-MM-DDTHH:MM:SS`, read as UTC.
+fn parse_utc(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let shape_ok = b.len() == 19
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b'T',
+            13 | 16 => c == b':',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape_ok {
+        return None;
+    }
+    let num = |from: usize, to: usize| text.get(from..to).and_then(|s| s.parse::<u32>().ok());
+    let year = i32::try_from(num(0, 4)?).ok()?;
+    let date = NaiveDate::from_ymd_opt(year, num(5, 7)?, num(8, 10)?)?;
+    let time = date.and_hms_opt(num(11, 13)?, num(14, 16)?, num(17, 19)?)?;
+    Some(time.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("test time")
+            .with_timezone(&Utc)
+    }
+
+    fn check(expr: &str, from: &str, expected: Option<&str>) {
+        let at = AtSchedule::parse(expr).expect("valid at");
+        assert_eq!(
+            at.next_after(utc(from)),
+            expected.map(utc),
+            "{expr} from {from}"
+        );
+    }
+
+    fn check_err(expr: &str, expected: &str) {
+        let got = AtSchedule::parse(expr).map_err(|e| e.to_string());
+        assert_eq!(got, Err(expected.to_string()), "{expr:?}");
+    }
+
+    #[test]
+    fn wrapped() {
+        check(
+            "at(2024-03-15T12:00:00)",
+            "2024-03-15T10:00:00Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn upper_case() {
+        check(
+            "AT(2024-03-15T12:00:00)",
+            "2024-03-15T10:00:00Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn bare() {
+        check(
+            "2024-03-15T12:00:00",
+            "2024-03-15T10:00:00Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn expired() {
+        check("at(2024-03-15T12:00:00)", "2024-03-15T13:00:00Z", None);
+    }
+    #[test]
+    fn at_the_moment_is_expired() {
+        check("at(2024-03-15T12:00:00)", "2024-03-15T12:00:00Z", None);
+    }
+    #[test]
+    fn space_instead_of_t() {
+        check_err(
+            "at(2024-03-15 12:00:00)",
+            "InvalidAtExpression: cannot parse \"2024-03-15 12:00:00\" as YYYY-MM-DDTHH:MM:SS",
+        );
+    }
+    #[test]
+    fn trailing_zone() {
+        check_err(
+            "at(2024-03-15T12:00:00Z)",
+            "InvalidAtExpression: cannot parse \"2024-03-15T12:00:00Z\" as YYYY-MM-DDTHH:MM:SS",
+        );
+    }
+    #[test]
+    fn too_short() {
+        check_err("at(", "InvalidAtExpression");
+        check_err("", "InvalidAtExpression");
+    }
+    #[test]
+    fn no_closing_paren() {
+        check_err(
+            "at(2024-03-15T12:00:00",
+            "InvalidAtExpression: cannot parse \"at(2024-03-15T12:00:00\" as YYYY-MM-DDTHH:MM:SS",
+        );
+    }
+    #[test]
+    fn impossible_date() {
+        check_err(
+            "at(2024-02-30T12:00:00)",
+            "InvalidAtExpression: cannot parse \"2024-02-30T12:00:00\" as YYYY-MM-DDTHH:MM:SS",
+        );
+        check_err(
+            "at()",
+            "InvalidAtExpression: cannot parse \"\" as YYYY-MM-DDTHH:MM:SS",
+        );
+        check_err(
+            "at(é€)",
+            "InvalidAtExpression: cannot parse \"é€\" as YYYY-MM-DDTHH:MM:SS",
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Schedules of periodic tasks: cron, rate and at expressions, parsed from text into a value
 //! that answers "when is the next run after this instant". Pure: reads no clock and no file
-//! (the system zone is resolved once by the caller and passed in).
+//! (the system zone is resolved once by the caller, with `tz::system_zone`, and passed in).
 
 pub mod at;
 pub mod cron;
