@@ -489,7 +489,7 @@ impl<'a> Obj<'a> {
         map.iter()
             .filter(|(k, _)| key_eq(k, name))
             .map(|(_, v)| v)
-            .last()
+            .next_back()
     }
 
     fn present(&self, name: &str) -> Option<&'a serde_json::Value> {
