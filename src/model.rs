@@ -427,7 +427,7 @@ fn rejected(list: &'static str, task: Option<&serde_json::Value>, err: ModelErro
 }
 
 /// The JSON type name used in error messages.
-fn json_kind(v: &serde_json::Value) -> &'static str {
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
