@@ -599,7 +599,8 @@ impl LocalSource {
                     task.invoke_version,
                     task.repeat
                 );
-                if let Some(prev) = previous.filter(|p| p.emitted) {
+                // A periodic predecessor would keep firing; a one-shot one has run already.
+                if let Some(prev) = previous.filter(|p| p.emitted && p.task.repeat.is_periodic()) {
                     scan.events.push(SourceEvent::Stop(prev.task));
                 }
             }
@@ -974,6 +975,41 @@ mod tests {
             "agent restart in the same boot"
         );
         assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("r", 1)]);
+
+        // Within one boot: an edit is not a reboot, and a periodic task turned EveryReboot stops.
+        write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
+        let reboot = RebootState::load(state.clone(), "B".into()).expect("state loads");
+        let mut src = LocalSource::new(tasks.clone(), reboot);
+        assert_eq!(runs(&src.scan()), [id_v("p", 1)]);
+        write(
+            &tasks,
+            "r.json",
+            r#"{"command":"y","repeat":"EveryReboot"}"#,
+        );
+        write(
+            &tasks,
+            "p.json",
+            r#"{"command":"x","repeat":"EveryReboot"}"#,
+        );
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("p", 2)], "p never ran in this boot");
+        assert!(stops(&s).is_empty());
+        write(&tasks, "r.json", r#"{"command":"y","cron":"rate(1h)"}"#);
+        assert_eq!(runs(&src.scan()), [id_v("r", 3)]);
+        write(
+            &tasks,
+            "r.json",
+            r#"{"command":"z","repeat":"EveryReboot"}"#,
+        );
+        let s = src.scan();
+        assert!(runs(&s).is_empty());
+        assert_eq!(
+            stops(&s),
+            [id_v("r", 3)],
+            "versions count every edit, emitted or not"
+        );
+        fs::remove_file(tasks.join("p.json")).expect("rm");
+
         let saved = RebootState::load(state.clone(), "C".into()).expect("loads");
         let entry = saved.entry("r").expect("entry");
         assert_eq!(
