@@ -61,15 +61,6 @@ pub fn precheck(_task: &RunTaskInfo) -> Result<(), Invalid> {
 }
 
 /// Runs one invocation of `task` and sends its reports through `reporter`.
-pub fn run(
-    _task: &RunTaskInfo,
-    _head: ReportHead,
-    _cfg: &RunnerConfig,
-    _cancel: &Receiver<Cancel>,
-    _reporter: &dyn Reporter,
-) -> Outcome {
-    Outcome {
-        ending: Ending::Silent,
-        task_error: None,
-    }
+pub fn run(_task: &RunTaskInfo, _head: ReportHead, _cfg: &RunnerConfig, _cancel: &Receiver<Cancel>, _reporter: &dyn Reporter) -> Outcome {
+    Outcome { ending: Ending::Silent, task_error: None }
 }

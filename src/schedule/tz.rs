@@ -12,9 +12,7 @@ pub enum Zone {
 
 impl Zone {
     pub fn utc() -> Zone {
-        Zone::Utc {
-            label: "UTC".to_string(),
-        }
+        Zone::Utc { label: "UTC".to_string() }
     }
     /// The name sent as `timeZone=` (e.g. `Asia/Shanghai`, `GMT+8:00`, `UTC`).
     pub fn name(&self) -> String {
