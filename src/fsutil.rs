@@ -1,1 +1,213 @@
-//! File-system helpers. STUB: replaced by the local-source work.
+//! File-system helpers: atomic writes, the boot id and the layout of the state directory.
+//!
+//! This module only moves bytes to and from disk; it must never interpret task data or hold
+//! state of its own.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
+/// a temp file in the same directory is written, fsynced, renamed over `path`, and the
+/// directory is fsynced. The file gets exactly `mode` (the umask does not apply).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (tmp_path, mut file) = create_temp(dir, &name.to_string_lossy(), mode)?;
+    let written = (|| {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp_path, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp_path);
+        return Err(e);
+    }
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a fresh temp file next to the target; the name carries the pid and the clock so
+/// two writers (or two agents in one test process) never share it, and `create_new` catches
+/// the rest.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut attempt = 0u32;
+    loop {
+        let tmp = dir.join(format!(
+            ".{name}.tmp.{}.{nanos}.{attempt}",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The id of the current boot: `/proc/sys/kernel/random/boot_id` on Linux, an error elsewhere.
+pub fn boot_id() -> io::Result<String> {
+    boot_id_from(Path::new("/proc/sys/kernel/random/boot_id"))
+}
+
+fn boot_id_from(path: &Path) -> io::Result<String> {
+    let text = fs::read_to_string(path)?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "empty boot id"));
+    }
+    Ok(id.to_string())
+}
+
+/// Layout of the agent's state directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    /// The local journal (`journal.jsonl` and its rotations).
+    pub fn journal_dir(&self) -> PathBuf {
+        self.root.join("journal")
+    }
+
+    /// Script files written for invocations; private to the agent (0700).
+    pub fn script_dir(&self) -> PathBuf {
+        self.root.join("scripts")
+    }
+
+    /// Reboot bookkeeping of `EveryReboot` / `NextRebootOnly` local tasks.
+    pub fn reboot_file(&self) -> PathBuf {
+        self.root.join("reboot-tasks.json")
+    }
+
+    /// The single-instance lock.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("assistd.lock")
+    }
+
+    /// Creates the directories (`mkdir -p`): the root 0755, the journal and the scripts 0700
+    /// (outputs and scripts may hold secrets). An existing scripts or journal directory is
+    /// narrowed to 0700.
+    pub fn create(&self) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&self.root)?;
+        for dir in [self.journal_dir(), self.script_dir()] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(name: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos();
+            let path =
+                std::env::temp_dir().join(format!("assistd-{name}-{}-{nanos}", std::process::id()));
+            fs::create_dir_all(&path).expect("create temp dir");
+            TempDir(path)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_sets_mode() {
+        let dir = TempDir::new("atomic");
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one", 0o600).expect("first write");
+        assert_eq!(fs::read(&path).expect("read"), b"one");
+        assert_eq!(mode_of(&path), 0o600);
+        write_atomic(&path, b"two", 0o644).expect("second write");
+        assert_eq!(fs::read(&path).expect("read"), b"two");
+        assert_eq!(mode_of(&path), 0o644);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["state.json"], "no temp file left behind");
+    }
+
+    #[test]
+    fn write_atomic_into_missing_dir_fails_cleanly() {
+        let dir = TempDir::new("atomic-missing");
+        assert!(write_atomic(&dir.path().join("nope/state.json"), b"x", 0o600).is_err());
+    }
+
+    #[test]
+    fn boot_id_is_trimmed() {
+        let dir = TempDir::new("bootid");
+        let p = dir.path().join("boot_id");
+        fs::write(&p, "abc-123\n").expect("write");
+        assert_eq!(boot_id_from(&p).expect("read"), "abc-123");
+        fs::write(&p, "\n").expect("write");
+        assert!(boot_id_from(&p).is_err());
+        assert!(boot_id_from(&dir.path().join("missing")).is_err());
+        if cfg!(target_os = "linux") {
+            assert!(!boot_id().expect("linux has a boot id").is_empty());
+        }
+    }
+
+    #[test]
+    fn state_dir_layout() {
+        let dir = TempDir::new("statedir");
+        let state = StateDir::new(dir.path().join("a/b"));
+        state.create().expect("create");
+        state.create().expect("create again");
+        assert_eq!(mode_of(&state.script_dir()), 0o700);
+        assert!(state.journal_dir().is_dir());
+        assert_eq!(
+            state.reboot_file(),
+            dir.path().join("a/b/reboot-tasks.json")
+        );
+        assert_eq!(state.lock_file(), dir.path().join("a/b/assistd.lock"));
+    }
+}

@@ -1,1 +1,715 @@
-//! The local journal. STUB: replaced by the journal work.
+//! The local journal: one JSON line per report in `journal.jsonl`, size-capped with rotation,
+//! and the reader behind `assistd journal`.
+//!
+//! This module records reports and prints them back; it must never decide what to report or
+//! retry anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use super::{Report, ReportError, Reporter, Verdict};
+
+/// Name of the live journal file; rotations append `.1`, `.2`, … (`.1` is the newest).
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+
+/// Size cap and rotation count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalLimits {
+    /// The live file is rotated before a line would take it past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept; 0 means the live file is simply started over.
+    pub keep: usize,
+}
+
+impl Default for JournalLimits {
+    fn default() -> JournalLimits {
+        JournalLimits {
+            max_bytes: 10 * 1024 * 1024,
+            keep: 3,
+        }
+    }
+}
+
+/// The journal writer; cheap to share behind an `Arc`.
+pub struct Journal {
+    dir: PathBuf,
+    limits: JournalLimits,
+    live: Mutex<Live>,
+}
+
+struct Live {
+    file: File,
+    size: u64,
+    /// The last write was cut short (disk full): the next line starts with a newline so the
+    /// fragment stays on a line of its own, which readers skip.
+    torn: bool,
+}
+
+impl Journal {
+    /// Opens (creating if needed) `dir/journal.jsonl` for appending.
+    pub fn open(dir: &Path, limits: JournalLimits) -> io::Result<Journal> {
+        fs::create_dir_all(dir)?;
+        let file = open_live(dir)?;
+        let size = file.metadata()?.len();
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            limits,
+            live: Mutex::new(Live {
+                file,
+                size,
+                torn: false,
+            }),
+        })
+    }
+
+    /// Flushes the live file to disk (shutdown).
+    pub fn sync(&self) -> io::Result<()> {
+        self.live.lock().file.sync_data()
+    }
+
+    fn append(&self, line: &[u8]) -> io::Result<()> {
+        let mut live = self.live.lock();
+        let extra = u64::from(live.torn);
+        if live.size > 0 && live.size + extra + line.len() as u64 > self.limits.max_bytes {
+            self.rotate(&mut live)?;
+        }
+        let mut buf;
+        let bytes = if live.torn {
+            buf = Vec::with_capacity(line.len() + 1);
+            buf.push(b'\n');
+            buf.extend_from_slice(line);
+            &buf[..]
+        } else {
+            line
+        };
+        // One write call per line on an O_APPEND file: a crash leaves whole lines only.
+        let n = live.file.write(bytes)?;
+        live.size += n as u64;
+        if n < bytes.len() {
+            if n > 0 {
+                live.torn = true;
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to the journal",
+            ));
+        }
+        live.torn = false;
+        Ok(())
+    }
+
+    fn rotate(&self, live: &mut Live) -> io::Result<()> {
+        let live_path = self.dir.join(JOURNAL_FILE);
+        if self.limits.keep == 0 {
+            remove_if_exists(&live_path)?;
+        } else {
+            remove_if_exists(&rotated(&self.dir, self.limits.keep))?;
+            for i in (1..self.limits.keep).rev() {
+                match fs::rename(rotated(&self.dir, i), rotated(&self.dir, i + 1)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+            fs::rename(&live_path, rotated(&self.dir, 1))?;
+        }
+        live.file = open_live(&self.dir)?;
+        live.size = 0;
+        live.torn = false;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl Reporter for Journal {
+    fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
+        let head = report.head();
+        log::info!(
+            "task {} v{}: {}",
+            head.task_id,
+            head.invoke_version,
+            report.event()
+        );
+        let line = record_line(report, Utc::now());
+        self.append(&line).map_err(ReportError::Journal)?;
+        Ok(Verdict::Accepted)
+    }
+}
+
+fn open_live(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(dir.join(JOURNAL_FILE))
+}
+
+fn rotated(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("{JOURNAL_FILE}.{i}"))
+}
+
+fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One journal line (with its newline) for `report` at `now`; absent fields are omitted.
+pub fn record_line(report: &Report, now: DateTime<Utc>) -> Vec<u8> {
+    let head = report.head();
+    let mut line = JsonLine::default();
+    line.field("time", now.to_rfc3339_opts(SecondsFormat::Secs, true));
+    line.field("task", head.task_id.as_str());
+    line.field("invoke_version", head.invoke_version);
+    line.field("event", report.event());
+    match report {
+        Report::Running { start_ms, .. } => line.field("start", *start_ms),
+        _ => {
+            if let Some(span) = report.span() {
+                line.field("start", span.start_ms);
+                line.field("end", span.end_ms);
+                line.field("exit_code", span.exit_code);
+                line.field("dropped", span.dropped);
+            }
+        }
+    }
+    match report {
+        Report::Stopped {
+            result, err_desc, ..
+        } => {
+            line.field("result", result.as_wire());
+            if let Some(desc) = err_desc {
+                line.field("err_desc", desc.as_str());
+            }
+        }
+        Report::Invalid { param, value, .. } => {
+            line.field("param", param.as_str());
+            line.field("value", value.as_str());
+        }
+        Report::Error {
+            err_code, err_desc, ..
+        } => {
+            line.field("err_code", err_code.as_str());
+            line.field("err_desc", err_desc.as_str());
+        }
+        _ => {}
+    }
+    if !matches!(report, Report::Invalid { .. } | Report::Verified { .. }) {
+        line.field("output", String::from_utf8_lossy(report.output()).as_ref());
+    }
+    line.finish()
+}
+
+/// A JSON object written key by key, so the keys keep a readable order.
+#[derive(Default)]
+struct JsonLine(String);
+
+impl JsonLine {
+    fn field(&mut self, key: &str, value: impl Into<Value>) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push_str(&Value::from(key).to_string());
+        self.0.push(':');
+        self.0.push_str(&value.into().to_string());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.push_str("}\n");
+        self.0.into_bytes()
+    }
+}
+
+/// The journal files of `dir`, oldest first: the rotations from the highest number down,
+/// then the live file (only the files that exist).
+fn journal_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut numbered: Vec<(usize, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix(JOURNAL_FILE)
+            .and_then(|s| s.strip_prefix('.'))
+        {
+            if let Ok(n) = n.parse::<usize>() {
+                numbered.push((n, entry.path()));
+            }
+        }
+    }
+    numbered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let mut files: Vec<PathBuf> = numbered.into_iter().map(|(_, p)| p).collect();
+    let live = dir.join(JOURNAL_FILE);
+    if live.exists() {
+        files.push(live);
+    }
+    Ok(files)
+}
+
+/// Every readable record of the journal in `dir`, oldest first; unreadable lines are skipped.
+pub fn read_records(dir: &Path) -> io::Result<Vec<Value>> {
+    let mut records = Vec::new();
+    for path in journal_files(dir)? {
+        for line in io::BufReader::new(File::open(&path)?).split(b'\n') {
+            if let Ok(v) = serde_json::from_slice::<Value>(&line?) {
+                if v.is_object() {
+                    records.push(v);
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Prints the journal in `dir` for people, oldest first, only the records of `task` if
+/// given. With `follow` it then keeps printing lines as they are appended, across
+/// rotations, until writing to `out` fails (e.g. a closed pipe) or the process is killed.
+pub fn print(dir: &Path, task: Option<&str>, follow: bool, out: &mut dyn Write) -> io::Result<()> {
+    // Polling is acceptable here and only here: `assistd journal --follow` is an interactive
+    // command a person runs and stops; the agent itself never polls.
+    let mut poll = || {
+        std::thread::sleep(Duration::from_millis(500));
+        true
+    };
+    print_with(dir, task, if follow { Some(&mut poll) } else { None }, out)
+}
+
+/// `print`, with the wait between follow polls supplied by the caller: `wait` returns false
+/// to stop following.
+fn print_with(
+    dir: &Path,
+    task: Option<&str>,
+    wait: Option<&mut dyn FnMut() -> bool>,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut printer = Printer { task, out };
+    let live = dir.join(JOURNAL_FILE);
+    for path in journal_files(dir)? {
+        if path == live {
+            break;
+        }
+        let mut tail = Tail::open(&path)?;
+        tail.drain(&mut printer, true)?;
+    }
+    let mut tail = match Tail::open(&live) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let Some(wait) = wait else {
+        if let Some(t) = tail.as_mut() {
+            t.drain(&mut printer, true)?;
+        }
+        return printer.out.flush();
+    };
+    loop {
+        // Stat the path before reading: once a new inode sits at the path, the writer has
+        // finished with the old file, so reading it to the end misses nothing.
+        let now_ino = fs::metadata(&live).ok().map(|m| m.ino());
+        if let Some(t) = tail.as_mut() {
+            let rotated = now_ino.is_some_and(|ino| ino != t.ino);
+            t.drain(&mut printer, rotated)?;
+            if rotated {
+                tail = None;
+            }
+        }
+        if tail.is_none() && now_ino.is_some() {
+            tail = match Tail::open(&live) {
+                Ok(mut t) => {
+                    t.drain(&mut printer, false)?;
+                    Some(t)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+        }
+        printer.out.flush()?;
+        if !wait() {
+            return Ok(());
+        }
+    }
+}
+
+/// An open journal file read incrementally, with the bytes of an unfinished line.
+struct Tail {
+    path: PathBuf,
+    file: File,
+    ino: u64,
+    pending: Vec<u8>,
+    line_no: usize,
+}
+
+impl Tail {
+    fn open(path: &Path) -> io::Result<Tail> {
+        let file = File::open(path)?;
+        let ino = file.metadata()?.ino();
+        Ok(Tail {
+            path: path.to_path_buf(),
+            file,
+            ino,
+            pending: Vec::new(),
+            line_no: 0,
+        })
+    }
+
+    /// Prints every complete line appended since the last call; with `last`, also the
+    /// unfinished one (the file will not grow any more).
+    fn drain(&mut self, printer: &mut Printer<'_, '_>, last: bool) -> io::Result<()> {
+        self.file.read_to_end(&mut self.pending)?;
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            self.line_no += 1;
+            printer.line(&self.pending[start..start + end], &self.path, self.line_no)?;
+            start += end + 1;
+        }
+        self.pending.drain(..start);
+        if last && !self.pending.is_empty() {
+            self.line_no += 1;
+            let rest = std::mem::take(&mut self.pending);
+            printer.line(&rest, &self.path, self.line_no)?;
+        }
+        Ok(())
+    }
+}
+
+struct Printer<'a, 'w> {
+    task: Option<&'a str>,
+    out: &'w mut dyn Write,
+}
+
+impl Printer<'_, '_> {
+    fn line(&mut self, bytes: &[u8], path: &Path, line_no: usize) -> io::Result<()> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let record = match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) if v.is_object() => v,
+            _ => {
+                return writeln!(
+                    self.out,
+                    "(skipped an unreadable line {line_no} of {})",
+                    path.display()
+                )
+            }
+        };
+        if let Some(task) = self.task {
+            if record.get("task").and_then(Value::as_str) != Some(task) {
+                return Ok(());
+            }
+        }
+        self.out.write_all(format_record(&record).as_bytes())
+    }
+}
+
+/// One record for people: a header line, then the output indented by four spaces.
+pub fn format_record(r: &Value) -> String {
+    let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut s = format!(
+        "{} {} v{} {}",
+        text("time"),
+        text("task"),
+        r.get("invoke_version").unwrap_or(&Value::Null),
+        text("event")
+    );
+    if let (Some(exit), Some(dropped)) = (r.get("exit_code"), r.get("dropped")) {
+        s.push_str(&format!(" exit={exit} dropped={dropped}"));
+    }
+    for key in ["result", "param", "value", "err_code", "err_desc"] {
+        if let Some(v) = r.get(key).and_then(Value::as_str) {
+            s.push_str(&format!(" {key}={v}"));
+        }
+    }
+    let output = r.get("output").and_then(Value::as_str);
+    if let Some(output) = output {
+        s.push_str(&format!(" ({} bytes)", output.len()));
+    }
+    s.push('\n');
+    for line in output.unwrap_or("").lines() {
+        s.push_str("    ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::tests::TempDir;
+    use crate::model::RepeatType;
+    use crate::report::{ReportHead, Span, StopResult, WallClock};
+
+    fn head(task: &str, v: i64) -> ReportHead {
+        ReportHead {
+            task_id: task.to_string(),
+            invoke_version: v,
+            repeat: RepeatType::Once,
+            wall_clock: WallClock::None,
+        }
+    }
+
+    fn finished(task: &str, output: &str) -> Report {
+        let span = Span {
+            start_ms: 1000,
+            end_ms: 2000,
+            exit_code: 0,
+            dropped: 0,
+        };
+        Report::Finished {
+            head: head(task, 1),
+            span,
+            output: output.as_bytes().to_vec(),
+        }
+    }
+
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2031-01-02T17:30:00Z")
+            .expect("valid time")
+            .with_timezone(&Utc)
+    }
+
+    fn line(report: &Report) -> String {
+        String::from_utf8(record_line(report, at())).expect("utf-8")
+    }
+
+    fn printed(dir: &Path, task: Option<&str>) -> String {
+        let mut out = Vec::new();
+        print(dir, task, false, &mut out).expect("print");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn record_lines() {
+        assert_eq!(
+            line(&finished("backup", "hello\n")),
+            "{\"time\":\"2031-01-02T17:30:00Z\",\"task\":\"backup\",\"invoke_version\":1,\"event\":\"finished\",\"start\":1000,\"end\":2000,\"exit_code\":0,\"dropped\":0,\"output\":\"hello\\n\"}\n"
+        );
+        let running = Report::Running {
+            head: head("t", 2),
+            start_ms: 5,
+            output: vec![0xff, b'a'],
+        };
+        assert_eq!(
+            line(&running),
+            "{\"time\":\"2031-01-02T17:30:00Z\",\"task\":\"t\",\"invoke_version\":2,\"event\":\"running\",\"start\":5,\"output\":\"\u{fffd}a\"}\n"
+        );
+        let stopped = Report::Stopped {
+            head: head("t", 1),
+            span: Span::default(),
+            result: StopResult::Killed,
+            err_desc: None,
+            output: Vec::new(),
+        };
+        assert!(line(&stopped).contains(",\"result\":\"killed\",\"output\":\"\"}"));
+        let invalid = Report::Invalid {
+            head: head("t", 1),
+            param: "TypeInvalid".into(),
+            value: "X".into(),
+        };
+        assert!(line(&invalid)
+            .ends_with("\"event\":\"invalid\",\"param\":\"TypeInvalid\",\"value\":\"X\"}\n"));
+        let error = Report::Error {
+            head: head("t", 1),
+            span: Span::default(),
+            err_code: "E1".into(),
+            err_desc: "bad \"quote\"".into(),
+            output: Vec::new(),
+        };
+        let l = line(&error);
+        assert!(
+            l.contains("\"err_code\":\"E1\",\"err_desc\":\"bad \\\"quote\\\"\""),
+            "{l}"
+        );
+        assert!(
+            line(&Report::Verified { head: head("t", 1) }).ends_with("\"event\":\"verified\"}\n")
+        );
+    }
+
+    #[test]
+    fn send_appends_and_prints() {
+        let dir = TempDir::new("journal-send");
+        let journal = Journal::open(dir.path(), JournalLimits::default()).expect("open");
+        assert_eq!(
+            journal
+                .send(&finished("backup", "hello world\n"))
+                .expect("send"),
+            Verdict::Accepted
+        );
+        assert_eq!(
+            journal.send(&finished("other", "")).expect("send"),
+            Verdict::Accepted
+        );
+        journal.sync().expect("sync");
+        let records = read_records(dir.path()).expect("read");
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0]["task"], "backup");
+        assert_eq!(records[0]["output"], "hello world\n");
+        let text = printed(dir.path(), Some("backup"));
+        let (first, rest) = text.split_once('\n').expect("two lines");
+        assert!(
+            first.ends_with(" backup v1 finished exit=0 dropped=0 (12 bytes)"),
+            "{first}"
+        );
+        assert_eq!(rest, "    hello world\n");
+        assert_eq!(printed(dir.path(), None).lines().count(), 3);
+        assert_eq!(printed(dir.path(), Some("nobody")), "");
+    }
+
+    #[test]
+    fn format_for_people() {
+        let r: Value =
+            serde_json::from_slice(&record_line(&finished("backup", "line 1\nline 2"), at()))
+                .expect("json");
+        assert_eq!(
+            format_record(&r),
+            "2031-01-02T17:30:00Z backup v1 finished exit=0 dropped=0 (13 bytes)\n    line 1\n    line 2\n"
+        );
+        let r: Value = serde_json::from_str(r#"{"time":"T","task":"t","invoke_version":3,"event":"invalid","param":"p","value":"v"}"#)
+            .expect("json");
+        assert_eq!(format_record(&r), "T t v3 invalid param=p value=v\n");
+    }
+
+    #[test]
+    fn rotation_keeps_n_files() {
+        let dir = TempDir::new("journal-rotate");
+        let one = record_line(&finished("t0", ""), at()).len() as u64;
+        let journal = Journal::open(
+            dir.path(),
+            JournalLimits {
+                max_bytes: one * 2,
+                keep: 2,
+            },
+        )
+        .expect("open");
+        for i in 0..7 {
+            journal.send(&finished(&format!("t{i}"), "")).expect("send");
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["journal.jsonl", "journal.jsonl.1", "journal.jsonl.2"]
+        );
+        for name in &names {
+            assert!(fs::metadata(dir.path().join(name)).expect("meta").len() <= one * 2);
+        }
+        let tasks: Vec<String> = read_records(dir.path())
+            .expect("read")
+            .iter()
+            .map(|r| r["task"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(
+            tasks,
+            ["t2", "t3", "t4", "t5", "t6"],
+            "two lines per file, three files"
+        );
+    }
+
+    #[test]
+    fn rotation_with_keep_zero_starts_over() {
+        let dir = TempDir::new("journal-keep0");
+        let journal = Journal::open(
+            dir.path(),
+            JournalLimits {
+                max_bytes: 1,
+                keep: 0,
+            },
+        )
+        .expect("open");
+        journal.send(&finished("a", "")).expect("send");
+        journal.send(&finished("b", "")).expect("send");
+        let records = read_records(dir.path()).expect("read");
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["task"], "b");
+    }
+
+    #[test]
+    fn torn_lines_are_skipped_with_a_note() {
+        let dir = TempDir::new("journal-torn");
+        let good = String::from_utf8(record_line(&finished("a", "x"), at())).expect("utf-8");
+        fs::write(
+            dir.path().join("journal.jsonl.1"),
+            format!("{{\"task\":\"a\",\"ev\n{good}not json\n"),
+        )
+        .expect("write");
+        fs::write(dir.path().join("journal.jsonl"), format!("{good}{{\"cut")).expect("write");
+        let text = printed(dir.path(), None);
+        let rotated = dir.path().join("journal.jsonl.1");
+        let live = dir.path().join("journal.jsonl");
+        let expected = format!(
+            "(skipped an unreadable line 1 of {r})\n{rec}(skipped an unreadable line 3 of {r})\n{rec}(skipped an unreadable line 2 of {l})\n",
+            r = rotated.display(),
+            l = live.display(),
+            rec = "2031-01-02T17:30:00Z a v1 finished exit=0 dropped=0 (1 bytes)\n    x\n",
+        );
+        assert_eq!(text, expected);
+        assert_eq!(read_records(dir.path()).expect("read").len(), 2);
+    }
+
+    #[test]
+    fn follow_survives_rotation_and_partial_lines() {
+        let dir = TempDir::new("journal-follow");
+        let one = record_line(&finished("t0", ""), at()).len() as u64;
+        let journal = Journal::open(
+            dir.path(),
+            JournalLimits {
+                max_bytes: one,
+                keep: 3,
+            },
+        )
+        .expect("open");
+        journal.send(&finished("r0", "")).expect("send");
+        let live = dir.path().join(JOURNAL_FILE);
+        let raw = String::from_utf8(record_line(&finished("raw", ""), at())).expect("utf-8");
+        let (raw_a, raw_b) = raw.split_at(10);
+        let mut step = 0;
+        let mut wait = || {
+            step += 1;
+            let append = |text: &str| {
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(&live)
+                    .expect("open live");
+                f.write_all(text.as_bytes()).expect("append");
+            };
+            match step {
+                1 => drop(journal.send(&finished("a", "")).expect("send")),
+                2 => drop(journal.send(&finished("b", "")).expect("send")),
+                3 => append(raw_a),
+                4 => append(raw_b),
+                _ => return false,
+            }
+            true
+        };
+        let mut out = Vec::new();
+        print_with(dir.path(), None, Some(&mut wait), &mut out).expect("follow");
+        let text = String::from_utf8(out).expect("utf-8");
+        let tasks: Vec<&str> = text
+            .lines()
+            .map(|l| l.split(' ').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(tasks, ["r0", "a", "b", "raw"], "{text}");
+    }
+
+    #[test]
+    fn full_disk_is_a_journal_error() {
+        if !Path::new("/dev/full").exists() {
+            eprintln!("SKIPPED full_disk_is_a_journal_error: no /dev/full on this system");
+            return;
+        }
+        let dir = TempDir::new("journal-full");
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(JOURNAL_FILE)).expect("symlink");
+        let journal = Journal::open(dir.path(), JournalLimits::default()).expect("open");
+        match journal.send(&finished("a", "x")) {
+            Err(ReportError::Journal(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC)),
+            other => panic!("expected a journal error, got {other:?}"),
+        }
+    }
+}

@@ -1,1 +1,1057 @@
-//! The local task directory. STUB: replaced by the local-source work.
+//! The local task directory: the hand-written task file format, the diff between scans, and
+//! the reboot bookkeeping of `EveryReboot` / `NextRebootOnly` tasks.
+//!
+//! This module turns files into `SourceEvent`s; it must never run, schedule or report a task.
+//!
+//! A task file is a `*.json` object such as
+//! `{"id":"backup","command":"tar czf /var/backups/etc.tgz /etc","cron":"0 30 3 * * ?","timeout":600}`.
+//! Keys match case-insensitively like the server's; a key that is neither a local key nor a
+//! server `RunTaskInfo` key refuses the file, so a typo never passes silently.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde_json::Value;
+
+use crate::model::{self, key_eq, ModelError, Obj, RepeatType, RunTaskInfo};
+use crate::source::SourceEvent;
+
+/// Files larger than this are refused: a task file is a few hundred bytes.
+pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// Default timeout of a local task, in seconds.
+pub const DEFAULT_TIMEOUT: &str = "3600";
+
+/// Keys a local file may use that the server never sends, and the server key each one fills
+/// (`None`: handled here, not by the model).
+const LOCAL_KEYS: &[(&str, Option<&str>)] = &[
+    ("id", Some("taskID")),
+    ("command", Some("commandContent")),
+    ("user", Some("username")),
+    ("workdir", Some("workingDirectory")),
+    ("parameters", Some("builtInParameter")),
+    ("repeat", None),
+    ("output", None),
+];
+
+/// Every key of a server `RunTaskInfo` (spec §3.4), plus `commandSignature` which the server
+/// sends and the agent ignores. `timeout` folds onto `timeOut`.
+const SERVER_KEYS: &[&str] = &[
+    "instanceId",
+    "type",
+    "taskID",
+    "commandId",
+    "enableParameter",
+    "timeOut",
+    "commandName",
+    "invokeVersion",
+    "commandContent",
+    "workingDirectory",
+    "args",
+    "cron",
+    "username",
+    "windowsPasswordName",
+    "creationTime",
+    "containerId",
+    "containerName",
+    "builtInParameter",
+    "terminationMode",
+    "launcher",
+    "taskSignature",
+    "userId",
+    "commandSignature",
+];
+
+/// A task file (or the directory, or the reboot state) that could not be used.
+#[derive(Debug)]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub kind: LoadErrorKind,
+}
+
+/// Why a task file was refused.
+#[derive(Debug)]
+pub enum LoadErrorKind {
+    /// The file or directory could not be read.
+    Read(io::Error),
+    /// The file is larger than `MAX_FILE_SIZE`.
+    TooLarge(u64),
+    /// Not JSON; `message` is serde_json's, without its position suffix.
+    Syntax {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    NotObject,
+    UnknownKey(String),
+    /// Two keys that fill the same field (`id` and `taskID`, `command` and `commandContent`).
+    ConflictingKeys(String, String),
+    /// A value of the wrong type.
+    Field(ModelError),
+    NoCommand,
+    /// The id is empty or holds characters other than `A-Za-z0-9._-`.
+    BadId(String),
+    /// `timeout` is not a whole number of seconds.
+    BadTimeout(String),
+    BadRepeat(String),
+    /// Another file, read earlier, has the same id.
+    DuplicateId {
+        id: String,
+        first: PathBuf,
+    },
+    /// The reboot state could not be saved.
+    SaveState(io::Error),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.path.display())?;
+        match &self.kind {
+            LoadErrorKind::Read(_) => f.write_str("cannot read"),
+            LoadErrorKind::TooLarge(n) => {
+                write!(f, "file too large ({n} bytes, limit {MAX_FILE_SIZE})")
+            }
+            LoadErrorKind::Syntax {
+                line,
+                column,
+                message,
+            } => write!(f, "line {line} column {column}: {message}"),
+            LoadErrorKind::NotObject => f.write_str("not a JSON object"),
+            LoadErrorKind::UnknownKey(k) => write!(f, "unknown key \"{k}\""),
+            LoadErrorKind::ConflictingKeys(a, b) => {
+                write!(f, "keys \"{a}\" and \"{b}\" set the same field")
+            }
+            LoadErrorKind::Field(e) => write!(f, "{e}"),
+            LoadErrorKind::NoCommand => f.write_str("no command"),
+            LoadErrorKind::BadId(id) => write!(f, "invalid id \"{id}\" (use A-Z a-z 0-9 . _ -)"),
+            LoadErrorKind::BadTimeout(t) => write!(f, "timeout \"{t}\" is not a number of seconds"),
+            LoadErrorKind::BadRepeat(r) => write!(f, "unknown repeat \"{r}\""),
+            LoadErrorKind::DuplicateId { id, first } => {
+                write!(f, "id \"{id}\" is already used by {}", first.display())
+            }
+            LoadErrorKind::SaveState(_) => f.write_str("cannot save the reboot state"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            LoadErrorKind::Read(e) | LoadErrorKind::SaveState(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn err(path: &Path, kind: LoadErrorKind) -> LoadError {
+    LoadError {
+        path: path.to_path_buf(),
+        kind,
+    }
+}
+
+/// Loads one task file. `invoke_version` is whatever the file says (normally 0): the
+/// `LocalSource` numbers versions itself. `creationTime` defaults to the file's mtime in
+/// milliseconds, so a `rate(...)` is anchored to when the file was last written.
+pub fn load_file(path: &Path) -> Result<RunTaskInfo, LoadError> {
+    read_task(path).map(|(_, task)| task)
+}
+
+fn read_task(path: &Path) -> Result<(Vec<u8>, RunTaskInfo), LoadError> {
+    let file = fs::File::open(path).map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(err(path, LoadErrorKind::TooLarge(meta.len())));
+    }
+    let mut bytes = Vec::new();
+    // The bound also holds when the file grows between the stat and the read.
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(err(path, LoadErrorKind::TooLarge(bytes.len() as u64)));
+    }
+    let mtime_ms = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let task = parse_task(&bytes, &stem, mtime_ms).map_err(|kind| err(path, kind))?;
+    Ok((bytes, task))
+}
+
+/// Parses the bytes of a task file; `stem` is the default id, `mtime_ms` the default
+/// creation time.
+pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo, LoadErrorKind> {
+    let root: Value = serde_json::from_slice(bytes).map_err(syntax)?;
+    let Value::Object(file) = &root else {
+        return Err(LoadErrorKind::NotObject);
+    };
+
+    // Translate local keys to server keys, so the model's decoding does the typing.
+    let mut server = serde_json::Map::new();
+    let mut spelled: BTreeMap<&str, String> = BTreeMap::new();
+    let mut repeat = Value::Null;
+    let mut output = Value::Null;
+    for (key, value) in file {
+        let target: &str =
+            if let Some((_, target)) = LOCAL_KEYS.iter().find(|(k, _)| key_eq(k, key)) {
+                match target {
+                    Some(t) => t,
+                    None if key_eq(key, "repeat") => {
+                        repeat = value.clone();
+                        continue;
+                    }
+                    None => {
+                        output = value.clone();
+                        continue;
+                    }
+                }
+            } else if let Some(k) = SERVER_KEYS.iter().find(|k| key_eq(k, key)) {
+                k
+            } else {
+                return Err(LoadErrorKind::UnknownKey(key.clone()));
+            };
+        if value.is_null() {
+            continue;
+        }
+        if let Some(first) = spelled.insert(target, key.clone()) {
+            return Err(LoadErrorKind::ConflictingKeys(first, key.clone()));
+        }
+        let value = if key_eq(key, "command") {
+            match value {
+                Value::String(text) => Value::String(base64_encode(text.as_bytes())),
+                other => {
+                    let found = model::json_kind(other);
+                    return Err(LoadErrorKind::Field(ModelError::Type {
+                        key: "command",
+                        expected: "a string",
+                        found,
+                    }));
+                }
+            }
+        } else {
+            value.clone()
+        };
+        server.insert(target.to_string(), value);
+    }
+
+    let mut task = model::decode_run_task(&Value::Object(server)).map_err(LoadErrorKind::Field)?;
+    task.output = model::decode_output_info(&output).map_err(LoadErrorKind::Field)?;
+    let repeat_text = Obj::new(&serde_json::json!({ "repeat": repeat }), "")
+        .and_then(|o| o.string("repeat"))
+        .map_err(LoadErrorKind::Field)?;
+    task.repeat = local_repeat(&repeat_text, &task.cron)?;
+
+    if task.task_id.is_empty() {
+        task.task_id = stem.to_string();
+    }
+    if !valid_id(&task.task_id) {
+        return Err(LoadErrorKind::BadId(task.task_id));
+    }
+    if task.content.is_empty() {
+        return Err(LoadErrorKind::NoCommand);
+    }
+    if task.command_type.is_empty() {
+        task.command_type = "RunShellScript".to_string();
+    }
+    if task.timeout.is_empty() {
+        task.timeout = DEFAULT_TIMEOUT.to_string();
+    } else if task.timeout.parse::<u32>().is_err() {
+        return Err(LoadErrorKind::BadTimeout(task.timeout));
+    }
+    if task.creation_time == 0 {
+        task.creation_time = mtime_ms;
+    }
+    let instance_id = task.instance_id.clone();
+    model::add_builtin_params(&mut task, &instance_id);
+    Ok(task)
+}
+
+/// The repeat of a local task: explicit names match case-insensitively; without one the
+/// `cron` text decides (`rate…` → Rate, `at(` → At, anything else non-empty → Period).
+fn local_repeat(explicit: &str, cron: &str) -> Result<RepeatType, LoadErrorKind> {
+    let explicit = explicit.trim();
+    if !explicit.is_empty() {
+        const ALL: [RepeatType; 6] = [
+            RepeatType::Once,
+            RepeatType::Period,
+            RepeatType::NextRebootOnly,
+            RepeatType::EveryReboot,
+            RepeatType::Rate,
+            RepeatType::At,
+        ];
+        return ALL
+            .into_iter()
+            .find(|r| r.as_wire().eq_ignore_ascii_case(explicit))
+            .ok_or_else(|| LoadErrorKind::BadRepeat(explicit.to_string()));
+    }
+    let cron = cron.trim().to_ascii_lowercase();
+    Ok(if cron.is_empty() {
+        RepeatType::Once
+    } else if cron.starts_with("rate") {
+        RepeatType::Rate
+    } else if cron.starts_with("at(") {
+        RepeatType::At
+    } else {
+        RepeatType::Period
+    })
+}
+
+/// Ids end up in script file names and in logs, so hand-written ones stay plain.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn syntax(e: serde_json::Error) -> LoadErrorKind {
+    let (line, column) = (e.line(), e.column());
+    let text = e.to_string();
+    let suffix = format!(" at line {line} column {column}");
+    let message = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
+    LoadErrorKind::Syntax {
+        line,
+        column,
+        message,
+    }
+}
+
+/// Standard, padded base64 (the encoding of `commandContent`).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Reboot bookkeeping of one task id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RebootEntry {
+    /// The boot in which the task file was first seen.
+    pub first_seen_boot: String,
+    /// The last boot in which the task was handed to the engine; empty if never.
+    pub last_run_boot: String,
+}
+
+/// `<state_dir>/reboot-tasks.json` plus the current boot id. Entries are never pruned: they
+/// are tiny, and a file that is briefly invalid must not lose its first-seen boot.
+#[derive(Debug)]
+pub struct RebootState {
+    /// `None`: kept in memory only.
+    path: Option<PathBuf>,
+    boot_id: String,
+    entries: BTreeMap<String, RebootEntry>,
+    dirty: bool,
+}
+
+impl RebootState {
+    /// Loads the state file; a missing file is an empty state. A corrupt file is an error:
+    /// the caller may log it and start over with `RebootState::fresh`.
+    pub fn load(path: PathBuf, boot_id: String) -> Result<RebootState, LoadError> {
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(RebootState::fresh(Some(path), boot_id))
+            }
+            Err(e) => return Err(err(&path, LoadErrorKind::Read(e))),
+        };
+        let entries = parse_reboot_state(&bytes).map_err(|kind| err(&path, kind))?;
+        Ok(RebootState {
+            path: Some(path),
+            boot_id,
+            entries,
+            dirty: false,
+        })
+    }
+
+    /// An empty state, saved to `path` (if any) on the first change.
+    pub fn fresh(path: Option<PathBuf>, boot_id: String) -> RebootState {
+        RebootState {
+            path,
+            boot_id,
+            entries: BTreeMap::new(),
+            dirty: false,
+        }
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    pub fn entry(&self, task_id: &str) -> Option<&RebootEntry> {
+        self.entries.get(task_id)
+    }
+
+    /// Decides whether a task of this repeat type is handed to the engine now, and records
+    /// it when it is (before the engine runs it: a crash then loses that boot's run rather
+    /// than repeating it).
+    fn admit(&mut self, task_id: &str, repeat: RepeatType) -> bool {
+        if !matches!(repeat, RepeatType::EveryReboot | RepeatType::NextRebootOnly) {
+            return true;
+        }
+        let boot = self.boot_id.clone();
+        let entry = self.entries.entry(task_id.to_string()).or_insert_with(|| {
+            self.dirty = true;
+            RebootEntry {
+                first_seen_boot: boot.clone(),
+                last_run_boot: String::new(),
+            }
+        });
+        let due = match repeat {
+            RepeatType::EveryReboot => entry.last_run_boot != boot,
+            _ => entry.first_seen_boot != boot && entry.last_run_boot.is_empty(),
+        };
+        if due {
+            entry.last_run_boot = boot;
+            self.dirty = true;
+        }
+        due
+    }
+
+    /// Writes the state atomically if it changed since the last save.
+    pub fn save(&mut self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.dirty {
+            return Ok(());
+        }
+        let map: serde_json::Map<String, Value> = self
+            .entries
+            .iter()
+            .map(|(id, e)| {
+                let v = serde_json::json!({ "first_seen_boot": e.first_seen_boot, "last_run_boot": e.last_run_boot });
+                (id.clone(), v)
+            })
+            .collect();
+        let mut bytes = serde_json::to_vec_pretty(&Value::Object(map)).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        crate::fsutil::write_atomic(path, &bytes, 0o600)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
+
+fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, LoadErrorKind> {
+    let root: Value = serde_json::from_slice(bytes).map_err(syntax)?;
+    let Value::Object(map) = root else {
+        return Err(LoadErrorKind::NotObject);
+    };
+    let mut entries = BTreeMap::new();
+    for (id, v) in &map {
+        let o = Obj::new(v, "").map_err(LoadErrorKind::Field)?;
+        let entry = RebootEntry {
+            first_seen_boot: o.string("first_seen_boot").map_err(LoadErrorKind::Field)?,
+            last_run_boot: o.string("last_run_boot").map_err(LoadErrorKind::Field)?,
+        };
+        entries.insert(id.clone(), entry);
+    }
+    Ok(entries)
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub events: Vec<SourceEvent>,
+    pub errors: Vec<LoadError>,
+}
+
+/// What the source remembers of a task id between scans.
+struct Tracked {
+    bytes: Vec<u8>,
+    task: RunTaskInfo,
+    /// Whether the last version was handed to the engine (a reboot task may be held back).
+    emitted: bool,
+}
+
+/// The task directory and what it last told the engine.
+pub struct LocalSource {
+    dir: PathBuf,
+    state: RebootState,
+    tracked: BTreeMap<String, Tracked>,
+    /// Last invoke version per id; kept after a file goes away so a re-added file gets a
+    /// new version.
+    versions: BTreeMap<String, i64>,
+}
+
+impl LocalSource {
+    pub fn new(dir: PathBuf, state: RebootState) -> LocalSource {
+        LocalSource {
+            dir,
+            state,
+            tracked: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+
+    pub fn reboot_state(&self) -> &RebootState {
+        &self.state
+    }
+
+    /// Reads the directory and returns what changed since the last scan: `Run` for new and
+    /// changed tasks (a change bumps the invoke version), `Stop` for tasks whose file went
+    /// away or became invalid. If the directory itself cannot be read nothing is stopped:
+    /// a transient failure must not stop every task.
+    pub fn scan(&mut self) -> Scan {
+        let mut scan = Scan::default();
+        let paths = match task_files(&self.dir) {
+            Ok(p) => p,
+            Err(e) => {
+                scan.errors.push(err(&self.dir, LoadErrorKind::Read(e)));
+                return scan;
+            }
+        };
+
+        let mut found: Vec<(Vec<u8>, RunTaskInfo)> = Vec::new();
+        let mut first_path: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for path in paths {
+            match read_task(&path) {
+                Ok((bytes, task)) => {
+                    if let Some(first) = first_path.get(&task.task_id) {
+                        let kind = LoadErrorKind::DuplicateId {
+                            id: task.task_id.clone(),
+                            first: first.clone(),
+                        };
+                        scan.errors.push(err(&path, kind));
+                        continue;
+                    }
+                    first_path.insert(task.task_id.clone(), path);
+                    found.push((bytes, task));
+                }
+                Err(e) => scan.errors.push(e),
+            }
+        }
+
+        let gone: Vec<String> = self
+            .tracked
+            .keys()
+            .filter(|id| !first_path.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(old) = self.tracked.remove(&id) {
+                if old.emitted {
+                    log::info!(
+                        "local task {} v{}: file removed or invalid, stopping",
+                        id,
+                        old.task.invoke_version
+                    );
+                    scan.events.push(SourceEvent::Stop(old.task));
+                }
+            }
+        }
+
+        for (bytes, mut task) in found {
+            let id = task.task_id.clone();
+            let previous = self.tracked.remove(&id);
+            if let Some(prev) = previous.as_ref().filter(|p| p.bytes == bytes) {
+                self.tracked.insert(
+                    id,
+                    Tracked {
+                        bytes,
+                        task: prev.task.clone(),
+                        emitted: prev.emitted,
+                    },
+                );
+                continue;
+            }
+            let version = self
+                .versions
+                .entry(id.clone())
+                .and_modify(|v| *v += 1)
+                .or_insert(1);
+            task.invoke_version = *version;
+            let admitted = self.state.admit(&id, task.repeat);
+            if admitted {
+                scan.events.push(SourceEvent::Run(task.clone()));
+            } else {
+                log::info!(
+                    "local task {} v{}: {} task already handled for this boot",
+                    id,
+                    task.invoke_version,
+                    task.repeat
+                );
+                // A periodic predecessor would keep firing; a one-shot one has run already.
+                if let Some(prev) = previous.filter(|p| p.emitted && p.task.repeat.is_periodic()) {
+                    scan.events.push(SourceEvent::Stop(prev.task));
+                }
+            }
+            self.tracked.insert(
+                id,
+                Tracked {
+                    bytes,
+                    task,
+                    emitted: admitted,
+                },
+            );
+        }
+
+        if let Err(e) = self.state.save() {
+            let path = self.state.path.clone().unwrap_or_default();
+            scan.errors.push(LoadError {
+                path,
+                kind: LoadErrorKind::SaveState(e),
+            });
+        }
+        scan
+    }
+}
+
+/// The `*.json` files of `dir`, dot-files excluded, in sorted order.
+fn task_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        paths.push(entry.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil::tests::TempDir;
+
+    fn parse(json: &str) -> Result<RunTaskInfo, String> {
+        parse_task(json.as_bytes(), "stem", 1_000)
+            .map_err(|kind| err(Path::new("t.json"), kind).to_string())
+    }
+
+    fn ok(json: &str) -> RunTaskInfo {
+        parse(json).expect("task parses")
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, text).expect("write task file");
+        p
+    }
+
+    fn runs(scan: &Scan) -> Vec<(String, i64)> {
+        scan.events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Run(t) => Some((t.task_id.clone(), t.invoke_version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stops(scan: &Scan) -> Vec<(String, i64)> {
+        scan.events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Stop(t) => Some((t.task_id.clone(), t.invoke_version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn id_v(id: &str, v: i64) -> (String, i64) {
+        (id.to_string(), v)
+    }
+
+    #[test]
+    fn example_file() {
+        let t = ok(
+            r#"{"id":"backup","command":"tar czf /var/backups/etc.tgz /etc","cron":"0 30 3 * * ?","timeout":600}"#,
+        );
+        assert_eq!(t.task_id, "backup");
+        assert_eq!(
+            t.content,
+            base64_encode(b"tar czf /var/backups/etc.tgz /etc")
+        );
+        assert_eq!(t.cron, "0 30 3 * * ?");
+        assert_eq!(t.repeat, RepeatType::Period);
+        assert_eq!(t.timeout, "600");
+        assert_eq!(t.command_type, "RunShellScript");
+        assert_eq!(t.creation_time, 1_000);
+        assert_eq!(t.invoke_version, 0);
+    }
+
+    #[test]
+    fn defaults() {
+        let t = ok(r#"{"command":"true"}"#);
+        assert_eq!(
+            (t.task_id.as_str(), t.timeout.as_str(), t.repeat),
+            ("stem", "3600", RepeatType::Once)
+        );
+        assert_eq!(ok(r#"{"command":"x","timeout":"42"}"#).timeout, "42");
+        assert_eq!(ok(r#"{"command":"x","creationTime":7}"#).creation_time, 7);
+    }
+
+    #[test]
+    fn repeat_follows_cron_text() {
+        let repeat = |cron: &str| ok(&format!(r#"{{"command":"x","cron":"{cron}"}}"#)).repeat;
+        assert_eq!(repeat("rate(5m)"), RepeatType::Rate);
+        assert_eq!(repeat("  RATE(1h)"), RepeatType::Rate);
+        assert_eq!(repeat("at(2031-01-02 03:04:05)"), RepeatType::At);
+        assert_eq!(repeat("0 * * * * ?"), RepeatType::Period);
+        assert_eq!(repeat(""), RepeatType::Once);
+        assert_eq!(
+            ok(r#"{"command":"x","repeat":"EveryReboot"}"#).repeat,
+            RepeatType::EveryReboot
+        );
+        assert_eq!(
+            ok(r#"{"command":"x","repeat":"nextrebootonly"}"#).repeat,
+            RepeatType::NextRebootOnly
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"Hourly"}"#).unwrap_err(),
+            "t.json: unknown repeat \"Hourly\""
+        );
+    }
+
+    #[test]
+    fn aliases_and_server_keys() {
+        let t = ok(
+            r#"{"ID":"a","user":"nobody","workdir":"/tmp","parameters":{"P":"v"},"type":"RunBatScript","commandName":"n","enableParameter":true,"output":{"interval":2000,"sendStart":true},"command":"x"}"#,
+        );
+        assert_eq!(
+            (
+                t.task_id.as_str(),
+                t.username.as_str(),
+                t.working_dir.as_str()
+            ),
+            ("a", "nobody", "/tmp")
+        );
+        assert_eq!(t.builtin_params["P"], "v");
+        assert_eq!(t.builtin_params["InvokeId"], "a");
+        assert_eq!(t.command_type, "RunBatScript");
+        assert_eq!((t.output.interval_ms, t.output.send_start), (2000, true));
+        let t = ok(
+            r#"{"taskID":"t-1","commandContent":"dHJ1ZQ==","timeOut":"5","username":"u","workingDirectory":"/","builtInParameter":{},"commandSignature":"x","taskSignature":"","launcher":"","terminationMode":"ProcessTree"}"#,
+        );
+        assert_eq!(
+            (t.task_id.as_str(), t.content.as_str(), t.timeout.as_str()),
+            ("t-1", "dHJ1ZQ==", "5")
+        );
+        assert_eq!(t.termination_mode, "ProcessTree");
+    }
+
+    #[test]
+    fn refused_files() {
+        let cases = [
+            (
+                r#"{"command":"x","crn":"0 * * * * ?"}"#,
+                "t.json: unknown key \"crn\"",
+            ),
+            (r#"{"cron":"0 * * * * ?"}"#, "t.json: no command"),
+            (r#"{"command":""}"#, "t.json: no command"),
+            (
+                r#"{"id":"a","taskID":"b","command":"x"}"#,
+                "t.json: keys \"id\" and \"taskID\" set the same field",
+            ),
+            (
+                r#"{"command":"x","commandContent":"eA=="}"#,
+                "t.json: keys \"command\" and \"commandContent\" set the same field",
+            ),
+            (
+                r#"{"command":1}"#,
+                "t.json: \"command\": expected a string, found a number",
+            ),
+            (
+                r#"{"command":"x","timeout":"soon"}"#,
+                "t.json: timeout \"soon\" is not a number of seconds",
+            ),
+            (
+                r#"{"command":"x","timeout":-1}"#,
+                "t.json: timeout \"-1\" is not a number of seconds",
+            ),
+            (
+                r#"{"command":"x","enableParameter":"yes"}"#,
+                "t.json: \"enableParameter\": expected a boolean, found a string",
+            ),
+            (
+                r#"{"command":"x","id":"a b"}"#,
+                "t.json: invalid id \"a b\" (use A-Z a-z 0-9 . _ -)",
+            ),
+            (
+                r#"{"command":"x","output":[]}"#,
+                "t.json: \"output\": expected an object, found an array",
+            ),
+            ("[1]", "t.json: not a JSON object"),
+            (
+                "{\n  \"command\": \"x\"\n  \"cron\": \"\"\n}",
+                "t.json: line 3 column 3: expected `,` or `}`",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(parse(json).unwrap_err(), want, "{json}");
+        }
+    }
+
+    #[test]
+    fn load_file_names_path_and_uses_mtime() {
+        let dir = TempDir::new("local-load");
+        let p = write(dir.path(), "b.json", r#"{"command":"x","crn":""}"#);
+        assert_eq!(
+            load_file(&p).unwrap_err().to_string(),
+            format!("{}: unknown key \"crn\"", p.display())
+        );
+        let p = write(dir.path(), "nightly.json", r#"{"command":"x"}"#);
+        let t = load_file(&p).expect("loads");
+        assert_eq!(t.task_id, "nightly");
+        let mtime = fs::metadata(&p).and_then(|m| m.modified()).expect("mtime");
+        let ms = mtime
+            .duration_since(UNIX_EPOCH)
+            .expect("after epoch")
+            .as_millis() as i64;
+        assert_eq!(t.creation_time, ms);
+        let big = dir.path().join("big.json");
+        fs::write(&big, vec![b' '; MAX_FILE_SIZE as usize + 1]).expect("write");
+        assert!(matches!(
+            load_file(&big).unwrap_err().kind,
+            LoadErrorKind::TooLarge(_)
+        ));
+        assert!(matches!(
+            load_file(&dir.path().join("none.json")).unwrap_err().kind,
+            LoadErrorKind::Read(_)
+        ));
+    }
+
+    #[test]
+    fn base64_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
+        assert_eq!(base64_encode(b"pwd"), "cHdk");
+    }
+
+    #[test]
+    fn scans_diff_against_the_previous_scan() {
+        let dir = TempDir::new("local-scan");
+        let d = dir.path();
+        write(d, "a.json", r#"{"command":"echo a"}"#);
+        write(d, "b.json", r#"{"command":"echo b","cron":"rate(5m)"}"#);
+        write(d, "notes.txt", "not a task");
+        write(d, ".hidden.json", "{broken");
+        fs::create_dir(d.join("dir.json")).expect("mkdir");
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot-1".into()));
+
+        let s = src.scan();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(runs(&s), [id_v("a", 1), id_v("b", 1)]);
+        assert!(stops(&s).is_empty());
+
+        let s = src.scan();
+        assert!(s.events.is_empty() && s.errors.is_empty());
+
+        write(d, "a.json", r#"{"command":"echo A"}"#);
+        write(d, "c.json", r#"{"command":"echo c"}"#);
+        fs::remove_file(d.join("b.json")).expect("rm");
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("a", 2), id_v("c", 1)]);
+        assert_eq!(stops(&s), [id_v("b", 1)]);
+
+        write(d, "c.json", r#"{"command":"echo c","bogus":1}"#);
+        let s = src.scan();
+        assert_eq!(stops(&s), [id_v("c", 1)]);
+        assert!(runs(&s).is_empty());
+        assert_eq!(s.errors.len(), 1);
+
+        write(d, "c.json", r#"{"command":"echo c"}"#);
+        write(d, "b.json", r#"{"command":"echo b","cron":"rate(5m)"}"#);
+        let s = src.scan();
+        assert_eq!(
+            runs(&s),
+            [id_v("b", 2), id_v("c", 2)],
+            "re-added files get new versions"
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_name_both_files() {
+        let dir = TempDir::new("local-dup");
+        let a = write(dir.path(), "a.json", r#"{"id":"same","command":"x"}"#);
+        let b = write(dir.path(), "b.json", r#"{"id":"same","command":"y"}"#);
+        let mut src = LocalSource::new(
+            dir.path().to_path_buf(),
+            RebootState::fresh(None, "boot".into()),
+        );
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("same", 1)]);
+        assert_eq!(s.errors.len(), 1);
+        let msg = s.errors[0].to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "{}: id \"same\" is already used by {}",
+                b.display(),
+                a.display()
+            )
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_an_error_and_stops_nothing() {
+        let dir = TempDir::new("local-missing");
+        write(dir.path(), "a.json", r#"{"command":"x"}"#);
+        let mut src = LocalSource::new(
+            dir.path().to_path_buf(),
+            RebootState::fresh(None, "boot".into()),
+        );
+        assert_eq!(runs(&src.scan()), [id_v("a", 1)]);
+        src.dir = dir.path().join("gone");
+        let s = src.scan();
+        assert!(s.events.is_empty());
+        assert_eq!(s.errors.len(), 1);
+    }
+
+    /// Runs one "agent start" in `boot` over `dir`, with the state file in `state`.
+    fn boot_scan(dir: &Path, state: &Path, boot: &str) -> Vec<(String, i64)> {
+        let reboot = RebootState::load(state.to_path_buf(), boot.to_string()).expect("state loads");
+        let mut src = LocalSource::new(dir.to_path_buf(), reboot);
+        let s = src.scan();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        let again = src.scan();
+        assert!(
+            again.events.is_empty(),
+            "a rescan in the same boot emits nothing"
+        );
+        runs(&s)
+    }
+
+    #[test]
+    fn every_reboot_runs_once_per_boot() {
+        let dir = TempDir::new("local-every");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        write(
+            &tasks,
+            "r.json",
+            r#"{"command":"x","repeat":"EveryReboot"}"#,
+        );
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("r", 1)]);
+        assert!(
+            boot_scan(&tasks, &state, "A").is_empty(),
+            "agent restart in the same boot"
+        );
+        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("r", 1)]);
+
+        // Within one boot: an edit is not a reboot, and a periodic task turned EveryReboot stops.
+        write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
+        let reboot = RebootState::load(state.clone(), "B".into()).expect("state loads");
+        let mut src = LocalSource::new(tasks.clone(), reboot);
+        assert_eq!(runs(&src.scan()), [id_v("p", 1)]);
+        write(
+            &tasks,
+            "r.json",
+            r#"{"command":"y","repeat":"EveryReboot"}"#,
+        );
+        write(
+            &tasks,
+            "p.json",
+            r#"{"command":"x","repeat":"EveryReboot"}"#,
+        );
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("p", 2)], "p never ran in this boot");
+        assert!(stops(&s).is_empty());
+        write(&tasks, "r.json", r#"{"command":"y","cron":"rate(1h)"}"#);
+        assert_eq!(runs(&src.scan()), [id_v("r", 3)]);
+        write(
+            &tasks,
+            "r.json",
+            r#"{"command":"z","repeat":"EveryReboot"}"#,
+        );
+        let s = src.scan();
+        assert!(runs(&s).is_empty());
+        assert_eq!(
+            stops(&s),
+            [id_v("r", 3)],
+            "versions count every edit, emitted or not"
+        );
+        fs::remove_file(tasks.join("p.json")).expect("rm");
+
+        let saved = RebootState::load(state.clone(), "C".into()).expect("loads");
+        let entry = saved.entry("r").expect("entry");
+        assert_eq!(
+            (entry.first_seen_boot.as_str(), entry.last_run_boot.as_str()),
+            ("A", "B")
+        );
+        let text = fs::read_to_string(&state).expect("state file");
+        let v: Value = serde_json::from_str(&text).expect("state is JSON");
+        assert_eq!(v["r"]["last_run_boot"], "B");
+    }
+
+    #[test]
+    fn next_reboot_only_runs_once_after_a_reboot() {
+        let dir = TempDir::new("local-next");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        write(
+            &tasks,
+            "n.json",
+            r#"{"command":"x","repeat":"NextRebootOnly"}"#,
+        );
+        assert!(boot_scan(&tasks, &state, "A").is_empty());
+        assert!(boot_scan(&tasks, &state, "A").is_empty());
+        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("n", 1)]);
+        assert!(boot_scan(&tasks, &state, "B").is_empty());
+        assert!(boot_scan(&tasks, &state, "C").is_empty());
+    }
+
+    #[test]
+    fn corrupt_reboot_state_is_an_error() {
+        let dir = TempDir::new("local-corrupt");
+        let state = dir.path().join("reboot-tasks.json");
+        fs::write(&state, "{\"r\":").expect("write");
+        let e = RebootState::load(state.clone(), "A".into()).unwrap_err();
+        assert!(matches!(e.kind, LoadErrorKind::Syntax { .. }), "{e}");
+        fs::write(
+            &state,
+            r#"{"r":{"first_seen_boot":"A","last_run_boot":null,"extra":1}}"#,
+        )
+        .expect("write");
+        let s = RebootState::load(state, "A".into()).expect("lenient entries");
+        assert_eq!(s.entry("r").expect("entry").last_run_boot, "");
+    }
+}
