@@ -51,6 +51,7 @@ pub enum CliError {
     Schedule(schedule::ScheduleError),
     Io { what: String, source: io::Error },
     Engine(crate::engine::EngineError),
+    Load(local::LoadError),
 }
 
 impl fmt::Display for CliError {
@@ -61,6 +62,7 @@ impl fmt::Display for CliError {
             CliError::Schedule(e) => e.fmt(f),
             CliError::Io { what, .. } => f.write_str(what),
             CliError::Engine(e) => e.fmt(f),
+            CliError::Load(e) => e.fmt(f),
         }
     }
 }
@@ -70,6 +72,7 @@ impl std::error::Error for CliError {
         match self {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
+            CliError::Load(e) => e.source(),
             _ => None,
         }
     }
@@ -277,7 +280,11 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         "cannot open the journal in {}",
         state.journal_dir().display()
     )))?;
-    let reboot = RebootState::load(&state).map_err(io_err("cannot load the reboot-task state"))?;
+    let boot_id = crate::fsutil::boot_id().unwrap_or_else(|e| {
+        log::warn!("phase=startup cannot read the boot id ({e}); reboot tasks treat every start as a new boot");
+        format!("unknown-{}", std::process::id())
+    });
+    let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);

@@ -6,6 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
@@ -210,4 +211,17 @@ pub(crate) mod tests {
         );
         assert_eq!(state.lock_file(), dir.path().join("a/b/assistd.lock"));
     }
+}
+
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing) and returns the open
+/// file: the lock lives as long as the file. Fails with `WouldBlock` when another process
+/// holds it, which is how a second agent on the same state dir is refused.
+pub fn lock_exclusive(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    // SAFETY: flock on a valid, open file descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
