@@ -12,3 +12,4 @@ pub mod schedule;
 pub mod signals;
 pub mod source;
 pub mod timer;
+pub mod transport;
