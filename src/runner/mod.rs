@@ -1,6 +1,8 @@
 //! One invocation end to end: pre-check, script file, spawn, output capture, wait with timeout
 //! and cancel, process-group kill, and exactly one final report. STUB: replaced by the runner work.
 
+pub mod output;
+
 use std::path::PathBuf;
 
 use crossbeam_channel::Receiver;
@@ -61,6 +63,15 @@ pub fn precheck(_task: &RunTaskInfo) -> Result<(), Invalid> {
 }
 
 /// Runs one invocation of `task` and sends its reports through `reporter`.
-pub fn run(_task: &RunTaskInfo, _head: ReportHead, _cfg: &RunnerConfig, _cancel: &Receiver<Cancel>, _reporter: &dyn Reporter) -> Outcome {
-    Outcome { ending: Ending::Silent, task_error: None }
+pub fn run(
+    _task: &RunTaskInfo,
+    _head: ReportHead,
+    _cfg: &RunnerConfig,
+    _cancel: &Receiver<Cancel>,
+    _reporter: &dyn Reporter,
+) -> Outcome {
+    Outcome {
+        ending: Ending::Silent,
+        task_error: None,
+    }
 }
