@@ -2,6 +2,8 @@
 //! and cancel, process-group kill, and exactly one final report. STUB: replaced by the runner work.
 
 pub mod output;
+pub mod params;
+pub mod precheck;
 
 use std::path::PathBuf;
 
