@@ -4,6 +4,8 @@
 pub mod output;
 pub mod params;
 pub mod precheck;
+pub mod script;
+pub mod spawn;
 
 use std::path::PathBuf;
 
