@@ -79,6 +79,21 @@ pub fn prepare(
         ));
         return Ok(ScriptCmd::Inline(content.to_vec()));
     }
+    if owner.is_some() {
+        use std::os::unix::fs::PermissionsExt;
+        // A directory created elsewhere may be closed to others; the user could not open the
+        // file then, so run inline rather than fail with "Permission denied".
+        match fs::metadata(dir) {
+            Ok(m) if m.permissions().mode() & 0o001 != 0 => {}
+            _ => {
+                warn(&format!(
+                    "script directory {} is not traversable by other users; running inline",
+                    dir.display()
+                ));
+                return Ok(ScriptCmd::Inline(content.to_vec()));
+            }
+        }
+    }
     let path = dir.join(file_name(
         &task.command_name,
         &task.task_id,
@@ -142,9 +157,11 @@ fn write_replace(dir: &Path, path: &Path, content: &[u8], owner: Option<Owner>) 
         .unwrap_or(0);
     let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
     write_new(&tmp, content, owner)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
+    let renamed = fs::rename(&tmp, path);
+    if renamed.is_err() {
         let _ = fs::remove_file(&tmp);
-    })
+    }
+    renamed
 }
 
 #[cfg(test)]

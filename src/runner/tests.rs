@@ -560,3 +560,26 @@ fn timeouts_parse_like_the_reference() {
     assert_eq!(parse_timeout("abc"), Some(Duration::from_secs(3600)));
     assert_eq!(parse_timeout(""), Some(Duration::from_secs(3600)));
 }
+
+#[test]
+fn closed_script_dir_runs_another_user_inline() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || precheck::lookup_user("nobody").is_err() {
+        eprintln!("SKIPPED closed_script_dir_runs_another_user_inline: needs root and user nobody");
+        return;
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = TestDir::new("closed");
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir.cfg().script_dir)
+        .expect("closed dir");
+    let t = RunTaskInfo {
+        username: "nobody".into(),
+        ..task("t-closed", "echo hi")
+    };
+    let (out, reports) = run_task(&dir, &t);
+    assert_eq!(out.ending, Ending::Finished);
+    assert_eq!(all_output(&reports), b"hi\n".to_vec());
+    assert_eq!(fs::read_dir(dir.cfg().script_dir).expect("list").count(), 0);
+}
