@@ -319,7 +319,7 @@ pub fn run(
             )
         }
     };
-    let reader = match Reader::spawn(read_end, ring.clone(), format!("out-{}", task.task_id)) {
+    let reader = match Reader::spawn(read_end, ring.clone(), inv.tag(Phase::Wait).to_string()) {
         Ok(r) => r,
         Err(e) => {
             return inv.error(

@@ -139,23 +139,30 @@ pub struct Reader {
 impl Reader {
     /// Starts the reader. The thread ends at EOF, i.e. when every write end of the pipe is
     /// closed (the child and anything it left behind), or on a read error.
-    pub fn spawn(mut pipe: File, ring: Arc<Mutex<OutputRing>>, name: String) -> io::Result<Reader> {
+    /// `log_tag` prefixes the thread's log lines (task, invoke version, phase).
+    pub fn spawn(
+        mut pipe: File,
+        ring: Arc<Mutex<OutputRing>>,
+        log_tag: String,
+    ) -> io::Result<Reader> {
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
-        let handle = thread::Builder::new().name(name).spawn(move || {
-            let _done = done_tx;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => ring.lock().put(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::warn!("output pipe read failed: {e}");
-                        break;
+        let handle = thread::Builder::new()
+            .name("runner-output".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => ring.lock().put(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log::warn!("{log_tag} output pipe read failed: {e}");
+                            break;
+                        }
                     }
                 }
-            }
-        })?;
+            })?;
         Ok(Reader { done, handle })
     }
 
