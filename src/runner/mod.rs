@@ -1,12 +1,27 @@
 //! One invocation end to end: pre-check, script file, spawn, output capture, wait with timeout
-//! and cancel, process-group kill, and exactly one final report. STUB: replaced by the runner work.
+//! and cancel, process-group kill, and at most one final report; it must never leave a child
+//! unreaped nor log script content.
 
+pub mod output;
+pub mod params;
+pub mod precheck;
+pub mod script;
+pub mod spawn;
+
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{at, never, select, tick, Receiver};
+use parking_lot::Mutex;
 
 use crate::model::RunTaskInfo;
-use crate::report::{ReportHead, Reporter, Verdict};
+use crate::report::{Report, ReportHead, Reporter, Span, StopResult, Verdict};
+
+use output::{OutputRing, Reader};
+use script::{Owner, ScriptCmd, ScriptError};
+use spawn::{ChildExit, Launch};
 
 /// Settings the runner needs from the agent's configuration.
 #[derive(Clone, Debug)]
@@ -55,12 +70,427 @@ pub struct Outcome {
 }
 
 /// Checks what can be checked without running (spec §4.4): command type, base64 content,
-/// user, working directory.
-pub fn precheck(_task: &RunTaskInfo) -> Result<(), Invalid> {
-    Ok(())
+/// container, user, working directory.
+pub fn precheck(task: &RunTaskInfo) -> Result<(), Invalid> {
+    precheck::check(task).map(|_| ())
+}
+
+/// Seconds without any running report after which an empty one is sent anyway (spec §4.9).
+const EMPTY_REPORT_AFTER: Duration = Duration::from_secs(60);
+/// How long output is still read after the child exited or was killed.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Used when `timeout` is not a number (spec §4.3).
+const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// Exit codes that ask for a power action (spec §4.10).
+const EXIT_POWEROFF: i32 = 193;
+const EXIT_REBOOT: i32 = 194;
+
+/// The timeout of a task: seconds as a string; not a number is 3600, zero or less is none.
+pub fn parse_timeout(s: &str) -> Option<Duration> {
+    match s.parse::<i64>() {
+        Ok(n) if n > 0 => Some(Duration::from_secs(n.unsigned_abs())),
+        Ok(_) => None,
+        Err(_) => Some(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Precheck,
+    Spawn,
+    Wait,
+    Report,
+}
+
+/// The prefix of every log line about an invocation.
+struct Tag<'a> {
+    task: &'a str,
+    version: i64,
+    phase: Phase,
+}
+
+impl fmt::Display for Tag<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Precheck => "precheck",
+            Phase::Spawn => "spawn",
+            Phase::Wait => "wait",
+            Phase::Report => "report",
+        };
+        write!(
+            f,
+            "task={} invoke_version={} phase={phase}",
+            self.task, self.version
+        )
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Why the wait loop ended.
+enum End {
+    Exited,
+    Timeout,
+    Stopped,
+    /// Quiet cancel, or the server answered a running report with a task error.
+    Quiet,
+}
+
+/// The state of one invocation shared by its steps.
+struct Invocation<'a> {
+    task: &'a RunTaskInfo,
+    head: ReportHead,
+    reporter: &'a dyn Reporter,
+    task_error: Option<Verdict>,
+}
+
+impl Invocation<'_> {
+    fn tag(&self, phase: Phase) -> Tag<'_> {
+        Tag {
+            task: &self.task.task_id,
+            version: self.task.invoke_version,
+            phase,
+        }
+    }
+
+    /// Sends a report; remembers the first task error. `None` when it was not delivered.
+    fn send(&mut self, report: &Report) -> Option<Verdict> {
+        match self.reporter.send(report) {
+            Ok(verdict) => {
+                if verdict.is_task_error() && self.task_error.is_none() {
+                    log::warn!(
+                        "{} server answered {} with {verdict:?}",
+                        self.tag(Phase::Report),
+                        report.event()
+                    );
+                    self.task_error = Some(verdict.clone());
+                }
+                Some(verdict)
+            }
+            Err(e) => {
+                log::warn!(
+                    "{} cannot send {} report: {e}",
+                    self.tag(Phase::Report),
+                    report.event()
+                );
+                None
+            }
+        }
+    }
+
+    fn outcome(self, ending: Ending) -> Outcome {
+        Outcome {
+            ending,
+            task_error: self.task_error,
+        }
+    }
+
+    fn invalid(mut self, invalid: Invalid) -> Outcome {
+        log::info!(
+            "{} invalid task: param={} value={}",
+            self.tag(Phase::Precheck),
+            invalid.param,
+            invalid.value
+        );
+        let report = Report::Invalid {
+            head: self.head.clone(),
+            param: invalid.param,
+            value: invalid.value,
+        };
+        self.send(&report);
+        self.outcome(Ending::Invalid)
+    }
+
+    fn error(mut self, span: Span, err_code: String, err_desc: String) -> Outcome {
+        log::warn!("{} error {err_code}: {err_desc}", self.tag(Phase::Spawn));
+        let report = Report::Error {
+            head: self.head.clone(),
+            span,
+            err_code,
+            err_desc,
+            output: Vec::new(),
+        };
+        self.send(&report);
+        self.outcome(Ending::Error)
+    }
 }
 
 /// Runs one invocation of `task` and sends its reports through `reporter`.
-pub fn run(_task: &RunTaskInfo, _head: ReportHead, _cfg: &RunnerConfig, _cancel: &Receiver<Cancel>, _reporter: &dyn Reporter) -> Outcome {
-    Outcome { ending: Ending::Silent, task_error: None }
+pub fn run(
+    task: &RunTaskInfo,
+    head: ReportHead,
+    cfg: &RunnerConfig,
+    cancel: &Receiver<Cancel>,
+    reporter: &dyn Reporter,
+) -> Outcome {
+    let mut inv = Invocation {
+        task,
+        head,
+        reporter,
+        task_error: None,
+    };
+
+    let checked = match precheck::check(task) {
+        Ok(c) => c,
+        Err(invalid) => return inv.invalid(invalid),
+    };
+    let content = if task.enable_parameter {
+        match params::resolve_builtin(&checked.script, &task.builtin_params) {
+            Ok(c) => c,
+            Err(e) => {
+                return inv.invalid(Invalid {
+                    param: "InvalidEnvironmentParameter".into(),
+                    value: e.to_string(),
+                })
+            }
+        }
+    } else {
+        checked.script.clone()
+    };
+
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let owner = checked
+        .user
+        .as_ref()
+        .filter(|u| u.uid != euid)
+        .map(|u| Owner {
+            uid: u.uid,
+            gid: u.gid,
+        });
+    let warn_tag = inv.tag(Phase::Spawn).to_string();
+    let warn = |msg: &str| log::warn!("{warn_tag} {msg}");
+    let cmd = match script::prepare(&cfg.script_dir, task, &content, owner, &warn) {
+        Ok(cmd) => cmd,
+        Err(ScriptError::Existed(path)) => {
+            let t = now_ms();
+            let span = Span {
+                start_ms: t,
+                end_ms: t,
+                exit_code: 0,
+                dropped: 0,
+            };
+            let desc = format!(
+                "ScriptFileExisted: Saving script to {} failed: script file existed",
+                path.display()
+            );
+            return inv.error(span, "-9".into(), desc);
+        }
+    };
+    drop(content);
+
+    let start_ms = now_ms();
+    let started = Instant::now();
+    let span_now = |exit_code: i32, dropped: u64| {
+        let elapsed = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Span {
+            start_ms,
+            end_ms: start_ms.saturating_add(elapsed),
+            exit_code,
+            dropped,
+        }
+    };
+
+    if task.output.send_start {
+        let report = Report::Running {
+            head: inv.head.clone(),
+            start_ms,
+            output: Vec::new(),
+        };
+        if inv.send(&report).is_some_and(|v| v.is_task_error()) {
+            log::info!(
+                "{} start refused by the server; not running",
+                inv.tag(Phase::Spawn)
+            );
+            return inv.outcome(Ending::Silent);
+        }
+    }
+
+    let ring = Arc::new(Mutex::new(OutputRing::for_log_quota(task.output.log_quota)));
+    let (read_end, write_end) = match spawn::output_pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            return inv.error(
+                span_now(1, 0),
+                "-20".into(),
+                format!("CreatePipeFailed: {e}"),
+            )
+        }
+    };
+    let reader = match Reader::spawn(read_end, ring.clone(), inv.tag(Phase::Wait).to_string()) {
+        Ok(r) => r,
+        Err(e) => {
+            return inv.error(
+                span_now(1, 0),
+                "-20".into(),
+                format!("CreatePipeFailed: {e}"),
+            )
+        }
+    };
+    let launch = Launch {
+        cmd: &cmd,
+        user: checked.user.as_ref(),
+        cwd: checked.cwd.as_deref(),
+        home: checked.home.as_deref(),
+    };
+    // On failure `write_end` is dropped inside `spawn`, so the reader ends at EOF by itself.
+    let mut child = match spawn::spawn(&launch, write_end) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e
+                .raw_os_error()
+                .map_or_else(|| "-7".to_string(), |n| n.to_string());
+            return inv.error(span_now(1, 0), code, format!("ExecuteScriptFailed: {e}"));
+        }
+    };
+    log::info!(
+        "{} started pid={} script={}",
+        inv.tag(Phase::Spawn),
+        child.pid(),
+        match &cmd {
+            ScriptCmd::File(p) => p.display().to_string(),
+            ScriptCmd::Inline(_) => "inline".to_string(),
+        }
+    );
+
+    let deadline = match parse_timeout(&task.timeout) {
+        Some(d) => at(started + d),
+        None => never(),
+    };
+    // Periodic invocations never send running output (spec §4.9).
+    let ticks = if task.repeat.is_periodic() {
+        never()
+    } else {
+        let ms = u64::try_from(task.output.interval_ms)
+            .unwrap_or(0)
+            .max(1000);
+        tick(Duration::from_millis(ms))
+    };
+    // Running output read from the ring but not yet delivered; bounded by the pre quota.
+    let mut unsent: Vec<u8> = Vec::new();
+    let mut last_report = Instant::now();
+
+    let end = loop {
+        select! {
+            recv(child.exited()) -> _ => {
+                child.saw_exit();
+                break End::Exited;
+            }
+            recv(cancel) -> msg => {
+                child.kill_group();
+                // A dropped sender is the engine's shutdown: kill and report stopped.
+                break if msg == Ok(Cancel::Quiet) { End::Quiet } else { End::Stopped };
+            }
+            recv(deadline) -> _ => {
+                child.kill_group();
+                break End::Timeout;
+            }
+            recv(ticks) -> _ => {
+                let chunk = ring.lock().read_pre();
+                unsent.extend_from_slice(&chunk);
+                if unsent.is_empty() && task.output.skip_empty && last_report.elapsed() < EMPTY_REPORT_AFTER {
+                    continue;
+                }
+                let report = Report::Running { head: inv.head.clone(), start_ms, output: unsent.clone() };
+                last_report = Instant::now();
+                match inv.send(&report) {
+                    Some(v) if v.is_task_error() => {
+                        child.kill_group();
+                        break End::Quiet;
+                    }
+                    Some(_) => unsent.clear(),
+                    // Kept, and sent before anything newer (spec §4.9 MayFail).
+                    None => {}
+                }
+            }
+        }
+    };
+    let exit = child.reap();
+    let drained = reader.finish(Instant::now() + DRAIN_AFTER_EXIT);
+    if !drained {
+        log::warn!(
+            "{} output pipe still open {}s after the end (a background process holds it); \
+             reporting what was read",
+            inv.tag(Phase::Wait),
+            DRAIN_AFTER_EXIT.as_secs()
+        );
+    }
+    let (mut body, dropped) = {
+        let mut ring = ring.lock();
+        (ring.read_all(), ring.dropped())
+    };
+    unsent.append(&mut body);
+    let output = unsent;
+
+    let exit = match exit {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("{} cannot reap the child: {e}", inv.tag(Phase::Wait));
+            ChildExit::Code(-1)
+        }
+    };
+    log::info!(
+        "{} ended exit={exit:?} dropped={dropped}",
+        inv.tag(Phase::Wait)
+    );
+    let head = inv.head.clone();
+    let (report, ending) = match end {
+        End::Quiet => return inv.outcome(Ending::Silent),
+        End::Exited => (
+            Report::Finished {
+                head,
+                span: span_now(exit.code(), dropped),
+                output,
+            },
+            Ending::Finished,
+        ),
+        End::Timeout => (
+            Report::Timeout {
+                head,
+                span: span_now(1, dropped),
+                output,
+            },
+            Ending::Timeout,
+        ),
+        End::Stopped => (
+            Report::Stopped {
+                head,
+                span: span_now(exit.code(), dropped),
+                result: StopResult::Killed,
+                err_desc: None,
+                output,
+            },
+            Ending::Stopped,
+        ),
+    };
+    inv.send(&report);
+    if matches!(end, End::Exited) {
+        power_action(&inv, exit.code(), cfg);
+    }
+    inv.outcome(ending)
 }
+
+/// Exit code 193 powers off and 194 reboots, when the configuration allows it (spec §4.10).
+fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig) {
+    let (program, what) = match code {
+        EXIT_POWEROFF => ("/sbin/poweroff", "power off"),
+        EXIT_REBOOT => ("/sbin/reboot", "reboot"),
+        _ => return,
+    };
+    let tag = inv.tag(Phase::Report);
+    if !cfg.allow_power_actions {
+        log::info!("{tag} exit code {code} asks to {what}; ignored by configuration");
+        return;
+    }
+    log::warn!("{tag} exit code {code}: running {program}");
+    match std::process::Command::new(program).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => log::warn!("{tag} {program} ended with {s}"),
+        Err(e) => log::warn!("{tag} cannot run {program}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! `OutputRing` (the first bytes of a child's output plus a ring of its last bytes, spec §4.8) and
+//! the reader thread that fills it from a pipe; it must never hold more than its quota in memory.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
+
+/// Bytes kept from the start of the output and sent as running output (`defaultQuotoPre`).
+pub const PRE_QUOTA: usize = 6000;
+/// The smallest total quota (`defaultQuoto`); a task's `logQuota` can only raise it.
+pub const MIN_TOTAL_QUOTA: usize = 12000;
+/// Size of one `read()` from the pipe.
+const CHUNK: usize = 32 * 1024;
+
+/// The captured output of one invocation: a head of `pre_quota` bytes, then a ring of the last
+/// `post_quota` bytes; everything in between is only counted (`dropped`).
+#[derive(Debug)]
+pub struct OutputRing {
+    pre_quota: usize,
+    pre: Vec<u8>,
+    /// How much of `pre` `read_pre`/`read_all` already returned.
+    pre_read: usize,
+    post: Tail,
+    /// Every byte ever put.
+    total: u64,
+}
+
+impl OutputRing {
+    pub fn new(pre_quota: usize, post_quota: usize) -> OutputRing {
+        OutputRing {
+            pre_quota,
+            pre: Vec::new(),
+            pre_read: 0,
+            post: Tail::new(post_quota),
+            total: 0,
+        }
+    }
+
+    /// The quotas of spec §4.8: pre 6000, post `max(log_quota, 12000) - 6000`.
+    pub fn for_log_quota(log_quota: i64) -> OutputRing {
+        let total = usize::try_from(log_quota).unwrap_or(0).max(MIN_TOTAL_QUOTA);
+        OutputRing::new(PRE_QUOTA, total - PRE_QUOTA)
+    }
+
+    pub fn put(&mut self, mut data: &[u8]) {
+        self.total = self.total.saturating_add(data.len() as u64);
+        if self.pre.len() < self.pre_quota {
+            let n = (self.pre_quota - self.pre.len()).min(data.len());
+            self.pre.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        self.post.put(data);
+    }
+
+    /// The part of the head not returned yet; each byte is returned at most once.
+    pub fn read_pre(&mut self) -> Vec<u8> {
+        let out = self.pre[self.pre_read..].to_vec();
+        self.pre_read = self.pre.len();
+        out
+    }
+
+    /// The unread head followed by the ring's content; each byte is returned at most once.
+    pub fn read_all(&mut self) -> Vec<u8> {
+        let mut out = self.read_pre();
+        self.post.take_into(&mut out);
+        out
+    }
+
+    /// Bytes neither in the head nor in the ring: `max(0, total - pre - post)`.
+    pub fn dropped(&self) -> u64 {
+        let kept = (self.pre_quota as u64).saturating_add(self.post.cap as u64);
+        self.total.saturating_sub(kept)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// A ring keeping the last `cap` bytes put. Invariant: while `buf` is not full, `start == 0`.
+#[derive(Debug)]
+struct Tail {
+    cap: usize,
+    buf: Vec<u8>,
+    /// Index of the oldest byte once `buf` is full.
+    start: usize,
+}
+
+impl Tail {
+    fn new(cap: usize) -> Tail {
+        Tail {
+            cap,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    fn put(&mut self, mut data: &[u8]) {
+        if self.cap == 0 || data.is_empty() {
+            return;
+        }
+        if data.len() > self.cap {
+            data = &data[data.len() - self.cap..];
+        }
+        if self.buf.len() < self.cap {
+            let n = (self.cap - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        while !data.is_empty() {
+            let n = (self.cap - self.start).min(data.len());
+            self.buf[self.start..self.start + n].copy_from_slice(&data[..n]);
+            self.start = (self.start + n) % self.cap;
+            data = &data[n..];
+        }
+    }
+
+    /// Appends the content, oldest first, to `out` and empties the ring.
+    fn take_into(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.buf[self.start..]);
+        out.extend_from_slice(&self.buf[..self.start]);
+        self.buf.clear();
+        self.start = 0;
+    }
+}
+
+/// The thread that copies a pipe into a shared `OutputRing` until EOF.
+pub struct Reader {
+    /// Disconnected when the thread ends (it never sends).
+    done: Receiver<()>,
+    handle: JoinHandle<()>,
+}
+
+impl Reader {
+    /// Starts the reader. The thread ends at EOF, i.e. when every write end of the pipe is
+    /// closed (the child and anything it left behind), or on a read error.
+    /// `log_tag` prefixes the thread's log lines (task, invoke version, phase).
+    pub fn spawn(
+        mut pipe: File,
+        ring: Arc<Mutex<OutputRing>>,
+        log_tag: String,
+    ) -> io::Result<Reader> {
+        let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
+        let handle = thread::Builder::new()
+            .name("runner-output".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => ring.lock().put(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log::warn!("{log_tag} output pipe read failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            })?;
+        Ok(Reader { done, handle })
+    }
+
+    /// Waits for EOF until `deadline`. Returns true when the whole output was read; false when
+    /// something still holds the pipe open, in which case the thread is detached: it keeps
+    /// draining into the (bounded) ring and ends when the last write end closes.
+    pub fn finish(self, deadline: Instant) -> bool {
+        match self.done.recv_deadline(deadline) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                // The thread dropped its sender as its last act; the join returns at once.
+                let _ = self.handle.join();
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Spec §10.6 TestOutputBuffer: (pre, post, written) -> dropped, and the content rules.
+    fn check(pre: usize, post: usize, written: usize, dropped: u64, read_pre_first: bool) {
+        let data = pattern(written);
+        let mut ring = OutputRing::new(pre, post);
+        assert!(ring.read_pre().is_empty());
+        assert!(ring.read_all().is_empty());
+        assert_eq!(ring.dropped(), 0);
+        // Several puts of uneven sizes, like pipe reads.
+        for chunk in data.chunks(7) {
+            ring.put(chunk);
+        }
+        assert_eq!(
+            ring.dropped(),
+            dropped,
+            "pre={pre} post={post} written={written}"
+        );
+        let head = if read_pre_first {
+            ring.read_pre()
+        } else {
+            Vec::new()
+        };
+        let rest = ring.read_all();
+        let mut got = head.clone();
+        got.extend_from_slice(&rest);
+        if read_pre_first {
+            assert_eq!(head, data[..written.min(pre)].to_vec());
+        }
+        let mut want = data[..written.min(pre)].to_vec();
+        if written > pre {
+            let after = &data[pre..];
+            if written <= pre + post {
+                want.extend_from_slice(after);
+            } else {
+                want.extend_from_slice(&data[written - post..]);
+            }
+        }
+        assert_eq!(got, want, "pre={pre} post={post} written={written}");
+        assert!(ring.read_pre().is_empty());
+        assert!(ring.read_all().is_empty());
+    }
+
+    #[test]
+    fn output_buffer_table() {
+        let table: &[(usize, usize, usize, u64)] = &[
+            (0, 0, 300, 300),
+            (600, 0, 300, 0),
+            (600, 0, 600, 0),
+            (600, 0, 1200, 600),
+            (0, 600, 300, 0),
+            (0, 600, 600, 0),
+            (0, 600, 1200, 600),
+            (600, 1200, 300, 0),
+            (600, 1200, 600, 0),
+            (600, 1200, 800, 0),
+            (600, 1200, 1800, 0),
+            (600, 1200, 3000, 1200),
+        ];
+        for &(pre, post, written, dropped) in table {
+            check(pre, post, written, dropped, true);
+            check(pre, post, written, dropped, false);
+        }
+    }
+
+    #[test]
+    fn ring_keeps_last_bytes_for_every_quota() {
+        // A small deterministic generator stands in for random sizes 0..99.
+        let mut seed: u32 = 12345;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (seed >> 16) as usize % 100
+        };
+        for cap in 1..1000 {
+            let mut tail = Tail::new(cap);
+            let mut all = Vec::new();
+            for round in 0..12 {
+                let n = if round % 4 == 3 { cap + next() } else { next() };
+                let chunk: Vec<u8> = (0..n).map(|i| (all.len() + i) as u8).collect();
+                tail.put(&chunk);
+                all.extend_from_slice(&chunk);
+                if round == 6 {
+                    // Taking empties the ring; the rule then restarts from the next byte.
+                    let mut got = Vec::new();
+                    tail.take_into(&mut got);
+                    assert_eq!(
+                        got,
+                        all[all.len() - all.len().min(cap)..].to_vec(),
+                        "cap={cap}"
+                    );
+                    all.clear();
+                }
+            }
+            let mut got = Vec::new();
+            tail.take_into(&mut got);
+            assert_eq!(
+                got,
+                all[all.len() - all.len().min(cap)..].to_vec(),
+                "cap={cap}"
+            );
+            assert!(tail.buf.len() <= cap);
+        }
+    }
+
+    #[test]
+    fn quotas_follow_log_quota() {
+        let mut ring = OutputRing::for_log_quota(0);
+        ring.put(&pattern(20_000));
+        assert_eq!(ring.dropped(), 8000);
+        let mut ring = OutputRing::for_log_quota(20_000);
+        ring.put(&pattern(20_000));
+        assert_eq!(ring.dropped(), 0);
+        let mut ring = OutputRing::for_log_quota(-5);
+        ring.put(&pattern(12_001));
+        assert_eq!(ring.dropped(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_the_quota() {
+        let mut ring = OutputRing::new(10, 20);
+        let block = vec![7u8; 4096];
+        for _ in 0..1000 {
+            ring.put(&block);
+        }
+        assert!(ring.pre.capacity() <= 4096 && ring.post.buf.capacity() <= 4096);
+        assert_eq!(ring.total(), 4_096_000);
+        assert_eq!(ring.read_all().len(), 30);
+    }
+
+    #[test]
+    fn reader_copies_pipe_until_eof() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on success.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0);
+        use std::os::fd::FromRawFd;
+        // SAFETY: both descriptors were just created and are owned here.
+        let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let ring = Arc::new(Mutex::new(OutputRing::new(5, 5)));
+        let reader = Reader::spawn(r, ring.clone(), "test-reader".into()).expect("spawn reader");
+        use std::io::Write;
+        w.write_all(b"hello, world").expect("write");
+        drop(w);
+        assert!(reader.finish(Instant::now() + std::time::Duration::from_secs(30)));
+        let mut ring = ring.lock();
+        assert_eq!(ring.read_all(), b"helloworld".to_vec());
+        assert_eq!(ring.dropped(), 2);
+    }
+}

@@ -1,0 +1,315 @@
+//! Starting `/bin/sh` in its own process group with the task's user, directory and one pipe for
+//! stdout and stderr, watching its exit, and killing its group; it must never signal a process
+//! group whose leader has been reaped, and never leave a zombie behind.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+
+use crossbeam_channel::Receiver;
+
+use super::precheck::UserInfo;
+use super::script::ScriptCmd;
+
+/// The shell every script runs under.
+pub const SHELL: &str = "/bin/sh";
+
+/// A close-on-exec pipe: the read end for the output reader, the write end for the child.
+pub fn output_pipe() -> io::Result<(File, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds` on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Everything the child is started with.
+pub struct Launch<'a> {
+    pub cmd: &'a ScriptCmd,
+    pub user: Option<&'a UserInfo>,
+    pub cwd: Option<&'a Path>,
+    pub home: Option<&'a Path>,
+}
+
+/// How the child ended, as `waitid`/`waitpid` saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ChildExit {
+    /// The reported exit code: -1 when a signal killed the process (Go's `ExitCode()`).
+    pub fn code(self) -> i32 {
+        match self {
+            ChildExit::Code(c) => c,
+            ChildExit::Signal(_) => -1,
+        }
+    }
+
+    fn from_status(s: ExitStatus) -> ChildExit {
+        match (s.code(), s.signal()) {
+            (Some(c), _) => ChildExit::Code(c),
+            (None, Some(sig)) => ChildExit::Signal(sig),
+            (None, None) => ChildExit::Code(-1),
+        }
+    }
+}
+
+/// A started child that leads its own process group. Dropping it without `reap` (a panic, an
+/// early return) kills the group and reaps the leader.
+pub struct Running {
+    child: Child,
+    pid: libc::pid_t,
+    /// One message (or a disconnect) from the waiter when the leader has exited; the leader
+    /// stays a zombie until `reap`, so the pgid cannot be reused meanwhile.
+    exited: Receiver<io::Result<()>>,
+    exit_seen: bool,
+    reaped: bool,
+}
+
+/// Starts the child; the parent's copies of `out` are closed when this returns, so the reader
+/// sees EOF once the child and its descendants close theirs.
+pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
+    let mut cmd = Command::new(SHELL);
+    match launch.cmd {
+        ScriptCmd::File(path) => cmd.arg(path),
+        ScriptCmd::Inline(content) => cmd.arg("-c").arg(OsStr::from_bytes(content)),
+    };
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0);
+    if let Some(home) = launch.home {
+        cmd.env("HOME", home);
+    }
+    match launch.user {
+        Some(user) if needs_switch(user) => {
+            // std applies uid/gid before the pre_exec hooks, and setgroups needs root, so the
+            // whole switch happens in the hook, in the kernel's order: groups, gid, uid, then
+            // chdir as the new user (as Go's forkAndExecInChild does).
+            let groups = user.groups.clone();
+            let (uid, gid) = (user.uid, user.gid);
+            let cwd = match launch.cwd {
+                Some(dir) => Some(CString::new(dir.as_os_str().as_bytes())?),
+                None => None,
+            };
+            // SAFETY: the hook runs in the forked child and only makes async-signal-safe
+            // calls (setgroups, setgid, setuid, chdir) on data built before the fork; it does
+            // not allocate, lock or log.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if let Some(dir) = &cwd {
+                        if libc::chdir(dir.as_ptr()) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        _ => {
+            if let Some(dir) = launch.cwd {
+                cmd.current_dir(dir);
+            }
+        }
+    }
+    let child = cmd.spawn()?;
+    // `cmd` holds the parent's write ends; they close here.
+    drop(cmd);
+    // `Child::id` is the kernel's pid_t widened to u32, so the cast is lossless.
+    let pid = child.id() as libc::pid_t;
+    let (tx, exited) = crossbeam_channel::bounded(1);
+    let waiter = thread::Builder::new()
+        .name(format!("wait-{pid}"))
+        .spawn(move || {
+            let _ = tx.send(wait_exit(pid));
+        });
+    let running = Running {
+        child,
+        pid,
+        exited,
+        exit_seen: false,
+        reaped: false,
+    };
+    if let Err(e) = waiter {
+        // The guard kills and reaps; no waiter means `exited` is disconnected already.
+        running.kill_group();
+        drop(running);
+        return Err(e);
+    }
+    Ok(running)
+}
+
+/// Only switch credentials when the user differs from the agent's; a non-root agent may still
+/// run tasks under its own name.
+fn needs_switch(user: &UserInfo) -> bool {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    user.uid != euid || user.gid != egid
+}
+
+/// Blocks until the leader exits, leaving it a zombie (WNOWAIT).
+fn wait_exit(pid: libc::pid_t) -> io::Result<()> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is valid for writes; `pid` is our unreaped child.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    /// Fires when the leader has exited (it is not reaped yet). Call `saw_exit` after a
+    /// `select!` took the message.
+    pub fn exited(&self) -> &Receiver<io::Result<()>> {
+        &self.exited
+    }
+
+    pub fn saw_exit(&mut self) {
+        self.exit_seen = true;
+    }
+
+    /// SIGKILL to the whole group. Safe: the leader is unreaped while `self` exists, so the
+    /// pgid still names our group.
+    pub fn kill_group(&self) {
+        // SAFETY: plain syscall on our own process group.
+        if unsafe { libc::kill(-self.pid, libc::SIGKILL) } != 0 {
+            let e = io::Error::last_os_error();
+            log::debug!("kill of process group {} failed: {e}", self.pid);
+        }
+    }
+
+    /// Waits for the exit (bounded by the child: call `kill_group` first unless it exited)
+    /// and reaps the leader.
+    pub fn reap(mut self) -> io::Result<ChildExit> {
+        self.reap_inner()
+    }
+
+    fn reap_inner(&mut self) -> io::Result<ChildExit> {
+        if !self.exit_seen {
+            // The waiter answers once the leader is dead; a waiter error disconnects too.
+            let _ = self.exited.recv();
+            self.exit_seen = true;
+        }
+        let status = self.child.wait();
+        self.reaped = true;
+        status.map(ChildExit::from_status)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.kill_group();
+            if let Err(e) = self.reap_inner() {
+                log::warn!("cannot reap process {}: {e}", self.pid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn run_inline(script: &str) -> (ChildExit, Vec<u8>) {
+        let (mut read, write) = output_pipe().expect("pipe");
+        let cmd = ScriptCmd::Inline(script.as_bytes().to_vec());
+        let launch = Launch {
+            cmd: &cmd,
+            user: None,
+            cwd: Some(Path::new("/")),
+            home: None,
+        };
+        let running = spawn(&launch, write).expect("spawn");
+        let mut out = Vec::new();
+        read.read_to_end(&mut out).expect("read");
+        (running.reap().expect("reap"), out)
+    }
+
+    #[test]
+    fn exit_code_and_merged_output() {
+        let (exit, out) = run_inline("echo out; echo err >&2; pwd; exit 3");
+        assert_eq!(exit, ChildExit::Code(3));
+        assert_eq!(out, b"out\nerr\n/\n".to_vec());
+    }
+
+    #[test]
+    fn killed_by_signal_is_minus_one() {
+        let (exit, _) = run_inline("kill -9 $$");
+        assert_eq!(exit, ChildExit::Signal(9));
+        assert_eq!(exit.code(), -1);
+    }
+
+    #[test]
+    fn dropping_a_running_child_kills_and_reaps_it() {
+        let (_read, write) = output_pipe().expect("pipe");
+        let cmd = ScriptCmd::Inline(b"sleep 300".to_vec());
+        let launch = Launch {
+            cmd: &cmd,
+            user: None,
+            cwd: None,
+            home: None,
+        };
+        let running = spawn(&launch, write).expect("spawn");
+        let pid = running.pid();
+        drop(running);
+        // Reaped: the pid is no longer our child.
+        // SAFETY: plain syscall.
+        let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        assert_eq!(rc, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECHILD)
+        );
+    }
+
+    #[test]
+    fn missing_program_is_an_errno() {
+        let (_read, write) = output_pipe().expect("pipe");
+        let cmd = ScriptCmd::Inline(b"true".to_vec());
+        let launch = Launch {
+            cmd: &cmd,
+            user: None,
+            cwd: Some(Path::new("/no/such/dir/assistd")),
+            home: None,
+        };
+        let err = spawn(&launch, write).err().expect("must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+}
