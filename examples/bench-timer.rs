@@ -11,22 +11,31 @@ use chrono::Utc;
 use parking_lot::Mutex;
 
 fn main() {
-    let tasks: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10_000);
-    let seconds: u64 = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let tasks: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let seconds: u64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let (handle, join) = timer::spawn(timer::SystemClock);
     let samples = Arc::new(Mutex::new(Vec::with_capacity(tasks * seconds as usize)));
     let base = Utc::now().timestamp_millis();
     for i in 0..tasks {
         // Spread creation times over one second so deadlines are distinct.
         let creation = base + (i as i64 * 1000 / tasks as i64);
-        let schedule = Schedule::parse("rate(1s)", ScheduleKind::Rate, creation, &Zone::utc()).expect("valid rate");
+        let schedule = Schedule::parse("rate(1s)", ScheduleKind::Rate, creation, &Zone::utc())
+            .expect("valid rate");
         let samples = samples.clone();
         handle.arm(
             &format!("t-{i}"),
             Arc::new(schedule),
             Box::new(move |firing| {
                 let late = Utc::now() - firing.scheduled;
-                samples.lock().push(late.num_microseconds().unwrap_or(i64::MAX));
+                samples
+                    .lock()
+                    .push(late.num_microseconds().unwrap_or(i64::MAX));
             }),
         );
     }

@@ -126,6 +126,25 @@ impl StateDir {
     }
 }
 
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing) and returns the open
+/// file: the lock lives as long as the file. Fails with `WouldBlock` when another process
+/// holds it, which is how a second agent on the same state dir is refused.
+pub fn lock_exclusive(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    // SAFETY: flock on a valid, open file descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -211,17 +230,4 @@ pub(crate) mod tests {
         );
         assert_eq!(state.lock_file(), dir.path().join("a/b/assistd.lock"));
     }
-}
-
-/// Takes an exclusive, non-blocking `flock` on `path` (created if missing) and returns the open
-/// file: the lock lives as long as the file. Fails with `WouldBlock` when another process
-/// holds it, which is how a second agent on the same state dir is refused.
-pub fn lock_exclusive(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
-    // SAFETY: flock on a valid, open file descriptor.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(file)
 }

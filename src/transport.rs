@@ -52,6 +52,12 @@ impl std::error::Error for TransportError {
 /// identity headers and apply `timeout` to the whole request. One attempt per call; callers
 /// that retry use `with_retries`.
 pub trait Http: Send + Sync {
-    fn post(&self, path_and_query: &str, body: &[u8], content_type: &str, timeout: Duration) -> Result<HttpResponse, TransportError>;
+    fn post(
+        &self,
+        path_and_query: &str,
+        body: &[u8],
+        content_type: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError>;
     fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError>;
 }

@@ -6,16 +6,27 @@ use serde_json::json;
 use util::{read_pid, wait_gone, Agent, TestDir};
 
 fn count(records: &[serde_json::Value], task: &str, event: &str) -> usize {
-    records.iter().filter(|r| r["task"] == task && r["event"] == event).count()
+    records
+        .iter()
+        .filter(|r| r["task"] == task && r["event"] == event)
+        .count()
 }
 
 #[test]
 fn a_once_task_runs_and_its_result_is_journaled() {
     let dir = TestDir::new("once");
-    dir.task("hello", &json!({"command": "echo hello; echo oops >&2; exit 3"}));
+    dir.task(
+        "hello",
+        &json!({"command": "echo hello; echo oops >&2; exit 3"}),
+    );
     let agent = Agent::start(&dir, &[]);
-    let records = agent.wait_journal(&dir, "hello finished", |r| count(r, "hello", "finished") == 1);
-    let rec = records.iter().find(|r| r["task"] == "hello" && r["event"] == "finished").expect("finished record");
+    let records = agent.wait_journal(&dir, "hello finished", |r| {
+        count(r, "hello", "finished") == 1
+    });
+    let rec = records
+        .iter()
+        .find(|r| r["task"] == "hello" && r["event"] == "finished")
+        .expect("finished record");
     assert_eq!(rec["exit_code"], 3);
     assert_eq!(rec["invoke_version"], 1);
     assert_eq!(rec["output"], "hello\noops\n");
@@ -33,7 +44,10 @@ fn a_timeout_kills_the_whole_process_group() {
     let agent = Agent::start(&dir, &[]);
     let bg = read_pid(&agent, &pidfile);
     let records = agent.wait_journal(&dir, "slow timeout", |r| count(r, "slow", "timeout") == 1);
-    let rec = records.iter().find(|r| r["event"] == "timeout").expect("timeout record");
+    let rec = records
+        .iter()
+        .find(|r| r["event"] == "timeout")
+        .expect("timeout record");
     assert_eq!(rec["exit_code"], 1);
     wait_gone(&agent, bg);
 }
@@ -42,13 +56,19 @@ fn a_timeout_kills_the_whole_process_group() {
 fn removing_a_running_task_and_reloading_stops_it() {
     let dir = TestDir::new("cancel");
     let pidfile = dir.path("bg.pid");
-    dir.task("long", &json!({"command": format!("sleep 300 & echo $! > {}; wait", pidfile.display())}));
+    dir.task(
+        "long",
+        &json!({"command": format!("sleep 300 & echo $! > {}; wait", pidfile.display())}),
+    );
     let agent = Agent::start(&dir, &[]);
     let bg = read_pid(&agent, &pidfile);
     dir.remove_task("long");
     agent.signal(libc::SIGHUP);
     let records = agent.wait_journal(&dir, "long stopped", |r| count(r, "long", "stopped") == 1);
-    let rec = records.iter().find(|r| r["event"] == "stopped").expect("stopped record");
+    let rec = records
+        .iter()
+        .find(|r| r["event"] == "stopped")
+        .expect("stopped record");
     assert_eq!(rec["result"], "killed");
     wait_gone(&agent, bg);
 }
@@ -60,13 +80,18 @@ fn huge_output_keeps_the_head_and_the_tail_and_counts_the_rest() {
     let script = "head -c 6000 /dev/zero | tr '\\0' a; head -c 49988000 /dev/zero | tr '\\0' b; head -c 6000 /dev/zero | tr '\\0' z";
     dir.task("flood", &json!({"command": script}));
     let agent = Agent::start(&dir, &[]);
-    let records = agent.wait_journal(&dir, "flood finished", |r| count(r, "flood", "finished") == 1);
+    let records = agent.wait_journal(&dir, "flood finished", |r| {
+        count(r, "flood", "finished") == 1
+    });
     let running: String = records
         .iter()
         .filter(|r| r["task"] == "flood" && r["event"] == "running")
         .map(|r| r["output"].as_str().unwrap_or_default().to_string())
         .collect();
-    let rec = records.iter().find(|r| r["event"] == "finished").expect("finished");
+    let rec = records
+        .iter()
+        .find(|r| r["event"] == "finished")
+        .expect("finished");
     let all = running + rec["output"].as_str().expect("output");
     assert_eq!(rec["dropped"], 50_000_000 - 12_000);
     assert_eq!(all.len(), 12_000);
@@ -77,13 +102,24 @@ fn huge_output_keeps_the_head_and_the_tail_and_counts_the_rest() {
 fn a_periodic_task_never_overlaps_itself() {
     let dir = TestDir::new("overlap");
     let lock = dir.path("lock");
-    let script = format!("mkdir {0} 2>/dev/null || echo OVERLAP; sleep 2; rmdir {0}", lock.display());
+    let script = format!(
+        "mkdir {0} 2>/dev/null || echo OVERLAP; sleep 2; rmdir {0}",
+        lock.display()
+    );
     dir.task("tick", &json!({"command": script, "cron": "rate(1s)"}));
     let agent = Agent::start(&dir, &[]);
     agent.expect_line("skip invocation");
-    let records = agent.wait_journal(&dir, "two finished ticks", |r| count(r, "tick", "finished") >= 2);
+    let records = agent.wait_journal(&dir, "two finished ticks", |r| {
+        count(r, "tick", "finished") >= 2
+    });
     for rec in records.iter().filter(|r| r["task"] == "tick") {
-        assert!(!rec["output"].as_str().unwrap_or_default().contains("OVERLAP"), "overlapping run: {rec}");
+        assert!(
+            !rec["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("OVERLAP"),
+            "overlapping run: {rec}"
+        );
     }
 }
 
@@ -96,8 +132,14 @@ fn sighup_schedules_new_files_and_gives_changed_files_a_new_version() {
     dir.task("a", &json!({"command": "echo two"}));
     dir.task("b", &json!({"command": "echo bee"}));
     agent.signal(libc::SIGHUP);
-    let records = agent.wait_journal(&dir, "a v2 and b finished", |r| count(r, "a", "finished") == 2 && count(r, "b", "finished") == 1);
-    let a2 = records.iter().filter(|r| r["task"] == "a" && r["event"] == "finished").nth(1).expect("second run of a");
+    let records = agent.wait_journal(&dir, "a v2 and b finished", |r| {
+        count(r, "a", "finished") == 2 && count(r, "b", "finished") == 1
+    });
+    let a2 = records
+        .iter()
+        .filter(|r| r["task"] == "a" && r["event"] == "finished")
+        .nth(1)
+        .expect("second run of a");
     assert_eq!(a2["invoke_version"], 2);
     assert_eq!(a2["output"], "two\n");
 }
@@ -105,30 +147,54 @@ fn sighup_schedules_new_files_and_gives_changed_files_a_new_version() {
 #[test]
 fn malformed_files_are_reported_and_the_others_still_run() {
     let dir = TestDir::new("malformed");
-    std::fs::write(dir.tasks().join("broken.json"), "{\"command\": \"echo hi\",,}").expect("write");
-    dir.task("badcron", &json!({"command": "echo x", "cron": "0 0 25 * * ?"}));
+    std::fs::write(
+        dir.tasks().join("broken.json"),
+        "{\"command\": \"echo hi\",,}",
+    )
+    .expect("write");
+    dir.task(
+        "badcron",
+        &json!({"command": "echo x", "cron": "0 0 25 * * ?"}),
+    );
     dir.task("good", &json!({"command": "echo fine"}));
     let agent = Agent::start(&dir, &[]);
     agent.expect_line("broken.json");
     let records = agent.wait_journal(&dir, "good finished and badcron invalid", |r| {
         count(r, "good", "finished") == 1 && count(r, "badcron", "invalid") == 1
     });
-    let invalid = records.iter().find(|r| r["task"] == "badcron").expect("invalid record");
+    let invalid = records
+        .iter()
+        .find(|r| r["task"] == "badcron")
+        .expect("invalid record");
     assert_eq!(invalid["param"], "cron");
-    assert_eq!(invalid["value"], "InvalidCronExpression: syntax error in hour field: '25'");
+    assert_eq!(
+        invalid["value"],
+        "InvalidCronExpression: syntax error in hour field: '25'"
+    );
 }
 
 #[test]
 fn sigterm_kills_running_tasks_after_the_grace_period_and_reports_them() {
     let dir = TestDir::new("shutdown");
     let pidfile = dir.path("bg.pid");
-    dir.task("long", &json!({"command": format!("echo $$ > {}; sleep 300", pidfile.display())}));
+    dir.task(
+        "long",
+        &json!({"command": format!("echo $$ > {}; sleep 300", pidfile.display())}),
+    );
     std::fs::write(dir.path("config.json"), r#"{"shutdown_grace_secs": 1}"#).expect("write config");
-    let mut agent = Agent::start(&dir, &["--config", dir.path("config.json").to_str().expect("utf-8")]);
+    let mut agent = Agent::start(
+        &dir,
+        &["--config", dir.path("config.json").to_str().expect("utf-8")],
+    );
     let pid = read_pid(&agent, &pidfile);
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status:?}");
-    assert_eq!(dir.records("long", "stopped").len(), 1, "journal: {:#?}", dir.journal());
+    assert_eq!(
+        dir.records("long", "stopped").len(),
+        1,
+        "journal: {:#?}",
+        dir.journal()
+    );
     assert!(!util::alive(pid));
 }
 
@@ -137,9 +203,19 @@ fn a_second_agent_on_the_same_state_dir_refuses_to_start() {
     let dir = TestDir::new("lock");
     let agent = Agent::start(&dir, &[]);
     agent.expect_line("local mode");
-    let out = util::run(&["agent", "--local", dir.tasks().to_str().expect("utf-8"), "--state-dir", dir.state().to_str().expect("utf-8")]);
+    let out = util::run(&[
+        "agent",
+        "--local",
+        dir.tasks().to_str().expect("utf-8"),
+        "--state-dir",
+        dir.state().to_str().expect("utf-8"),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -149,9 +225,18 @@ fn a_cron_reports_completed_after_its_last_run() {
     let expr = when.format("%S %M %H %d %m ? %Y UTC").to_string();
     dir.task("last", &json!({"command": "echo done", "cron": expr}));
     let agent = Agent::start(&dir, &[]);
-    let records = agent.wait_journal(&dir, "last stopped completed", |r| count(r, "last", "stopped") == 1);
-    let events: Vec<&str> = records.iter().filter(|r| r["task"] == "last").filter_map(|r| r["event"].as_str()).collect();
+    let records = agent.wait_journal(&dir, "last stopped completed", |r| {
+        count(r, "last", "stopped") == 1
+    });
+    let events: Vec<&str> = records
+        .iter()
+        .filter(|r| r["task"] == "last")
+        .filter_map(|r| r["event"].as_str())
+        .collect();
     assert_eq!(events, vec!["finished", "stopped"]);
-    let stopped = records.iter().find(|r| r["task"] == "last" && r["event"] == "stopped").expect("stopped");
+    let stopped = records
+        .iter()
+        .find(|r| r["task"] == "last" && r["event"] == "stopped")
+        .expect("stopped");
     assert_eq!(stopped["result"], "completed");
 }

@@ -31,7 +31,8 @@ pub struct TestDir {
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let root = std::env::temp_dir().join(format!("assistd-it-{}-{name}-{n}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("assistd-it-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("tasks")).expect("create test dir");
         std::fs::create_dir_all(root.join("state")).expect("create test dir");
@@ -53,7 +54,8 @@ impl TestDir {
     /// Writes a task file `tasks/<name>.json`.
     pub fn task(&self, name: &str, json: &Value) {
         let path = self.tasks().join(format!("{name}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(json).expect("json")).expect("write task file");
+        std::fs::write(&path, serde_json::to_vec_pretty(json).expect("json"))
+            .expect("write task file");
     }
 
     pub fn remove_task(&self, name: &str) {
@@ -69,8 +71,15 @@ impl TestDir {
         };
         // journal.jsonl.N are older than journal.jsonl; higher N is older.
         files.sort_by_key(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let n: i64 = name.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let n: i64 = name
+                .rsplit('.')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             -n
         });
         let mut out = Vec::new();
@@ -86,7 +95,10 @@ impl TestDir {
     }
 
     pub fn records(&self, task: &str, event: &str) -> Vec<Value> {
-        self.journal().into_iter().filter(|r| r["task"] == task && r["event"] == event).collect()
+        self.journal()
+            .into_iter()
+            .filter(|r| r["task"] == task && r["event"] == event)
+            .collect()
     }
 }
 
@@ -128,7 +140,12 @@ impl Agent {
                 let _ = tx.send(line);
             }
         });
-        Agent { child: Some(child), lines: rx, log, args }
+        Agent {
+            child: Some(child),
+            lines: rx,
+            log,
+            args,
+        }
     }
 
     /// Waits for a stderr line containing `needle`; panics with the log on timeout.
@@ -148,7 +165,12 @@ impl Agent {
     }
 
     /// Waits (on each stderr line) until `pred` holds for the journal.
-    pub fn wait_journal(&self, dir: &TestDir, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub fn wait_journal(
+        &self,
+        dir: &TestDir,
+        what: &str,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let records = dir.journal();
@@ -168,7 +190,10 @@ impl Agent {
                 }
             }
             if Instant::now() > deadline {
-                self.fail(&format!("journal never showed {what}; journal: {:#?}", dir.journal()));
+                self.fail(&format!(
+                    "journal never showed {what}; journal: {:#?}",
+                    dir.journal()
+                ));
             }
         }
     }
@@ -225,7 +250,11 @@ impl Drop for Agent {
 
 /// Runs `assistd <args>` to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env("TZ", "UTC").output().expect("run assistd")
+    Command::new(bin())
+        .args(args)
+        .env("TZ", "UTC")
+        .output()
+        .expect("run assistd")
 }
 
 /// True while a process with this pid exists and is not a zombie. (A killed grandchild is
@@ -237,7 +266,9 @@ pub fn alive(pid: i32) -> bool {
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the command name in parentheses: "pid (comm) S ...".
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

@@ -5,6 +5,8 @@
 pub mod dispatch;
 pub mod invocation;
 pub mod registry;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Arc;

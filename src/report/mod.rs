@@ -30,7 +30,10 @@ pub enum WallClock {
     /// `&currentTime={ms}`.
     Rate,
     /// `&currentTime={ms}&offset=<sec>&timeZone=<name>` in the cron's zone.
-    Cron { zone_name: String, offset_secs: i32 },
+    Cron {
+        zone_name: String,
+        offset_secs: i32,
+    },
 }
 
 /// Times and counters shared by every final report.
@@ -65,19 +68,51 @@ impl StopResult {
 #[derive(Clone, PartialEq, Eq)]
 pub enum Report {
     /// E4 (empty output, before the process starts) and E5 (a running-output chunk).
-    Running { head: ReportHead, start_ms: i64, output: Vec<u8> },
+    Running {
+        head: ReportHead,
+        start_ms: i64,
+        output: Vec<u8>,
+    },
     /// E6: the process exited (any exit code).
-    Finished { head: ReportHead, span: Span, output: Vec<u8> },
+    Finished {
+        head: ReportHead,
+        span: Span,
+        output: Vec<u8>,
+    },
     /// E7: the timeout killed the process group; exit code 1.
-    Timeout { head: ReportHead, span: Span, output: Vec<u8> },
+    Timeout {
+        head: ReportHead,
+        span: Span,
+        output: Vec<u8>,
+    },
     /// E8: the process failed with no error object.
-    Failed { head: ReportHead, span: Span, output: Vec<u8> },
+    Failed {
+        head: ReportHead,
+        span: Span,
+        output: Vec<u8>,
+    },
     /// E9: the invocation failed before or while starting, with a code and a description.
-    Error { head: ReportHead, span: Span, err_code: String, err_desc: String, output: Vec<u8> },
+    Error {
+        head: ReportHead,
+        span: Span,
+        err_code: String,
+        err_desc: String,
+        output: Vec<u8>,
+    },
     /// E10: stopped by a stop task, a cancel, or a cron that has no further run.
-    Stopped { head: ReportHead, span: Span, result: StopResult, err_desc: Option<String>, output: Vec<u8> },
+    Stopped {
+        head: ReportHead,
+        span: Span,
+        result: StopResult,
+        err_desc: Option<String>,
+        output: Vec<u8>,
+    },
     /// E11: the task cannot run; `param` names what is wrong.
-    Invalid { head: ReportHead, param: String, value: String },
+    Invalid {
+        head: ReportHead,
+        param: String,
+        value: String,
+    },
     /// E12: a test task passed its pre-check.
     Verified { head: ReportHead },
 }
@@ -156,7 +191,9 @@ impl fmt::Debug for Report {
         }
         match self {
             Report::Invalid { param, value, .. } => write!(f, " param={param} value={value}"),
-            Report::Error { err_code, err_desc, .. } => write!(f, " err_code={err_code} err_desc={err_desc}"),
+            Report::Error {
+                err_code, err_desc, ..
+            } => write!(f, " err_code={err_code} err_desc={err_desc}"),
             Report::Stopped { result, .. } => write!(f, " result={}", result.as_wire()),
             _ => Ok(()),
         }
@@ -168,7 +205,10 @@ impl fmt::Debug for Report {
 pub enum Verdict {
     Accepted,
     /// The server answered with an `errorCode`.
-    TaskError { code: String, status: String },
+    TaskError {
+        code: String,
+        status: String,
+    },
 }
 
 impl Verdict {
@@ -261,7 +301,11 @@ impl MemoryReporter {
     }
 
     /// Waits until `pred` holds for the received reports, or the deadline passes.
-    pub fn wait_for(&self, timeout: std::time::Duration, pred: impl Fn(&[Report]) -> bool) -> Vec<Report> {
+    pub fn wait_for(
+        &self,
+        timeout: std::time::Duration,
+        pred: impl Fn(&[Report]) -> bool,
+    ) -> Vec<Report> {
         let deadline = std::time::Instant::now() + timeout;
         let mut state = self.state.lock();
         while !pred(&state.reports) {

@@ -36,6 +36,28 @@ fn is_newline(c: u8) -> bool {
     c == b'\n' || c == b'\r'
 }
 
+/// Standard, padded base64 (the encoding of `commandContent`).
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Decodes standard, padded base64 the way Go's `base64.StdEncoding.DecodeString` does:
 /// `\r` and `\n` are skipped anywhere, and errors carry the same input offset.
 pub fn decode_base64(src: &[u8]) -> Result<Vec<u8>, Base64Error> {

@@ -75,7 +75,10 @@ impl ScheduleError {
     }
 
     pub fn with_detail(code: ErrorCode, detail: impl Into<String>) -> ScheduleError {
-        ScheduleError { code, detail: Some(detail.into()) }
+        ScheduleError {
+            code,
+            detail: Some(detail.into()),
+        }
     }
 }
 
@@ -95,7 +98,12 @@ impl std::error::Error for ScheduleError {}
 impl Schedule {
     /// Parses `expr` with the grammar of `kind`. `creation_ms` anchors rates; `system_zone`
     /// is used by a cron without a zone suffix. Does not check for expiry (see `first_after`).
-    pub fn parse(expr: &str, kind: ScheduleKind, creation_ms: i64, system_zone: &Zone) -> Result<Schedule, ScheduleError> {
+    pub fn parse(
+        expr: &str,
+        kind: ScheduleKind,
+        creation_ms: i64,
+        system_zone: &Zone,
+    ) -> Result<Schedule, ScheduleError> {
         match kind {
             ScheduleKind::Cron => cron::CronSchedule::parse(expr, system_zone).map(Schedule::Cron),
             ScheduleKind::Rate => rate::RateSchedule::parse(expr, creation_ms).map(Schedule::Rate),

@@ -231,7 +231,9 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         }
         let value = if key_eq(key, "command") {
             match value {
-                Value::String(text) => Value::String(base64_encode(text.as_bytes())),
+                Value::String(text) => {
+                    Value::String(crate::runner::params::encode_base64(text.as_bytes()))
+                }
                 other => {
                     let found = model::json_kind(other);
                     return Err(LoadErrorKind::Field(ModelError::Type {
@@ -328,28 +330,6 @@ fn syntax(e: serde_json::Error) -> LoadErrorKind {
         column,
         message,
     }
-}
-
-/// Standard, padded base64 (the encoding of `commandContent`).
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Reboot bookkeeping of one task id.
@@ -696,7 +676,7 @@ mod tests {
         assert_eq!(t.task_id, "backup");
         assert_eq!(
             t.content,
-            base64_encode(b"tar czf /var/backups/etc.tgz /etc")
+            crate::runner::params::encode_base64(b"tar czf /var/backups/etc.tgz /etc")
         );
         assert_eq!(t.cron, "0 30 3 * * ?");
         assert_eq!(t.repeat, RepeatType::Period);
@@ -858,10 +838,16 @@ mod tests {
             ("fooba", "Zm9vYmE="),
             ("foobar", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+            assert_eq!(
+                crate::runner::params::encode_base64(plain.as_bytes()),
+                encoded
+            );
         }
-        assert_eq!(base64_encode(&[0xff, 0xfe, 0x00]), "//4A");
-        assert_eq!(base64_encode(b"pwd"), "cHdk");
+        assert_eq!(
+            crate::runner::params::encode_base64(&[0xff, 0xfe, 0x00]),
+            "//4A"
+        );
+        assert_eq!(crate::runner::params::encode_base64(b"pwd"), "cHdk");
     }
 
     #[test]

@@ -1,0 +1,258 @@
+//! Engine tests: the real control loop, timer, pool and runner with `/bin/sh` children, and
+//! the in-memory reporter. No process of the agent, no file but the script dir.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Sender};
+
+use super::*;
+use crate::model::RepeatType;
+use crate::report::{MemoryReporter, Report, StopResult, Verdict};
+use crate::timer::{self, SystemClock};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Harness {
+    reporter: Arc<MemoryReporter>,
+    source: Sender<SourceEvent>,
+    signals: Sender<Signal>,
+    registry: Arc<Registry>,
+    join: Option<thread::JoinHandle<Result<(), EngineError>>>,
+    script_dir: std::path::PathBuf,
+}
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        let script_dir =
+            std::env::temp_dir().join(format!("assistd-engine-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&script_dir);
+        let reporter = MemoryReporter::new();
+        let (timer, _timer_join) = timer::spawn(SystemClock);
+        let cfg = EngineConfig {
+            workers: 4,
+            runner: RunnerConfig {
+                script_dir: script_dir.clone(),
+                allow_power_actions: false,
+            },
+            system_zone: Zone::utc(),
+            shutdown_grace: Duration::from_secs(0),
+        };
+        let engine = Engine::new(cfg, reporter.clone(), timer);
+        let registry = engine.registry();
+        let (source_tx, source_rx) = unbounded();
+        let (signals_tx, signals_rx) = unbounded();
+        let join = thread::spawn(move || engine.run(&mut NoReload, source_rx, signals_rx));
+        Harness {
+            reporter,
+            source: source_tx,
+            signals: signals_tx,
+            registry,
+            join: Some(join),
+            script_dir,
+        }
+    }
+
+    fn send(&self, event: SourceEvent) {
+        self.source.send(event).expect("engine running");
+    }
+
+    fn wait(&self, what: &str, pred: impl Fn(&[Report]) -> bool) -> Vec<Report> {
+        let reports = self.reporter.wait_for(DEADLINE, &pred);
+        assert!(pred(&reports), "never saw {what}; reports: {reports:#?}");
+        reports
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.signals.send(Signal::Terminate);
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.script_dir);
+    }
+}
+
+fn task(id: &str, version: i64, script: &str) -> RunTaskInfo {
+    RunTaskInfo {
+        task_id: id.to_string(),
+        invoke_version: version,
+        command_type: "RunShellScript".to_string(),
+        content: crate::runner::params::encode_base64(script.as_bytes()),
+        timeout: "60".to_string(),
+        ..RunTaskInfo::default()
+    }
+}
+
+fn periodic(id: &str, version: i64, script: &str, repeat: RepeatType, expr: &str) -> RunTaskInfo {
+    RunTaskInfo {
+        repeat,
+        cron: expr.to_string(),
+        creation_time: chrono::Utc::now().timestamp_millis(),
+        ..task(id, version, script)
+    }
+}
+
+fn count(reports: &[Report], id: &str, event: &str) -> usize {
+    reports
+        .iter()
+        .filter(|r| r.head().task_id == id && r.event() == event)
+        .count()
+}
+
+#[test]
+fn a_once_task_runs_once_even_when_fetched_twice() {
+    let h = Harness::new("dup");
+    h.send(SourceEvent::Run(task("t-1", 1, "sleep 1; echo ran")));
+    h.send(SourceEvent::Run(task("t-1", 1, "sleep 1; echo ran")));
+    let reports = h.wait("finish", |r| count(r, "t-1", "finished") == 1);
+    assert_eq!(
+        reports.iter().filter(|r| r.is_final()).count(),
+        1,
+        "{reports:#?}"
+    );
+}
+
+#[test]
+fn stop_of_an_unknown_task_still_reports_killed_with_zeros() {
+    let h = Harness::new("stop-unknown");
+    h.send(SourceEvent::Stop(task("t-x", 3, "true")));
+    let reports = h.wait("stopped", |r| count(r, "t-x", "stopped") == 1);
+    match &reports[0] {
+        Report::Stopped {
+            head, span, result, ..
+        } => {
+            assert_eq!(
+                (
+                    head.invoke_version,
+                    span.start_ms,
+                    span.end_ms,
+                    span.exit_code,
+                    span.dropped
+                ),
+                (3, 0, 0, 0, 0)
+            );
+            assert_eq!(*result, StopResult::Killed);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn stop_of_a_running_task_kills_it_and_reports_killed() {
+    let h = Harness::new("stop-running");
+    h.send(SourceEvent::Run(RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task("t-2", 1, "sleep 300")
+    }));
+    h.wait("start event", |r| count(r, "t-2", "running") >= 1);
+    h.send(SourceEvent::Stop(task("t-2", 1, "sleep 300")));
+    let reports = h.wait("stopped", |r| count(r, "t-2", "stopped") == 1);
+    assert_eq!(count(&reports, "t-2", "finished"), 0);
+}
+
+#[test]
+fn test_tasks_are_only_prechecked() {
+    let h = Harness::new("test");
+    h.send(SourceEvent::Test(task("t-ok", 1, "touch /should/not/run")));
+    h.send(SourceEvent::Test(RunTaskInfo {
+        command_type: "RunFooScript".to_string(),
+        ..task("t-bad", 1, "true")
+    }));
+    let reports = h.wait("verdicts", |r| {
+        count(r, "t-ok", "verified") == 1 && count(r, "t-bad", "invalid") == 1
+    });
+    let bad = reports
+        .iter()
+        .find(|r| r.head().task_id == "t-bad")
+        .expect("invalid report");
+    assert!(
+        matches!(bad, Report::Invalid { param, value, .. } if param == "TypeInvalid" && value == "TypeInvalid_RunFooScript")
+    );
+    assert_eq!(reports.len(), 2);
+}
+
+#[test]
+fn an_invalid_expression_is_reported_and_not_registered() {
+    let h = Harness::new("bad-cron");
+    h.send(SourceEvent::Run(periodic(
+        "t-c",
+        1,
+        "true",
+        RepeatType::Period,
+        "0 0 0 1 1 ? 2023",
+    )));
+    let reports = h.wait("invalid", |r| count(r, "t-c", "invalid") == 1);
+    assert!(
+        matches!(&reports[0], Report::Invalid { param, value, .. } if param == "cron" && value == "CronExpressionExpired")
+    );
+    assert_eq!(h.registry.periodic_count(), 0);
+}
+
+#[test]
+fn a_new_invoke_version_quietly_replaces_a_periodic_task() {
+    let h = Harness::new("version");
+    h.send(SourceEvent::Run(periodic(
+        "t-p",
+        1,
+        "echo v1",
+        RepeatType::Rate,
+        "rate(1s)",
+    )));
+    h.wait("a v1 run", |r| {
+        r.iter()
+            .any(|r| r.head().invoke_version == 1 && r.event() == "finished")
+    });
+    h.send(SourceEvent::Run(periodic(
+        "t-p",
+        2,
+        "echo v2",
+        RepeatType::Rate,
+        "rate(1s)",
+    )));
+    let reports = h.wait("a v2 run", |r| {
+        r.iter()
+            .any(|r| r.head().invoke_version == 2 && r.event() == "finished")
+    });
+    assert_eq!(
+        count(&reports, "t-p", "stopped"),
+        0,
+        "the replacement is quiet: {reports:#?}"
+    );
+    assert_eq!(
+        h.registry.periodic("t-p").map(|p| p.info.invoke_version),
+        Some(2)
+    );
+}
+
+#[test]
+fn task_not_found_on_a_periodic_report_drops_the_schedule() {
+    let h = Harness::new("not-found");
+    h.reporter.push_answer(Ok(Verdict::TaskError {
+        code: "TaskNotFound".to_string(),
+        status: String::new(),
+    }));
+    h.send(SourceEvent::Run(periodic(
+        "t-gone",
+        1,
+        "true",
+        RepeatType::Rate,
+        "rate(1s)",
+    )));
+    h.wait("the first run", |r| count(r, "t-gone", "finished") >= 1);
+    // The Done event carrying the verdict is handled by the loop right after the report.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while h.registry.periodic_count() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the periodic task was not dropped"
+        );
+        // No event reaches the test when the loop handles Done; a short bounded poll.
+        thread::sleep(Duration::from_millis(20));
+    }
+}
