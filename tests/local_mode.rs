@@ -240,3 +240,22 @@ fn a_cron_reports_completed_after_its_last_run() {
         .expect("stopped");
     assert_eq!(stopped["result"], "completed");
 }
+
+#[test]
+fn relative_task_and_state_dirs_work() {
+    let dir = TestDir::new("relative");
+    dir.task(
+        "rel",
+        &json!({"command": "echo relative", "workingDirectory": "/"}),
+    );
+    let args = ["agent", "--local", "tasks", "--state-dir", "state"]
+        .map(String::from)
+        .to_vec();
+    let agent = Agent::spawn(args, &dir.root);
+    let records = agent.wait_journal(&dir, "rel finished", |r| count(r, "rel", "finished") == 1);
+    let rec = records.iter().find(|r| r["task"] == "rel").expect("record");
+    assert_eq!(
+        (rec["exit_code"].as_i64(), rec["output"].as_str()),
+        (Some(0), Some("relative\n"))
+    );
+}

@@ -121,8 +121,14 @@ impl Agent {
             dir.state().display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        Agent::spawn(args, &dir.root)
+    }
+
+    /// Starts `assistd <args>` in `cwd`.
+    pub fn spawn(args: Vec<String>, cwd: &Path) -> Agent {
         let mut child = Command::new(bin())
             .args(&args)
+            .current_dir(cwd)
             .env("TZ", "UTC")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -129,14 +129,15 @@ impl Journal {
 impl Reporter for Journal {
     fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
         let head = report.head();
+        let line = record_line(report, Utc::now());
+        self.append(&line).map_err(ReportError::Journal)?;
+        // Logged after the write, so a reader that sees the line finds the record.
         log::info!(
-            "task {} v{}: {}",
+            "task={} invoke_version={} phase=report {} journaled",
             head.task_id,
             head.invoke_version,
             report.event()
         );
-        let line = record_line(report, Utc::now());
-        self.append(&line).map_err(ReportError::Journal)?;
         Ok(Verdict::Accepted)
     }
 }

@@ -262,7 +262,10 @@ pub fn run(
         });
     let warn_tag = inv.tag(Phase::Spawn).to_string();
     let warn = |msg: &str| log::warn!("{warn_tag} {msg}");
-    let cmd = match script::prepare(&cfg.script_dir, task, &content, owner, &warn) {
+    // The child runs in its own working directory, so the script path must not be relative.
+    let script_dir =
+        std::path::absolute(&cfg.script_dir).unwrap_or_else(|_| cfg.script_dir.clone());
+    let cmd = match script::prepare(&script_dir, task, &content, owner, &warn) {
         Ok(cmd) => cmd,
         Err(ScriptError::Existed(path)) => {
             let t = now_ms();
