@@ -103,9 +103,10 @@ struct Entry {
 
 struct TimerState<C> {
     clock: C,
-    entries: HashMap<String, Entry>,
-    /// (next wall time, generation, key); stale items are skipped by generation.
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, String)>>,
+    entries: HashMap<Arc<str>, Entry>,
+    /// (next wall time, generation, key); stale items are skipped by generation. The key is
+    /// shared with `entries`, so re-arming after a firing allocates nothing.
+    heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, Arc<str>)>>,
     next_generation: u64,
 }
 
@@ -167,10 +168,11 @@ impl<C: WallClock> TimerState<C> {
                 let now = self.clock.now();
                 let Some(next) = schedule.next_after(now) else {
                     log::info!("task={key} phase=schedule no run left; not armed");
-                    self.entries.remove(&key);
+                    self.entries.remove(key.as_str());
                     return;
                 };
                 let generation = self.bump();
+                let key: Arc<str> = Arc::from(key);
                 self.heap.push(Reverse((next, generation, key.clone())));
                 self.entries.insert(
                     key,
@@ -183,7 +185,7 @@ impl<C: WallClock> TimerState<C> {
                 );
             }
             TimerCtl::Disarm { key } => {
-                self.entries.remove(&key);
+                self.entries.remove(key.as_str());
             }
         }
     }

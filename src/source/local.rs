@@ -465,11 +465,53 @@ pub struct Scan {
 }
 
 /// What the source remembers of a task id between scans.
+/// What the source remembers of a task file: enough to notice a change and to stop the task,
+/// not the task itself (the engine holds that; keeping a second copy of 10,000 tasks here
+/// doubled the agent's memory per task).
+#[derive(Clone, Copy)]
 struct Tracked {
-    bytes: Vec<u8>,
-    task: RunTaskInfo,
+    /// Length and hash of the file's bytes: a change of either is a new version.
+    len: usize,
+    digest: u64,
+    invoke_version: i64,
+    repeat: RepeatType,
     /// Whether the last version was handed to the engine (a reboot task may be held back).
     emitted: bool,
+}
+
+impl Tracked {
+    fn new(bytes: &[u8], task: &RunTaskInfo, emitted: bool) -> Tracked {
+        Tracked {
+            len: bytes.len(),
+            digest: digest(bytes),
+            invoke_version: task.invoke_version,
+            repeat: task.repeat,
+            emitted,
+        }
+    }
+
+    fn same_file(&self, bytes: &[u8]) -> bool {
+        self.len == bytes.len() && self.digest == digest(bytes)
+    }
+
+    /// The stop request for the version the engine last received.
+    fn stop_event(&self, id: &str) -> SourceEvent {
+        SourceEvent::Stop(RunTaskInfo {
+            task_id: id.to_string(),
+            invoke_version: self.invoke_version,
+            repeat: self.repeat,
+            ..RunTaskInfo::default()
+        })
+    }
+}
+
+/// A 64-bit hash of a file's bytes (SipHash with fixed keys: stable within one process,
+/// which is all a change check needs).
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// The task directory and what it last told the engine.
@@ -540,11 +582,11 @@ impl LocalSource {
             if let Some(old) = self.tracked.remove(&id) {
                 if old.emitted {
                     log::info!(
-                        "local task {} v{}: file removed or invalid, stopping",
+                        "task={} invoke_version={} phase=load file removed or invalid, stopping",
                         id,
-                        old.task.invoke_version
+                        old.invoke_version
                     );
-                    scan.events.push(SourceEvent::Stop(old.task));
+                    scan.events.push(old.stop_event(&id));
                 }
             }
         }
@@ -552,15 +594,8 @@ impl LocalSource {
         for (bytes, mut task) in found {
             let id = task.task_id.clone();
             let previous = self.tracked.remove(&id);
-            if let Some(prev) = previous.as_ref().filter(|p| p.bytes == bytes) {
-                self.tracked.insert(
-                    id,
-                    Tracked {
-                        bytes,
-                        task: prev.task.clone(),
-                        emitted: prev.emitted,
-                    },
-                );
+            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes)) {
+                self.tracked.insert(id, *prev);
                 continue;
             }
             let version = self
@@ -574,24 +609,18 @@ impl LocalSource {
                 scan.events.push(SourceEvent::Run(task.clone()));
             } else {
                 log::info!(
-                    "local task {} v{}: {} task already handled for this boot",
+                    "task={} invoke_version={} phase=load {} task already handled for this boot",
                     id,
                     task.invoke_version,
                     task.repeat
                 );
                 // A periodic predecessor would keep firing; a one-shot one has run already.
-                if let Some(prev) = previous.filter(|p| p.emitted && p.task.repeat.is_periodic()) {
-                    scan.events.push(SourceEvent::Stop(prev.task));
+                if let Some(prev) = previous.filter(|p| p.emitted && p.repeat.is_periodic()) {
+                    scan.events.push(prev.stop_event(&id));
                 }
             }
-            self.tracked.insert(
-                id,
-                Tracked {
-                    bytes,
-                    task,
-                    emitted: admitted,
-                },
-            );
+            self.tracked
+                .insert(id, Tracked::new(&bytes, &task, admitted));
         }
 
         if let Err(e) = self.state.save() {
