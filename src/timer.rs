@@ -101,12 +101,15 @@ struct Entry {
     next: DateTime<Utc>,
 }
 
+/// A heap item: (next wall time, generation, key).
+type Deadline = (DateTime<Utc>, u64, Arc<str>);
+
 struct TimerState<C> {
     clock: C,
     entries: HashMap<Arc<str>, Entry>,
     /// (next wall time, generation, key); stale items are skipped by generation. The key is
     /// shared with `entries`, so re-arming after a firing allocates nothing.
-    heap: BinaryHeap<Reverse<(DateTime<Utc>, u64, Arc<str>)>>,
+    heap: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
 }
 
