@@ -259,3 +259,47 @@ fn relative_task_and_state_dirs_work() {
         (Some(0), Some("relative\n"))
     );
 }
+
+#[test]
+fn reboot_tasks_run_once_per_boot_and_next_reboot_only_waits_for_a_reboot() {
+    let dir = TestDir::new("reboot");
+    dir.task(
+        "every",
+        &json!({"command": "echo booted", "repeat": "EveryReboot"}),
+    );
+    dir.task(
+        "next",
+        &json!({"command": "echo next boot", "repeat": "NextRebootOnly"}),
+    );
+    dir.task("marker", &json!({"command": "echo marker"}));
+    {
+        let mut agent = Agent::start(&dir, &[]);
+        agent.wait_journal(&dir, "every and marker finished", |r| {
+            count(r, "every", "finished") == 1 && count(r, "marker", "finished") == 1
+        });
+        assert!(agent.stop().success());
+    }
+    // Same boot, new agent: neither the reboot tasks nor the once task that already ran are run
+    // again; a new once task is.
+    dir.task("marker2", &json!({"command": "echo marker2"}));
+    let mut agent = Agent::start(&dir, &[]);
+    let records = agent.wait_journal(&dir, "marker2 finished", |r| {
+        count(r, "marker2", "finished") == 1
+    });
+    assert!(agent.stop().success());
+    assert_eq!(
+        count(&records, "every", "finished"),
+        1,
+        "EveryReboot ran twice in one boot"
+    );
+    assert_eq!(
+        count(&records, "next", "finished"),
+        0,
+        "NextRebootOnly ran before a reboot"
+    );
+    assert_eq!(
+        count(&records, "marker", "finished"),
+        1,
+        "a Once task ran again after an agent restart"
+    );
+}

@@ -339,6 +339,9 @@ pub struct RebootEntry {
     pub first_seen_boot: String,
     /// The last boot in which the task was handed to the engine; empty if never.
     pub last_run_boot: String,
+    /// `Once` tasks: the hash of the file content last handed to the engine, so a once task
+    /// runs once per content, not again at every agent start; empty if never.
+    pub once_digest: String,
 }
 
 /// `<state_dir>/reboot-tasks.json` plus the current boot id. Entries are never pruned: they
@@ -393,8 +396,11 @@ impl RebootState {
     /// Decides whether a task of this repeat type is handed to the engine now, and records
     /// it when it is (before the engine runs it: a crash then loses that boot's run rather
     /// than repeating it).
-    fn admit(&mut self, task_id: &str, repeat: RepeatType) -> bool {
-        if !matches!(repeat, RepeatType::EveryReboot | RepeatType::NextRebootOnly) {
+    fn admit(&mut self, task_id: &str, repeat: RepeatType, content_digest: u64) -> bool {
+        if !matches!(
+            repeat,
+            RepeatType::EveryReboot | RepeatType::NextRebootOnly | RepeatType::Once
+        ) {
             return true;
         }
         let boot = self.boot_id.clone();
@@ -403,8 +409,18 @@ impl RebootState {
             RebootEntry {
                 first_seen_boot: boot.clone(),
                 last_run_boot: String::new(),
+                once_digest: String::new(),
             }
         });
+        if repeat == RepeatType::Once {
+            let digest = format!("{content_digest:016x}");
+            if entry.once_digest == digest {
+                return false;
+            }
+            entry.once_digest = digest;
+            self.dirty = true;
+            return true;
+        }
         let due = match repeat {
             RepeatType::EveryReboot => entry.last_run_boot != boot,
             _ => entry.first_seen_boot != boot && entry.last_run_boot.is_empty(),
@@ -414,6 +430,16 @@ impl RebootState {
             self.dirty = true;
         }
         due
+    }
+
+    /// Forgets that a once task ran: its file went away, so adding it again runs it again.
+    fn forget_once(&mut self, task_id: &str) {
+        if let Some(entry) = self.entries.get_mut(task_id) {
+            if !entry.once_digest.is_empty() {
+                entry.once_digest.clear();
+                self.dirty = true;
+            }
+        }
     }
 
     /// Writes the state atomically if it changed since the last save.
@@ -428,7 +454,11 @@ impl RebootState {
             .entries
             .iter()
             .map(|(id, e)| {
-                let v = serde_json::json!({ "first_seen_boot": e.first_seen_boot, "last_run_boot": e.last_run_boot });
+                let v = serde_json::json!({
+                    "first_seen_boot": e.first_seen_boot,
+                    "last_run_boot": e.last_run_boot,
+                    "once_digest": e.once_digest,
+                });
                 (id.clone(), v)
             })
             .collect();
@@ -451,6 +481,8 @@ fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, Loa
         let entry = RebootEntry {
             first_seen_boot: o.string("first_seen_boot").map_err(LoadErrorKind::Field)?,
             last_run_boot: o.string("last_run_boot").map_err(LoadErrorKind::Field)?,
+            // Absent in state files written before once tasks were tracked.
+            once_digest: o.string("once_digest").map_err(LoadErrorKind::Field)?,
         };
         entries.insert(id.clone(), entry);
     }
@@ -579,6 +611,7 @@ impl LocalSource {
             .cloned()
             .collect();
         for id in gone {
+            self.state.forget_once(&id);
             if let Some(old) = self.tracked.remove(&id) {
                 if old.emitted {
                     log::info!(
@@ -604,7 +637,7 @@ impl LocalSource {
                 .and_modify(|v| *v += 1)
                 .or_insert(1);
             task.invoke_version = *version;
-            let admitted = self.state.admit(&id, task.repeat);
+            let admitted = self.state.admit(&id, task.repeat, digest(&bytes));
             if admitted {
                 scan.events.push(SourceEvent::Run(task.clone()));
             } else {
