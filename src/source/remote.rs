@@ -477,7 +477,14 @@ impl Fetcher {
             ..
         } = list;
         let count = run.len() + stop.len() + files.len() + sessions.len();
-        log::info!(
+        // An empty list is the common answer to a poll: keep it out of the info log.
+        let level = if count + test.len() > 0 {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        log::log!(
+            level,
             "phase=fetch reason={} {} run, {} stop, {} test, {} file, {} session",
             match reason {
                 Reason::Startup { .. } => "startup",
