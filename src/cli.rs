@@ -407,7 +407,10 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     };
     tcfg.base_url = base_url;
     tcfg.instance_id = instance_id;
-    let http: Arc<dyn Http> = Arc::new(UreqHttp::new(&tcfg).map_err(CliError::Transport)?);
+    let http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    // Hook (hybrid identity): `http.set_identity_headers(..)` goes here, before the client is
+    // shared; every later request then carries the extra headers.
+    let http: Arc<dyn Http> = Arc::new(http);
     log::info!(
         "phase=startup assistd {} remote mode, server {}",
         env!("CARGO_PKG_VERSION"),
@@ -418,6 +421,7 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()));
     let engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    // Hook (signatures): `engine.set_verifier(..)` goes here, honouring `cfg.strict_signatures`.
 
     // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
     // heartbeat threads watches; they end within one HTTP timeout.
@@ -432,7 +436,8 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
         enable_tx,
     )
     .map_err(io_err("cannot start the heartbeat thread"))?;
-    // No kick listener in this build: poll, unless turned off.
+    // No kick listener in this build: poll, unless turned off. Hook (kicks): the listener gets
+    // a clone of `kick_tx` and sends `FetchRequest`s; then `poll` becomes `None`.
     let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
     let fetch = remote::spawn(
         remote::FetcherParts {
@@ -440,6 +445,7 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
             gate: Arc::new(remote::UpdateGate::new()),
             startup: Arc::new(remote::StartupDone::new()),
             events: events_tx,
+            // Hook (send-file, sessions): replace with the real `ExtraTasks` implementation.
             extra: Box::new(remote::Unsupported { http: http.clone() }),
             cfg: remote::FetchConfig::new(cold_start, poll, schedule::tz::system_zone()),
             stop,
