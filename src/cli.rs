@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -15,17 +16,22 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
 use crate::engine::{Engine, EngineConfig, Reload};
 use crate::fsutil::StateDir;
 use crate::report::journal::{self, Journal, JournalLimits};
+use crate::report::remote::RemoteReporter;
 use crate::runner::{self, RunnerConfig};
 use crate::schedule::{self, Schedule, ScheduleKind};
 use crate::source::local::{self, LocalSource, RebootState};
+use crate::source::remote::{self, FetchRequest};
 use crate::source::SourceEvent;
-use crate::{signals, timer};
+use crate::transport::{self, Http, TransportConfig, UreqHttp};
+use crate::{heartbeat, signals, timer};
 
 pub const USAGE: &str = "\
 assistd: runs commands for a cloud control plane, or from a local task directory
 
 USAGE:
     assistd agent --local DIR [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
+    assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
+                  [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
     assistd check DIR|FILE
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
@@ -35,6 +41,10 @@ COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
               results go to the journal in the state dir (default /var/lib/assistd).
               SIGHUP re-reads DIR; SIGTERM/SIGINT stop cleanly.
+              Without --local: remote mode. Tasks come from the Cloud Assistant server
+              (--server host or URL, else $ALIYUN_ASSIST_SERVER_HOST, else metadata
+              discovery); results are reported to it. The task list is polled every
+              --poll-interval seconds (default 60, 0 = off); SIGHUP fetches it at once.
     next      print the next fire times of a cron, rate or at expression, in UTC
     check     validate task files; one line per problem
     journal   print the local journal for people
@@ -52,6 +62,7 @@ pub enum CliError {
     Io { what: String, source: io::Error },
     Engine(crate::engine::EngineError),
     Load(local::LoadError),
+    Transport(transport::SetupError),
 }
 
 impl fmt::Display for CliError {
@@ -63,6 +74,7 @@ impl fmt::Display for CliError {
             CliError::Io { what, .. } => f.write_str(what),
             CliError::Engine(e) => e.fmt(f),
             CliError::Load(e) => e.fmt(f),
+            CliError::Transport(e) => e.fmt(f),
         }
     }
 }
@@ -73,6 +85,7 @@ impl std::error::Error for CliError {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
             CliError::Load(e) => e.source(),
+            CliError::Transport(e) => e.source(),
             _ => None,
         }
     }
@@ -236,24 +249,33 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             .parse()
             .map_err(|_| CliError::Usage(format!("unknown log level {level:?}")))?;
     }
+    if let Some(server) = args.value("--server")? {
+        cfg.server = Some(server);
+    }
+    if let Some(id) = args.value("--instance-id")? {
+        cfg.instance_id = Some(id);
+    }
+    if let Some(flag) = args.value("--coldstart-flag")? {
+        cfg.coldstart_flag = PathBuf::from(flag);
+    }
+    if let Some(n) = args.value("--poll-interval")? {
+        cfg.poll_interval_secs = n.parse().map_err(|_| {
+            CliError::Usage(format!("--poll-interval must be whole seconds, not {n:?}"))
+        })?;
+    }
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
     }
-    let Some(local_dir) = cfg.local_dir.clone() else {
+    if cfg.local_dir.is_some() && cfg.server.is_some() {
         return Err(CliError::Usage(
-            "remote mode is not available in this build yet; run with --local DIR".to_string(),
+            "--local and --server exclude each other".to_string(),
         ));
-    };
+    }
 
     // Block the signals before any thread exists, so every thread inherits the mask.
     signals::block().map_err(io_err("cannot block signals"))?;
     init_logging(cfg.log_level);
-    log::info!(
-        "phase=startup assistd {} local mode on {}",
-        env!("CARGO_PKG_VERSION"),
-        local_dir.display()
-    );
 
     let state = StateDir::new(cfg.state_dir.clone());
     state.create().map_err(io_err(format!(
@@ -269,6 +291,30 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             ),
             source,
         })?;
+    match cfg.local_dir.clone() {
+        Some(local_dir) => run_local(&cfg, &state, local_dir),
+        None => run_remote(&cfg, &state),
+    }
+}
+
+fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
+    EngineConfig {
+        workers: cfg.workers,
+        runner: RunnerConfig {
+            script_dir: state.script_dir(),
+            allow_power_actions: cfg.allow_power_actions,
+        },
+        system_zone: schedule::tz::system_zone(),
+        shutdown_grace: cfg.shutdown_grace,
+    }
+}
+
+fn run_local(cfg: &Config, state: &StateDir, local_dir: PathBuf) -> Result<ExitCode, CliError> {
+    log::info!(
+        "phase=startup assistd {} local mode on {}",
+        env!("CARGO_PKG_VERSION"),
+        local_dir.display()
+    );
     let journal = Journal::open(
         &state.journal_dir(),
         JournalLimits {
@@ -288,22 +334,158 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
 
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
-    let engine_cfg = EngineConfig {
-        workers: cfg.workers,
-        runner: RunnerConfig {
-            script_dir: state.script_dir(),
-            allow_power_actions: cfg.allow_power_actions,
-        },
-        system_zone: schedule::tz::system_zone(),
-        shutdown_grace: cfg.shutdown_grace,
-    };
-    let engine = Engine::new(engine_cfg, Arc::new(journal), timer);
+    let engine = Engine::new(engine_config(cfg, state), Arc::new(journal), timer);
     let mut source = LocalReload(LocalSource::new(local_dir, reboot));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
     result.map_err(CliError::Engine)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server base URL and instance id: `--server`/config, else `ALIYUN_ASSIST_SERVER_HOST`,
+/// else metadata discovery, retried 3 s, doubling, capped at 180 s (spec §1.1 step 4) until
+/// it works or a signal ends the agent. `None` when a signal came first.
+fn resolve_server(
+    cfg: &Config,
+    probe: &UreqHttp,
+    signals: &crossbeam_channel::Receiver<signals::Signal>,
+) -> Option<(String, String)> {
+    let instance_id = cfg.instance_id.clone().unwrap_or_default();
+    if let Some(server) = &cfg.server {
+        return Some((transport::server_base_url(server), instance_id));
+    }
+    if let Some(host) = std::env::var("ALIYUN_ASSIST_SERVER_HOST")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    {
+        return Some((transport::server_base_url(&host), instance_id));
+    }
+    let mut pause = Duration::from_secs(3);
+    loop {
+        match transport::discover_server(&cfg.metadata_url, probe) {
+            Ok((base, found_id)) => {
+                let id = if instance_id.is_empty() {
+                    found_id
+                } else {
+                    instance_id
+                };
+                return Some((base, id));
+            }
+            Err(e) => log::warn!(
+                "phase=startup cannot find the server through {} ({}); retrying in {} s",
+                cfg.metadata_url,
+                error_chain(&e),
+                pause.as_secs()
+            ),
+        }
+        match signals.recv_timeout(pause) {
+            Ok(signals::Signal::Reload) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(180));
+    }
+}
+
+fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
+    let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
+    let proxy = cfg.proxy.clone().or_else(|| {
+        std::env::var("ALIYUN_ASSIST_PROXY")
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+    });
+    let mut tcfg = TransportConfig {
+        base_url: String::new(),
+        instance_id: String::new(),
+        ca_file: cfg.ca_file.clone(),
+        proxy,
+    };
+    let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {
+        log::info!("phase=shutdown stopped before a server was found");
+        return Ok(ExitCode::SUCCESS);
+    };
+    tcfg.base_url = base_url;
+    tcfg.instance_id = instance_id;
+    let http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    // Hook (hybrid identity): `http.set_identity_headers(..)` goes here, before the client is
+    // shared; every later request then carries the extra headers.
+    let http: Arc<dyn Http> = Arc::new(http);
+    log::info!(
+        "phase=startup assistd {} remote mode, server {}",
+        env!("CARGO_PKG_VERSION"),
+        tcfg.base_url
+    );
+    let cold_start = remote::detect_cold_start(&cfg.coldstart_flag);
+
+    let (timer, timer_join) = timer::spawn(timer::SystemClock);
+    let reporter = Arc::new(RemoteReporter::new(http.clone()));
+    let engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    // Hook (signatures): `engine.set_verifier(..)` goes here, honouring `cfg.strict_signatures`.
+
+    // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
+    // heartbeat threads watches; they end within one HTTP timeout.
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let (kick_tx, kicks) = crossbeam_channel::bounded(16);
+    let heartbeat = heartbeat::spawn(
+        http.clone(),
+        heartbeat::HostFacts::read(cold_start),
+        stop.clone(),
+        enable_tx,
+    )
+    .map_err(io_err("cannot start the heartbeat thread"))?;
+    // No kick listener in this build: poll, unless turned off. Hook (kicks): the listener gets
+    // a clone of `kick_tx` and sends `FetchRequest`s; then `poll` becomes `None`.
+    let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
+    let fetch = remote::spawn(
+        remote::FetcherParts {
+            http: http.clone(),
+            gate: Arc::new(remote::UpdateGate::new()),
+            startup: Arc::new(remote::StartupDone::new()),
+            events: events_tx,
+            // Hook (send-file, sessions): replace with the real `ExtraTasks` implementation.
+            extra: Box::new(remote::Unsupported { http: http.clone() }),
+            cfg: remote::FetchConfig::new(cold_start, poll, schedule::tz::system_zone()),
+            stop,
+            requests: kicks,
+        },
+        enable,
+    )
+    .map_err(io_err("cannot start the fetch thread"))?;
+
+    let mut reload = KickOnReload {
+        kicks: kick_tx,
+        started: false,
+    };
+    let result = engine.run(&mut reload, events, signals);
+    drop(stop_tx);
+    let _ = timer_join.join();
+    let _ = fetch.join();
+    let _ = heartbeat.join();
+    result.map_err(CliError::Engine)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Remote mode's reload hook: SIGHUP asks the fetch thread for a kickoff fetch, as a
+/// `kick_vm` would. The engine's first call, at start, is skipped: the fetch thread does the
+/// startup fetch on its own.
+struct KickOnReload {
+    kicks: crossbeam_channel::Sender<FetchRequest>,
+    started: bool,
+}
+
+impl Reload for KickOnReload {
+    fn reload(&mut self) -> Vec<SourceEvent> {
+        if std::mem::replace(&mut self.started, true) {
+            log::info!("phase=fetch SIGHUP: asking for the task list");
+            if self.kicks.try_send(FetchRequest::kick()).is_err() {
+                log::warn!("phase=fetch SIGHUP: a fetch is already queued");
+            }
+        }
+        Vec::new()
+    }
 }
 
 /// The local task directory as the engine's reload hook: logs every bad file and goes on.

@@ -23,6 +23,23 @@ pub struct Config {
     pub journal_max_bytes: u64,
     pub journal_keep: usize,
     pub log_level: log::LevelFilter,
+    /// Remote mode: the server, `host[:port]` (HTTPS) or a full URL. `None`: the environment
+    /// (`ALIYUN_ASSIST_SERVER_HOST`), then metadata discovery.
+    pub server: Option<String>,
+    /// Remote mode: sent as `X-Client-Instance-ID`.
+    pub instance_id: Option<String>,
+    /// Remote mode: PEM roots to trust instead of the bundled ones.
+    pub ca_file: Option<PathBuf>,
+    /// Remote mode: proxy URL (else `ALIYUN_ASSIST_PROXY`).
+    pub proxy: Option<String>,
+    /// Remote mode: the metadata service used for discovery.
+    pub metadata_url: String,
+    /// Remote mode without a kick channel: fetch the task list this often; 0 turns it off.
+    pub poll_interval_secs: u64,
+    /// Refuse tasks whose signature cannot be verified (the signature work reads it).
+    pub strict_signatures: bool,
+    /// The RAM flag file that tells a cold start (spec §1.5).
+    pub coldstart_flag: PathBuf,
 }
 
 impl Default for Config {
@@ -36,6 +53,14 @@ impl Default for Config {
             journal_max_bytes: 10 * 1024 * 1024,
             journal_keep: 3,
             log_level: log::LevelFilter::Info,
+            server: None,
+            instance_id: None,
+            ca_file: None,
+            proxy: None,
+            metadata_url: crate::transport::DEFAULT_METADATA_URL.to_string(),
+            poll_interval_secs: 60,
+            strict_signatures: false,
+            coldstart_flag: PathBuf::from(crate::source::remote::DEFAULT_COLDSTART_FLAG),
         }
     }
 }
@@ -183,6 +208,36 @@ impl Config {
                         .and_then(|s| s.parse().ok())
                         .ok_or_else(|| bad(key, "one of off, error, warn, info, debug, trace"))?
                 }
+                "server" | "instance_id" | "proxy" | "metadata_url" => {
+                    let text = v
+                        .as_str()
+                        .filter(|s| !s.trim().is_empty())
+                        .ok_or_else(|| bad(key, "a non-empty string"))?
+                        .to_string();
+                    match key.as_str() {
+                        "server" => cfg.server = Some(text),
+                        "instance_id" => cfg.instance_id = Some(text),
+                        "proxy" => cfg.proxy = Some(text),
+                        _ => cfg.metadata_url = text,
+                    }
+                }
+                "ca_file" => {
+                    cfg.ca_file = Some(PathBuf::from(
+                        v.as_str().ok_or_else(|| bad(key, "a string"))?,
+                    ))
+                }
+                "coldstart_flag" => {
+                    cfg.coldstart_flag =
+                        PathBuf::from(v.as_str().ok_or_else(|| bad(key, "a string"))?)
+                }
+                "poll_interval_secs" => {
+                    cfg.poll_interval_secs = v
+                        .as_u64()
+                        .ok_or_else(|| bad(key, "a whole number of seconds (0: off)"))?
+                }
+                "strict_signatures" => {
+                    cfg.strict_signatures = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
+                }
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_path_buf(),
@@ -216,6 +271,28 @@ mod tests {
         assert_eq!(cfg.state_dir, PathBuf::from("/tmp/s"));
         assert!(cfg.allow_power_actions);
         assert_eq!(cfg.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn remote_keys_are_read() {
+        let cfg = parse(
+            r#"{"server": "http://127.0.0.1:9", "instance_id": "i-1", "ca_file": "/ca.pem",
+            "proxy": "http://p:3128", "metadata_url": "http://127.0.0.1:1", "poll_interval_secs": 0,
+            "strict_signatures": true, "coldstart_flag": "/tmp/flag"}"#,
+        )
+        .expect("valid config");
+        assert_eq!(cfg.server.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(cfg.instance_id.as_deref(), Some("i-1"));
+        assert_eq!(cfg.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(cfg.proxy.as_deref(), Some("http://p:3128"));
+        assert_eq!(cfg.metadata_url, "http://127.0.0.1:1");
+        assert_eq!(cfg.poll_interval_secs, 0);
+        assert!(cfg.strict_signatures);
+        assert_eq!(cfg.coldstart_flag, PathBuf::from("/tmp/flag"));
+        assert_eq!(
+            parse(r#"{"server": ""}"#),
+            Err("config c.json: key \"server\" must be a non-empty string".to_string())
+        );
     }
 
     #[test]

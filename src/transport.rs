@@ -1,9 +1,14 @@
 //! The HTTP boundary to the control plane. `Http` is what the rest of the agent calls; the ureq
 //! implementation (timeouts, TLS roots, proxy, identity headers, retry rule) lives here and is
-//! the only place that imports `ureq`. SKELETON: the ureq implementation is being written.
+//! the only place that imports `ureq`. It never decides what a request means: no endpoint,
+//! query string or body format is known here.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crossbeam_channel::Receiver;
 
 /// The reference's per-request timeout (spec §2.2).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,4 +65,433 @@ pub trait Http: Send + Sync {
         timeout: Duration,
     ) -> Result<HttpResponse, TransportError>;
     fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError>;
+}
+
+/// Attempts of the reference's "1+3" retry rule (spec §2.2): the first try and 3 retries.
+pub const RETRY_ATTEMPTS: u32 = 4;
+/// Pause before each retry (spec §2.2).
+pub const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// The longest connect phase of any request; the request's own timeout bounds it further.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where the ECS metadata service answers (spec §2.5); configurable (`metadata_url`).
+pub const DEFAULT_METADATA_URL: &str = "http://100.100.100.200";
+
+/// Extra identity headers for one request, from its method and path (hybrid identity,
+/// spec §2.2). Called once per request, so values such as timestamps can be fresh.
+pub type IdentityHeaders = Box<dyn Fn(&str, &str) -> Vec<(String, String)> + Send + Sync>;
+
+/// Calls `f` up to `attempts` times while it fails, waiting `pause` before each retry. The
+/// wait ends early, with the last error, when `stop` disconnects (shutdown).
+pub fn with_retries<T>(
+    attempts: u32,
+    pause: Duration,
+    stop: Option<&Receiver<()>>,
+    mut f: impl FnMut() -> Result<T, TransportError>,
+) -> Result<T, TransportError> {
+    let mut result = f();
+    for _ in 1..attempts.max(1) {
+        if result.is_ok() {
+            break;
+        }
+        let stopping = match stop {
+            Some(stop) => matches!(
+                stop.recv_timeout(pause),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+            ),
+            None => {
+                std::thread::sleep(pause);
+                false
+            }
+        };
+        if stopping {
+            break;
+        }
+        result = f();
+    }
+    result
+}
+
+/// The User-Agent in the reference's format `<GOOS>_<GOARCH>/<version>` (spec §2.2), with
+/// assistd's own version, e.g. `linux_amd64/0.1.0`.
+pub fn user_agent() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64",
+        other => other,
+    };
+    format!(
+        "{}_{}/{}",
+        std::env::consts::OS,
+        arch,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A server given as `host[:port]` means HTTPS (spec §2.3); a full URL (`http://127.0.0.1:8080`
+/// for a local dev server) is kept. The result has no trailing slash.
+pub fn server_base_url(server: &str) -> String {
+    let server = server.trim().trim_end_matches('/');
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("https://{server}")
+    }
+}
+
+/// How the one ureq agent is built.
+#[derive(Clone, Debug, Default)]
+pub struct TransportConfig {
+    /// `https://host` or a full URL; see `server_base_url`.
+    pub base_url: String,
+    /// `X-Client-Instance-ID` (spec §2.2); `unknown` when not known.
+    pub instance_id: String,
+    /// PEM file of the root certificates to trust instead of the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Proxy URL for every request (`ALIYUN_ASSIST_PROXY`, or the config's `proxy`).
+    pub proxy: Option<String>,
+}
+
+/// The transport could not be built from its configuration.
+#[derive(Debug)]
+pub enum SetupError {
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    CaPem {
+        path: PathBuf,
+        source: ureq::Error,
+    },
+    NoCertificates {
+        path: PathBuf,
+    },
+    Proxy {
+        proxy: String,
+        source: ureq::Error,
+    },
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::CaFile { path, .. } => write!(f, "cannot read CA file {}", path.display()),
+            SetupError::CaPem { path, .. } => write!(f, "CA file {} is not PEM", path.display()),
+            SetupError::NoCertificates { path } => {
+                write!(f, "CA file {} holds no certificate", path.display())
+            }
+            // The proxy URL may carry a password: name it without it.
+            SetupError::Proxy { .. } => f.write_str("bad proxy URL"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::CaFile { source, .. } => Some(source),
+            SetupError::CaPem { source, .. } | SetupError::Proxy { source, .. } => Some(source),
+            SetupError::NoCertificates { .. } => None,
+        }
+    }
+}
+
+/// The ureq implementation of `Http`: one `Agent` (one connection pool), cheap to clone.
+#[derive(Clone)]
+pub struct UreqHttp {
+    agent: ureq::Agent,
+    base: String,
+    instance_id: String,
+    identity: Option<Arc<IdentityHeaders>>,
+}
+
+impl fmt::Debug for UreqHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UreqHttp")
+            .field("base", &self.base)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_roots(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, SetupError> {
+    let pem = std::fs::read(path).map_err(|source| SetupError::CaFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(source) => {
+                return Err(SetupError::CaPem {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(SetupError::NoCertificates {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+impl UreqHttp {
+    /// Builds the agent once. Timeouts are set explicitly (ureq sets none by default); the
+    /// per-request timeout of each call narrows them. The proxy is only what `cfg` says: ureq's
+    /// own environment lookup (`HTTP_PROXY`...) is turned off, as in the reference.
+    pub fn new(cfg: &TransportConfig) -> Result<UreqHttp, SetupError> {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &cfg.ca_file {
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&read_roots(path)?));
+        }
+        let proxy = match &cfg.proxy {
+            Some(p) => Some(ureq::Proxy::new(p).map_err(|source| SetupError::Proxy {
+                proxy: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .user_agent(user_agent())
+            .proxy(proxy)
+            .tls_config(tls.build())
+            .timeout_global(Some(DEFAULT_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_recv_response(Some(DEFAULT_TIMEOUT))
+            .timeout_recv_body(Some(DEFAULT_TIMEOUT))
+            .max_redirects(0)
+            .build()
+            .into();
+        Ok(UreqHttp {
+            agent,
+            base: server_base_url(&cfg.base_url),
+            instance_id: if cfg.instance_id.is_empty() {
+                "unknown".to_string()
+            } else {
+                cfg.instance_id.clone()
+            },
+            identity: None,
+        })
+    }
+
+    /// Installs the extra identity headers (hybrid mode). They are added to every later
+    /// request to the server, after `X-Client-Instance-ID`.
+    pub fn set_identity_headers(&mut self, headers: IdentityHeaders) {
+        self.identity = Some(Arc::new(headers));
+    }
+
+    /// The server base URL, e.g. `https://cn-hangzhou.axt.aliyun.com`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// A GET to an absolute URL outside the server (metadata, connection detect): only the
+    /// User-Agent header, as in the reference.
+    pub fn get_url(&self, url: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
+        let req = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .build();
+        classify(req.call())
+    }
+
+    fn headers(&self, method: &str, path: &str) -> Vec<(String, String)> {
+        let mut headers = vec![("X-Client-Instance-ID".to_string(), self.instance_id.clone())];
+        if let Some(identity) = &self.identity {
+            headers.extend(identity(method, path));
+        }
+        headers
+    }
+}
+
+/// Status > 400 is a failure; 400 itself, 2xx and 3xx are answers (spec §2.2, §11.1).
+fn classify(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<HttpResponse, TransportError> {
+    let mut resp = result.map_err(|e| TransportError::Unreachable(Box::new(e)))?;
+    let status = resp.status().as_u16();
+    if status > 400 {
+        return Err(TransportError::Status(status));
+    }
+    let body = resp
+        .body_mut()
+        .read_to_vec()
+        .map_err(|e| TransportError::Unreachable(Box::new(e)))?;
+    Ok(HttpResponse { status, body })
+}
+
+impl Http for UreqHttp {
+    fn post(
+        &self,
+        path_and_query: &str,
+        body: &[u8],
+        content_type: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError> {
+        let path = path_and_query.split('?').next().unwrap_or(path_and_query);
+        let mut req = self
+            .agent
+            .post(format!("{}{path_and_query}", self.base))
+            .header("Content-Type", content_type);
+        for (name, value) in self.headers("POST", path) {
+            req = req.header(name, value);
+        }
+        let req = req
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .build();
+        classify(req.send(body))
+    }
+
+    fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
+        let path = path_and_query.split('?').next().unwrap_or(path_and_query);
+        let mut req = self.agent.get(format!("{}{path_and_query}", self.base));
+        for (name, value) in self.headers("GET", path) {
+            req = req.header(name, value);
+        }
+        let req = req
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .build();
+        classify(req.call())
+    }
+}
+
+impl<H: Http + ?Sized> Http for Arc<H> {
+    fn post(
+        &self,
+        path_and_query: &str,
+        body: &[u8],
+        content_type: &str,
+        timeout: Duration,
+    ) -> Result<HttpResponse, TransportError> {
+        (**self).post(path_and_query, body, content_type, timeout)
+    }
+    fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
+        (**self).get(path_and_query, timeout)
+    }
+}
+
+/// Go's `url.QueryEscape`: unreserved bytes kept, space as `+`, everything else `%XX`.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Discovers the server when none is configured (spec §2.1, ECS only): the region from the
+/// metadata service, then `<region>.axt.aliyun.com` if its connection check answers `ok`.
+/// Returns the base URL and the instance id (`unknown` when the metadata has none).
+pub fn discover_server(
+    metadata_url: &str,
+    probe: &UreqHttp,
+) -> Result<(String, String), TransportError> {
+    let metadata = metadata_url.trim_end_matches('/');
+    let region = probe.get_url(
+        &format!("{metadata}/latest/meta-data/region-id"),
+        DEFAULT_TIMEOUT,
+    )?;
+    let region = String::from_utf8_lossy(&region.body).trim().to_string();
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(TransportError::NoServer);
+    }
+    let base = format!("https://{region}.axt.aliyun.com");
+    let detect = probe.get_url(
+        &format!("{base}/luban/api/connection_detect"),
+        DEFAULT_TIMEOUT,
+    )?;
+    if detect.body != b"ok" {
+        return Err(TransportError::NoServer);
+    }
+    let instance_id = probe
+        .get_url(
+            &format!("{metadata}/latest/meta-data/instance-id"),
+            DEFAULT_TIMEOUT,
+        )
+        .ok()
+        .map(|r| String::from_utf8_lossy(&r.body).trim().to_string())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    Ok((base, instance_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_escape_matches_go() {
+        assert_eq!(query_escape("Asia/Shanghai"), "Asia%2FShanghai");
+        assert_eq!(query_escape("GMT+8:00"), "GMT%2B8%3A00");
+        assert_eq!(query_escape("a b~c"), "a+b~c");
+        assert_eq!(query_escape("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn server_host_means_https_and_urls_are_kept() {
+        assert_eq!(
+            server_base_url("cn-hangzhou.axt.aliyun.com"),
+            "https://cn-hangzhou.axt.aliyun.com"
+        );
+        assert_eq!(
+            server_base_url("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn user_agent_has_the_reference_shape() {
+        let ua = user_agent();
+        let (platform, version) = ua.split_once('/').expect("a slash");
+        assert!(platform.contains('_'), "{ua}");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn retries_stop_at_the_first_success_and_after_four_attempts() {
+        let mut calls = 0;
+        let r: Result<(), _> = with_retries(4, Duration::ZERO, None, || {
+            calls += 1;
+            Err(TransportError::Status(500))
+        });
+        assert!(matches!(r, Err(TransportError::Status(500))));
+        assert_eq!(calls, 4);
+        let mut calls = 0;
+        let r = with_retries(4, Duration::ZERO, None, || {
+            calls += 1;
+            if calls < 2 {
+                Err(TransportError::Status(502))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(r.ok(), Some(2));
+    }
 }

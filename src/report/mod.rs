@@ -5,6 +5,7 @@
 //! to report; the runner and the engine do.
 
 pub mod journal;
+pub mod remote;
 
 use std::fmt;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! came from a task directory or a server.
 
 pub mod local;
+pub mod remote;
 
 use crate::model::RunTaskInfo;
 

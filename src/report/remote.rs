@@ -1,0 +1,451 @@
+//! Reports to the Cloud Assistant server: the endpoints and exact query strings of spec §2.3
+//! (E4–E12), the retry rule per report kind, and the reading of the server's answer into a
+//! `Verdict` (spec §9). It never decides what to do about a verdict; the runner and the engine do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::report::{Report, ReportError, ReportHead, Reporter, Span, Verdict, WallClock};
+use crate::transport::{
+    query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
+};
+
+/// The body type of every report: the output text (spec §2.2, contentType `text`).
+pub const REPORT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// `errDesc` is cut to this many bytes before escaping (spec §2.3).
+pub const ERR_DESC_MAX: usize = 255;
+
+/// Sends reports to the server. Called synchronously by the worker that owns the invocation.
+pub struct RemoteReporter {
+    http: Arc<dyn Http>,
+    retry_pause: Duration,
+    now_ms: fn() -> i64,
+}
+
+fn wall_now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl RemoteReporter {
+    pub fn new(http: Arc<dyn Http>) -> RemoteReporter {
+        RemoteReporter {
+            http,
+            retry_pause: RETRY_PAUSE,
+            now_ms: wall_now_ms,
+        }
+    }
+
+    /// The pause between retries of final reports (2 s in production; tests shorten it).
+    pub fn with_retry_pause(mut self, pause: Duration) -> RemoteReporter {
+        self.retry_pause = pause;
+        self
+    }
+}
+
+/// True for the reports sent with the "1+3" rule; running and verified get one attempt.
+pub fn retried(report: &Report) -> bool {
+    !matches!(report, Report::Running { .. } | Report::Verified { .. })
+}
+
+/// The path and query string of a report (spec §2.3), with `currentTime` = `now_ms`.
+pub fn path_and_query(report: &Report, now_ms: i64) -> String {
+    let head = report.head();
+    let mut q = match report {
+        Report::Running { start_ms, .. } => {
+            format!("/luban/api/v1/task/running?{}&start={start_ms}", ids(head))
+        }
+        Report::Finished { span, .. } => final_query("finish", head, span),
+        Report::Timeout { span, .. } => final_query("timeout", head, span),
+        Report::Failed { span, .. } => final_query("error", head, span),
+        Report::Error {
+            span,
+            err_code,
+            err_desc,
+            ..
+        } => format!(
+            "{}&errCode={}&errDesc={}",
+            final_query("error", head, span),
+            query_escape(err_code),
+            query_escape(truncate_utf8(err_desc, ERR_DESC_MAX))
+        ),
+        Report::Stopped {
+            span,
+            result,
+            err_desc,
+            ..
+        } => {
+            // Lower-case `exitcode` and no wall-clock parameters (spec §2.3 E10, §11.1 item 4).
+            let mut q = format!(
+                "/luban/api/v1/task/stopped?{}&start={}&end={}&exitcode={}&dropped={}&result={}",
+                ids(head),
+                span.start_ms,
+                span.end_ms,
+                span.exit_code,
+                span.dropped,
+                result.as_wire()
+            );
+            if let Some(desc) = err_desc {
+                q.push_str("&errCode=TerminationException&errDesc=");
+                q.push_str(&query_escape(truncate_utf8(desc, ERR_DESC_MAX)));
+            }
+            return q;
+        }
+        Report::Invalid { param, value, .. } => {
+            return format!(
+                "/luban/api/v1/task/invalid?{}&param={}&value={}",
+                ids(head),
+                query_escape(param),
+                query_escape(value)
+            )
+        }
+        Report::Verified { .. } => return format!("/luban/api/v1/task/verified?{}", ids(head)),
+    };
+    q.push_str(&wall_clock_params(&head.wall_clock, now_ms));
+    q
+}
+
+/// `taskId` is not escaped (spec §2.3, §11.1 item 5).
+fn ids(head: &ReportHead) -> String {
+    format!(
+        "taskId={}&invokeVersion={}",
+        head.task_id, head.invoke_version
+    )
+}
+
+fn final_query(endpoint: &str, head: &ReportHead, span: &Span) -> String {
+    format!(
+        "/luban/api/v1/task/{endpoint}?{}&start={}&end={}&exitCode={}&dropped={}",
+        ids(head),
+        span.start_ms,
+        span.end_ms,
+        span.exit_code,
+        span.dropped
+    )
+}
+
+/// Spec §5.8: Rate → `currentTime`; cron → `currentTime`, `offset`, `timeZone`; else nothing.
+pub fn wall_clock_params(wall_clock: &WallClock, now_ms: i64) -> String {
+    match wall_clock {
+        WallClock::None => String::new(),
+        WallClock::Rate => format!("&currentTime={now_ms}"),
+        WallClock::Cron {
+            zone_name,
+            offset_secs,
+        } => format!(
+            "&currentTime={now_ms}&offset={offset_secs}&timeZone={}",
+            query_escape(zone_name)
+        ),
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The server's answer to a report: `{"errorCode": .., "status": ..}` (keys matched without
+/// regard to case, as Go does). Anything else, such as the plain `success`, is acceptance.
+pub fn parse_verdict(body: &[u8]) -> Verdict {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return Verdict::Accepted;
+    };
+    let field = |name: &str| {
+        map.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let code = field("errorCode");
+    if code.is_empty() {
+        return Verdict::Accepted;
+    }
+    Verdict::TaskError {
+        code,
+        status: field("status"),
+    }
+}
+
+fn report_error(e: TransportError) -> ReportError {
+    match e {
+        TransportError::Unreachable(e) => ReportError::Unreachable(e),
+        TransportError::Status(code) => ReportError::Status(code),
+        TransportError::NoServer => ReportError::Unreachable(Box::new(TransportError::NoServer)),
+    }
+}
+
+impl Reporter for RemoteReporter {
+    fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
+        let attempts = if retried(report) { RETRY_ATTEMPTS } else { 1 };
+        let head = report.head();
+        let mut attempt = 0;
+        let resp = with_retries(attempts, self.retry_pause, None, || {
+            attempt += 1;
+            // `currentTime` is the time of this attempt (spec §5.8).
+            let target = path_and_query(report, (self.now_ms)());
+            let r = self
+                .http
+                .post(&target, report.output(), REPORT_CONTENT_TYPE, DEFAULT_TIMEOUT);
+            if let Err(e) = &r {
+                log::debug!(
+                    "task={} invoke_version={} phase=report {} attempt {attempt}/{attempts} failed: {e}",
+                    head.task_id,
+                    head.invoke_version,
+                    report.event()
+                );
+            }
+            r
+        })
+        .map_err(report_error)?;
+        let verdict = parse_verdict(&resp.body);
+        if let Verdict::TaskError { code, status } = &verdict {
+            log::warn!(
+                "task={} invoke_version={} phase=report server answered the {} report with errorCode={code} status={status}",
+                head.task_id,
+                head.invoke_version,
+                report.event()
+            );
+        }
+        Ok(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RepeatType;
+    use crate::report::StopResult;
+    use crate::transport::HttpResponse;
+    use parking_lot::Mutex;
+
+    fn head(wall_clock: WallClock) -> ReportHead {
+        ReportHead {
+            task_id: "t-1".to_string(),
+            invoke_version: 3,
+            repeat: RepeatType::Once,
+            wall_clock,
+        }
+    }
+
+    fn span() -> Span {
+        Span {
+            start_ms: 1000,
+            end_ms: 2000,
+            exit_code: 7,
+            dropped: 5,
+        }
+    }
+
+    fn check(report: Report, expected: &str) {
+        assert_eq!(path_and_query(&report, 1_700_000_000_000), expected);
+    }
+
+    #[test]
+    fn running() {
+        check(
+            Report::Running {
+                head: head(WallClock::None),
+                start_ms: 1000,
+                output: b"x".to_vec(),
+            },
+            "/luban/api/v1/task/running?taskId=t-1&invokeVersion=3&start=1000",
+        );
+    }
+
+    #[test]
+    fn finish() {
+        check(
+            Report::Finished {
+                head: head(WallClock::None),
+                span: span(),
+                output: vec![],
+            },
+            "/luban/api/v1/task/finish?taskId=t-1&invokeVersion=3&start=1000&end=2000&exitCode=7&dropped=5",
+        );
+    }
+
+    #[test]
+    fn timeout_with_rate_wall_clock() {
+        check(
+            Report::Timeout { head: head(WallClock::Rate), span: span(), output: vec![] },
+            "/luban/api/v1/task/timeout?taskId=t-1&invokeVersion=3&start=1000&end=2000&exitCode=7&dropped=5&currentTime=1700000000000",
+        );
+    }
+
+    #[test]
+    fn failed_with_cron_wall_clock() {
+        check(
+            Report::Failed {
+                head: head(WallClock::Cron { zone_name: "Asia/Shanghai".to_string(), offset_secs: 28800 }),
+                span: span(),
+                output: vec![],
+            },
+            "/luban/api/v1/task/error?taskId=t-1&invokeVersion=3&start=1000&end=2000&exitCode=7&dropped=5&currentTime=1700000000000&offset=28800&timeZone=Asia%2FShanghai",
+        );
+    }
+
+    #[test]
+    fn error_escapes_and_truncates_the_description() {
+        check(
+            Report::Error {
+                head: head(WallClock::None),
+                span: span(),
+                err_code: "UserNotExist".to_string(),
+                err_desc: "no user: bob/x".to_string(),
+                output: vec![],
+            },
+            "/luban/api/v1/task/error?taskId=t-1&invokeVersion=3&start=1000&end=2000&exitCode=7&dropped=5&errCode=UserNotExist&errDesc=no+user%3A+bob%2Fx",
+        );
+        // 254 ASCII bytes then a 2-byte character: the character does not fit in 255.
+        let desc = format!("{}é", "a".repeat(254));
+        let q = path_and_query(
+            &Report::Error {
+                head: head(WallClock::None),
+                span: span(),
+                err_code: "X".to_string(),
+                err_desc: desc,
+                output: vec![],
+            },
+            0,
+        );
+        assert!(q.ends_with(&format!("errDesc={}", "a".repeat(254))), "{q}");
+    }
+
+    #[test]
+    fn stopped_has_lower_case_exitcode_and_no_wall_clock() {
+        check(
+            Report::Stopped {
+                head: head(WallClock::Rate),
+                span: Span::default(),
+                result: StopResult::Killed,
+                err_desc: None,
+                output: vec![],
+            },
+            "/luban/api/v1/task/stopped?taskId=t-1&invokeVersion=3&start=0&end=0&exitcode=0&dropped=0&result=killed",
+        );
+        check(
+            Report::Stopped {
+                head: head(WallClock::None),
+                span: span(),
+                result: StopResult::Failed,
+                err_desc: Some("kill failed".to_string()),
+                output: vec![],
+            },
+            "/luban/api/v1/task/stopped?taskId=t-1&invokeVersion=3&start=1000&end=2000&exitcode=7&dropped=5&result=failed&errCode=TerminationException&errDesc=kill+failed",
+        );
+    }
+
+    #[test]
+    fn invalid_escapes_param_and_value() {
+        check(
+            Report::Invalid {
+                head: head(WallClock::Rate),
+                param: "cron".to_string(),
+                value: "0 0 * * * ? 1999".to_string(),
+            },
+            "/luban/api/v1/task/invalid?taskId=t-1&invokeVersion=3&param=cron&value=0+0+%2A+%2A+%2A+%3F+1999",
+        );
+    }
+
+    #[test]
+    fn verified() {
+        check(
+            Report::Verified {
+                head: head(WallClock::Rate),
+            },
+            "/luban/api/v1/task/verified?taskId=t-1&invokeVersion=3",
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(parse_verdict(b"success"), Verdict::Accepted);
+        assert_eq!(parse_verdict(b"{}"), Verdict::Accepted);
+        assert_eq!(parse_verdict(b"[1]"), Verdict::Accepted);
+        assert_eq!(
+            parse_verdict(br#"{"errorCode":"TaskNotFound"}"#),
+            Verdict::TaskError {
+                code: "TaskNotFound".to_string(),
+                status: String::new()
+            }
+        );
+        assert_eq!(
+            parse_verdict(br#"{"ErrorCode":"TaskStatusInvalid","status":"Terminated"}"#),
+            Verdict::TaskError {
+                code: "TaskStatusInvalid".to_string(),
+                status: "Terminated".to_string()
+            }
+        );
+    }
+
+    /// Answers from a script and records each target.
+    struct Scripted {
+        answers: Mutex<Vec<Result<HttpResponse, TransportError>>>,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Http for Scripted {
+        fn post(
+            &self,
+            target: &str,
+            _: &[u8],
+            _: &str,
+            _: Duration,
+        ) -> Result<HttpResponse, TransportError> {
+            self.seen.lock().push(target.to_string());
+            let mut answers = self.answers.lock();
+            if answers.is_empty() {
+                Ok(HttpResponse {
+                    status: 200,
+                    body: b"success".to_vec(),
+                })
+            } else {
+                answers.remove(0)
+            }
+        }
+        fn get(&self, _: &str, _: Duration) -> Result<HttpResponse, TransportError> {
+            Err(TransportError::NoServer)
+        }
+    }
+
+    fn reporter(
+        answers: Vec<Result<HttpResponse, TransportError>>,
+    ) -> (Arc<Scripted>, RemoteReporter) {
+        let http = Arc::new(Scripted {
+            answers: Mutex::new(answers),
+            seen: Mutex::new(vec![]),
+        });
+        let r = RemoteReporter::new(http.clone()).with_retry_pause(Duration::ZERO);
+        (http, r)
+    }
+
+    #[test]
+    fn final_reports_are_retried_and_running_reports_are_not() {
+        let (http, r) = reporter((0..3).map(|_| Err(TransportError::Status(500))).collect());
+        let fin = Report::Finished {
+            head: head(WallClock::None),
+            span: span(),
+            output: vec![],
+        };
+        assert_eq!(r.send(&fin).ok(), Some(Verdict::Accepted));
+        assert_eq!(http.seen.lock().len(), 4);
+
+        let (http, r) = reporter(vec![Err(TransportError::Status(500))]);
+        let running = Report::Running {
+            head: head(WallClock::None),
+            start_ms: 1,
+            output: vec![],
+        };
+        assert!(matches!(r.send(&running), Err(ReportError::Status(500))));
+        assert_eq!(http.seen.lock().len(), 1);
+    }
+}
