@@ -420,7 +420,7 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
 
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()));
-    let engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
     // Hook (signatures): `engine.set_verifier(..)` goes here, honouring `cfg.strict_signatures`.
 
     // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
@@ -459,8 +459,10 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
         kicks: kick_tx,
         started: false,
     };
+    // The fetch and heartbeat threads stop as soon as shutdown begins, not after the grace
+    // period: no new work is fetched while running invocations drain.
+    engine.on_shutdown(move || drop(stop_tx));
     let result = engine.run(&mut reload, events, signals);
-    drop(stop_tx);
     let _ = timer_join.join();
     let _ = fetch.join();
     let _ = heartbeat.join();

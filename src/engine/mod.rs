@@ -94,6 +94,8 @@ pub struct Engine {
     grace: Duration,
     done_rx: Receiver<Done>,
     verifier: Option<Verifier>,
+    /// Run first thing at shutdown: stops the threads that feed the engine (fetch, heartbeat).
+    on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Engine {
@@ -117,7 +119,14 @@ impl Engine {
             grace: cfg.shutdown_grace,
             done_rx,
             verifier: None,
+            on_shutdown: Vec::new(),
         }
+    }
+
+    /// Registers `f` to run when shutdown begins, before running invocations are waited for,
+    /// so that sources stop fetching new work while old work drains.
+    pub fn on_shutdown(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_shutdown.push(Box::new(f));
     }
 
     pub fn set_verifier(&mut self, verifier: Verifier) {
@@ -213,6 +222,9 @@ impl Engine {
             "phase=shutdown stopping: no new work; {} invocation(s) live",
             self.ctx.registry.live_count()
         );
+        for hook in self.on_shutdown.drain(..) {
+            hook();
+        }
         self.timer = None;
         self.ctx.registry.cancel_all(Cancel::Stop, true);
         let grace_end = Instant::now() + self.grace;
