@@ -6,6 +6,7 @@ pub mod at;
 pub mod cron;
 pub mod rate;
 pub mod tz;
+pub mod tzif;
 
 use std::fmt;
 
