@@ -1,11 +1,13 @@
 //! Schedules of periodic tasks: cron, rate and at expressions, parsed from text into a value
-//! that answers "when is the next run after this instant". Pure: reads no clock and no file
-//! (the system zone is resolved once by the caller, with `tz::system_zone`, and passed in).
+//! that answers "when is the next run after this instant". Reads no clock; the only files it
+//! reads are the host's zoneinfo database, when a cron names an IANA zone (`tz`), and `/etc`
+//! in `tz::system_zone`, which the caller runs once and passes the result in.
 
 pub mod at;
 pub mod cron;
 pub mod rate;
 pub mod tz;
+pub mod tzif;
 
 use std::fmt;
 
