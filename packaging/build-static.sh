@@ -10,14 +10,18 @@
 #   musl         the <arch>-unknown-linux-musl Rust target is installed. Crates with C code
 #                (ring, for TLS) are compiled with musl-gcc (Debian: musl-tools) on x86_64,
 #                with aarch64-linux-gnu-gcc (Debian: gcc-aarch64-linux-gnu) on aarch64.
-#   glibc-static only on x86_64 (the host): +crt-static against glibc's libc.a. getpwnam_r
-#                then reads /etc/passwd and /etc/group only; NSS modules (LDAP, sssd) are not
-#                loaded. See README "Install".
+#   glibc-static only on x86_64 (the host): +crt-static against glibc's libc.a. A fallback
+#                with a sharp edge: users and groups in /etc/passwd and /etc/group resolve,
+#                but when nsswitch.conf names another source (Debian 12: "files systemd")
+#                a lookup that misses /etc/passwd makes glibc dlopen that NSS module into
+#                the static binary, which crashes it (SIGSEGV, seen on Debian 12 with a task
+#                for an unknown user). LDAP/sssd users never resolve. See README "Install".
 # aarch64 without the musl target or a cross linker is skipped with a message (exit 0), so
 # `make static-aarch64` never fails on a machine that cannot do it.
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
-# target/static, relative to the repository).
+# target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
+# default auto: musl when installed, else glibc).
 set -eu
 
 arch=${1:-x86_64}
@@ -37,10 +41,16 @@ has_rust_target() {
     [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ]
 }
 
+want=${STATIC_FLAVOUR:-auto}
+case $want in auto | musl | glibc) ;; *) die "STATIC_FLAVOUR must be auto, musl or glibc" ;; esac
+
 case $arch in
 x86_64)
     out_dir=$STATIC_DIR
-    if has_rust_target x86_64-unknown-linux-musl; then
+    if [ "$want" = musl ] && ! has_rust_target x86_64-unknown-linux-musl; then
+        die "STATIC_FLAVOUR=musl but the x86_64-unknown-linux-musl target is not installed (rustup target add x86_64-unknown-linux-musl)"
+    fi
+    if [ "$want" != glibc ] && has_rust_target x86_64-unknown-linux-musl; then
         flavour=musl
         target=x86_64-unknown-linux-musl
         # Rust's musl target links with its own bundled musl; only C code compiled by build
@@ -58,13 +68,18 @@ x86_64)
     else
         flavour=glibc-static
         target=x86_64-unknown-linux-gnu
-        say "the x86_64-unknown-linux-musl target is not installed"
-        say "  (rustup target add x86_64-unknown-linux-musl; apt-get install musl-tools)"
+        if [ "$want" = auto ]; then
+            say "the x86_64-unknown-linux-musl target is not installed"
+            say "  (rustup target add x86_64-unknown-linux-musl; apt-get install musl-tools)"
+        fi
         say "flavour glibc-static ($target, +crt-static)"
         # With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
         # macros, which must stay dynamic.
         RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
             "$CARGO" build --release --locked --target "$target"
+        say "WARNING: static glibc: only users in /etc/passwd resolve, and on hosts whose"
+        say "  nsswitch.conf lists more than 'files' for passwd/group, a task for an unknown"
+        say "  user crashes the agent (glibc loads an NSS module into a static binary). Prefer musl."
     fi
     ;;
 aarch64)
