@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_STATE ?= target/run-state
 
-.PHONY: all build release run test lint bench clean
+.PHONY: all build release run test lint bench clean static static-aarch64 install uninstall deb
 
 all: build
 
@@ -33,3 +33,28 @@ bench: release
 
 clean:
 	$(CARGO) clean
+
+# Packaging (README "Install"). `static` builds a fully static x86_64 binary into
+# target/static/assistd: musl when the x86_64-unknown-linux-musl target is installed, else a
+# static glibc build; it prints the flavour, `ldd` and the size.
+static:
+	CARGO=$(CARGO) ./packaging/build-static.sh x86_64
+
+# target/static/aarch64/assistd, or a message saying why this machine cannot build it.
+static-aarch64:
+	CARGO=$(CARGO) ./packaging/build-static.sh aarch64
+
+# Installs target/static/assistd (run `make static` first, as yourself, not as root), the
+# config, the state dirs and the service for the detected init. `make install
+# DESTDIR=/tmp/root` touches nothing outside /tmp/root. INSTALL_FLAGS="--init openrc" etc.
+INSTALL_FLAGS ?=
+install:
+	DESTDIR="$(DESTDIR)" ./packaging/install.sh $(INSTALL_FLAGS)
+
+# Keeps /etc/assistd and /var/lib/assistd; INSTALL_FLAGS=--purge removes them too.
+uninstall:
+	DESTDIR="$(DESTDIR)" ./packaging/install.sh --uninstall $(INSTALL_FLAGS)
+
+# A .deb from target/static/assistd and packaging/, built with dpkg-deb; prints its path.
+deb: static
+	./packaging/build-deb.sh

@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod fsutil;
 pub mod heartbeat;
+pub mod logging;
 pub mod model;
 pub mod report;
 pub mod runner;

@@ -1,0 +1,141 @@
+#!/bin/sh
+# Builds a fully static assistd for one architecture and copies it to a fixed path that
+# install.sh and `make deb` pick up:
+#
+#   packaging/build-static.sh [x86_64|aarch64]
+#     x86_64  -> target/static/assistd           (+ target/static/assistd.flavour)
+#     aarch64 -> target/static/aarch64/assistd   (+ .../assistd.flavour)
+#
+# Flavours, best first:
+#   musl         the <arch>-unknown-linux-musl Rust target is installed. Crates with C code
+#                (ring, for TLS) are compiled with musl-gcc (Debian: musl-tools) on x86_64,
+#                with aarch64-linux-gnu-gcc (Debian: gcc-aarch64-linux-gnu) on aarch64.
+#   glibc-static only on x86_64 (the host): +crt-static against glibc's libc.a. A fallback
+#                with a sharp edge: users and groups in /etc/passwd and /etc/group resolve,
+#                but when nsswitch.conf names another source (Debian 12: "files systemd")
+#                a lookup that misses /etc/passwd makes glibc dlopen that NSS module into
+#                the static binary, which crashes it (SIGSEGV, seen on Debian 12 with a task
+#                for an unknown user). LDAP/sssd users never resolve. See README "Install".
+# aarch64 without the musl target or a cross linker is skipped with a message (exit 0), so
+# `make static-aarch64` never fails on a machine that cannot do it.
+#
+# Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
+# target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
+# default auto: musl when installed, else glibc).
+set -eu
+
+arch=${1:-x86_64}
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+STATIC_DIR=${STATIC_DIR:-target/static}
+cargo_out=${CARGO_TARGET_DIR:-target}
+
+say() { printf 'build-static: %s\n' "$*"; }
+die() { printf 'build-static: error: %s\n' "$*" >&2; exit 1; }
+
+# True when the Rust standard library for target $1 is installed (rustup or not).
+has_rust_target() {
+    if command -v rustup >/dev/null 2>&1; then
+        rustup target list --installed 2>/dev/null | grep -qx "$1" && return 0
+    fi
+    [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ]
+}
+
+want=${STATIC_FLAVOUR:-auto}
+case $want in auto | musl | glibc) ;; *) die "STATIC_FLAVOUR must be auto, musl or glibc" ;; esac
+
+case $arch in
+x86_64)
+    out_dir=$STATIC_DIR
+    if [ "$want" = musl ] && ! has_rust_target x86_64-unknown-linux-musl; then
+        die "STATIC_FLAVOUR=musl but the x86_64-unknown-linux-musl target is not installed (rustup target add x86_64-unknown-linux-musl)"
+    fi
+    if [ "$want" != glibc ] && has_rust_target x86_64-unknown-linux-musl; then
+        flavour=musl
+        target=x86_64-unknown-linux-musl
+        # Rust's musl target links with its own bundled musl; only C code compiled by build
+        # scripts (ring) needs a musl-targeting C compiler.
+        if [ -z "${CC_x86_64_unknown_linux_musl:-}" ]; then
+            if command -v musl-gcc >/dev/null 2>&1; then
+                CC_x86_64_unknown_linux_musl=musl-gcc
+                export CC_x86_64_unknown_linux_musl
+            else
+                say "musl-gcc not found (apt-get install musl-tools): crates with C code will not build"
+            fi
+        fi
+        say "flavour musl ($target)"
+        "$CARGO" build --release --locked --target "$target"
+    else
+        flavour=glibc-static
+        target=x86_64-unknown-linux-gnu
+        if [ "$want" = auto ]; then
+            say "the x86_64-unknown-linux-musl target is not installed"
+            say "  (rustup target add x86_64-unknown-linux-musl; apt-get install musl-tools)"
+        fi
+        say "flavour glibc-static ($target, +crt-static)"
+        # With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
+        # macros, which must stay dynamic.
+        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+            "$CARGO" build --release --locked --target "$target"
+        say "WARNING: static glibc: only users in /etc/passwd resolve, and on hosts whose"
+        say "  nsswitch.conf lists more than 'files' for passwd/group, a task for an unknown"
+        say "  user crashes the agent (glibc loads an NSS module into a static binary). Prefer musl."
+    fi
+    ;;
+aarch64)
+    out_dir=$STATIC_DIR/aarch64
+    target=aarch64-unknown-linux-musl
+    flavour=musl
+    if ! has_rust_target "$target"; then
+        say "skipping aarch64: the $target Rust target is not installed (rustup target add $target)"
+        exit 0
+    fi
+    linker=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-}
+    if [ -z "$linker" ]; then
+        for cc in aarch64-linux-musl-gcc aarch64-linux-gnu-gcc; do
+            if command -v "$cc" >/dev/null 2>&1; then linker=$cc; break; fi
+        done
+    fi
+    if [ -z "$linker" ]; then
+        say "skipping aarch64: no aarch64 C toolchain to link with (apt-get install gcc-aarch64-linux-gnu)"
+        exit 0
+    fi
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$linker
+    CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-$linker}
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER CC_aarch64_unknown_linux_musl
+    say "flavour musl ($target, linked with $linker)"
+    "$CARGO" build --release --locked --target "$target"
+    ;;
+*)
+    die "unknown architecture '$arch' (x86_64 or aarch64)"
+    ;;
+esac
+
+built=$cargo_out/$target/release/assistd
+[ -f "$built" ] || die "cargo did not produce $built"
+mkdir -p "$out_dir"
+# Copy to a temp name, then rename: a running `make install` never sees half a binary.
+cp "$built" "$out_dir/assistd.tmp"
+mv -f "$out_dir/assistd.tmp" "$out_dir/assistd"
+printf '%s %s\n' "$flavour" "$target" >"$out_dir/assistd.flavour"
+
+# Verify: no dynamic section, no interpreter. ldd prints "not a dynamic executable" for a
+# classic static binary and "statically linked" for a static PIE; anything with "=>" is a
+# shared library dependency.
+if command -v file >/dev/null 2>&1; then
+    say "file: $(file -b "$out_dir/assistd")"
+fi
+if [ "$arch" = x86_64 ]; then
+    ldd_out=$(ldd "$out_dir/assistd" 2>&1 || true)
+    say "ldd: $(printf '%s' "$ldd_out" | tr '\n' ' ' | sed 's/^[[:space:]]*//')"
+    case $ldd_out in
+    *"=>"* | *ld-linux*) die "$out_dir/assistd is dynamically linked" ;;
+    esac
+elif command -v readelf >/dev/null 2>&1; then
+    if readelf -l "$out_dir/assistd" | grep -q INTERP; then
+        die "$out_dir/assistd has a program interpreter (dynamically linked)"
+    fi
+    say "readelf: no program interpreter (static)"
+fi
+size=$(wc -c <"$out_dir/assistd" | tr -d ' ')
+say "$out_dir/assistd: $size bytes ($flavour, $target)"
