@@ -32,6 +32,7 @@ USAGE:
     assistd agent --local DIR [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
     assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
                   [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
+                  [--log-file FILE | --log-stderr]
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
     assistd check DIR|FILE
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
@@ -263,6 +264,12 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             CliError::Usage(format!("--poll-interval must be whole seconds, not {n:?}"))
         })?;
     }
+    if let Some(path) = args.value("--log-file")? {
+        cfg.log_file = Some(PathBuf::from(path));
+    }
+    if args.flag("--log-stderr") {
+        cfg.log_file = None;
+    }
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
@@ -275,7 +282,14 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
 
     // Block the signals before any thread exists, so every thread inherits the mask.
     signals::block().map_err(io_err("cannot block signals"))?;
-    init_logging(cfg.log_level);
+    // Only opening the log file can fail; stderr is still where the error goes.
+    crate::logging::init(&cfg.log_config()).map_err(|source| CliError::Io {
+        what: format!(
+            "cannot open log file {}",
+            cfg.log_file.as_deref().unwrap_or(Path::new("")).display()
+        ),
+        source,
+    })?;
 
     let state = StateDir::new(cfg.state_dir.clone());
     state.create().map_err(io_err(format!(
@@ -506,15 +520,6 @@ impl Reload for LocalReload {
         );
         scan.events
     }
-}
-
-fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(log::LevelFilter::Off)
-        .build();
-    // Only fails when a logger is already set (a second agent in one test process): keep that one.
-    let _ = simplelog::WriteLogger::init(level, config, io::stderr());
 }
 
 /// The grammar an expression looks like: `rate(`, `at(`, else cron.

@@ -40,6 +40,12 @@ pub struct Config {
     pub strict_signatures: bool,
     /// The RAM flag file that tells a cold start (spec §1.5).
     pub coldstart_flag: PathBuf,
+    /// Log to this file (rotated by size) instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// Rotate `log_file` past this size; 0 never rotates.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept; 0 truncates in place.
+    pub log_keep: usize,
 }
 
 impl Default for Config {
@@ -61,6 +67,9 @@ impl Default for Config {
             poll_interval_secs: 60,
             strict_signatures: false,
             coldstart_flag: PathBuf::from(crate::source::remote::DEFAULT_COLDSTART_FLAG),
+            log_file: None,
+            log_max_bytes: crate::logging::DEFAULT_LOG_MAX_BYTES,
+            log_keep: crate::logging::DEFAULT_LOG_KEEP,
         }
     }
 }
@@ -128,6 +137,22 @@ impl std::error::Error for ConfigError {
 }
 
 impl Config {
+    /// Where and how much the agent logs, for `logging::init`.
+    pub fn log_config(&self) -> crate::logging::LogConfig {
+        use crate::logging::{LogConfig, LogTarget};
+        LogConfig {
+            level: self.log_level,
+            target: match &self.log_file {
+                Some(path) => LogTarget::File {
+                    path: path.clone(),
+                    max_bytes: self.log_max_bytes,
+                    keep: self.log_keep,
+                },
+                None => LogTarget::Stderr,
+            },
+        }
+    }
+
     /// Reads `path` over the defaults. A missing file at the default location is not an error.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let bytes = match std::fs::read(path) {
@@ -237,6 +262,23 @@ impl Config {
                 }
                 "strict_signatures" => {
                     cfg.strict_signatures = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
+                }
+                "log_file" => {
+                    cfg.log_file = Some(PathBuf::from(
+                        v.as_str().ok_or_else(|| bad(key, "a string"))?,
+                    ))
+                }
+                "log_max_bytes" => {
+                    cfg.log_max_bytes = v
+                        .as_u64()
+                        .ok_or_else(|| bad(key, "a number of bytes (0: never rotate)"))?
+                }
+                "log_keep" => {
+                    cfg.log_keep = v
+                        .as_u64()
+                        .filter(|n| *n <= 100)
+                        .ok_or_else(|| bad(key, "a number from 0 to 100"))?
+                        as usize
                 }
                 _ => {
                     return Err(ConfigError::UnknownKey {

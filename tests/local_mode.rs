@@ -303,3 +303,25 @@ fn reboot_tasks_run_once_per_boot_and_next_reboot_only_waits_for_a_reboot() {
         "a Once task ran again after an agent restart"
     );
 }
+
+#[test]
+fn log_file_receives_the_log_instead_of_stderr() {
+    let dir = TestDir::new("logfile");
+    dir.task("hello", &json!({"command": "echo hi"}));
+    let log = dir.path("logs/assistd.log");
+    let mut agent = Agent::start(&dir, &["--log-file", log.to_str().expect("utf-8")]);
+    // Nothing reaches stderr, so wait on the journal file itself (bounded poll in wait_journal).
+    agent.wait_journal(&dir, "hello finished", |r| {
+        count(r, "hello", "finished") == 1
+    });
+    assert!(agent.stop().success());
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    assert!(
+        text.contains("task=hello invoke_version=1 phase=start"),
+        "{text}"
+    );
+    assert!(
+        agent.log.lock().expect("log").is_empty(),
+        "stderr got log lines"
+    );
+}
