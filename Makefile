@@ -29,6 +29,7 @@ lint:
 # Figures for the issues' closing notes (memory, load time, timer lateness, capture).
 bench: release
 	$(CARGO) build --release --example bench-timer
+	-$(MAKE) static
 	./benches/run.sh
 
 clean:

@@ -3,7 +3,14 @@
 # Memory is read from /proc (VmRSS, VmHWM); times from the agent's own log and journal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=./target/release/assistd
+# The static musl binary is what packaging installs; measure it when `make static` built it,
+# else the release build (glibc, dynamically linked: its RSS includes the shared libc pages).
+if [ -x ./target/static/assistd ] && [ ./target/static/assistd -nt ./target/release/assistd ]; then
+  BIN=./target/static/assistd
+else
+  BIN=./target/release/assistd
+fi
+echo "measuring $BIN"
 WORK=$(mktemp -d /tmp/assistd-bench.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -16,7 +23,9 @@ wait_log() { # wait_log FILE PATTERN: until the agent logged PATTERN (bounded: 3
 ms_now() { date +%s%3N; }
 
 echo "== binary"
-ls -l "$BIN" | awk '{printf "release binary: %d bytes (%.2f MiB)\n", $5, $5/1048576}'
+for b in ./target/release/assistd ./target/static/assistd; do
+  [ -x "$b" ] && ls -l "$b" | awk -v b="$b" '{printf "%s: %d bytes (%.2f MiB)\n", b, $5, $5/1048576}'
+done
 
 echo "== idle RSS, 0 tasks"
 mkdir -p "$WORK/empty" "$WORK/s0"
