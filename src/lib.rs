@@ -11,6 +11,7 @@ pub mod report;
 pub mod runner;
 pub mod schedule;
 pub mod signals;
+pub mod signature;
 pub mod source;
 pub mod timer;
 pub mod transport;
