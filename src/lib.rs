@@ -10,6 +10,7 @@ pub mod model;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod sendfile;
 pub mod signals;
 pub mod signature;
 pub mod source;
