@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod fsutil;
+pub mod identity;
 pub mod kick;
 pub mod model;
 pub mod report;
