@@ -564,6 +564,8 @@ impl Worker {
 
     fn connect(&self) -> Result<WebSocket<Stream>, ConnError> {
         let t = &self.target;
+        // Name resolution has no timeout of ours: it is bounded by the system resolver's own
+        // (resolv.conf `timeout` x `attempts`), and shutdown waits for it at most that long.
         let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
             .to_socket_addrs()
             .map_err(ConnError::Io)?
