@@ -23,7 +23,7 @@ use crate::source::local::{self, LocalSource, RebootState};
 use crate::source::remote::{self, FetchRequest};
 use crate::source::SourceEvent;
 use crate::transport::{self, Http, TransportConfig, UreqHttp};
-use crate::{heartbeat, signals, timer};
+use crate::{heartbeat, identity, kick, signals, signature, timer};
 
 pub const USAGE: &str = "\
 assistd: runs commands for a cloud control plane, or from a local task directory
@@ -64,6 +64,7 @@ pub enum CliError {
     Engine(crate::engine::EngineError),
     Load(local::LoadError),
     Transport(transport::SetupError),
+    Identity(identity::IdentityError),
 }
 
 impl fmt::Display for CliError {
@@ -76,6 +77,7 @@ impl fmt::Display for CliError {
             CliError::Engine(e) => e.fmt(f),
             CliError::Load(e) => e.fmt(f),
             CliError::Transport(e) => e.fmt(f),
+            CliError::Identity(_) => f.write_str("cannot load the hybrid identity"),
         }
     }
 }
@@ -86,6 +88,7 @@ impl std::error::Error for CliError {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
             CliError::Load(e) => e.source(),
+            CliError::Identity(e) => Some(e),
             CliError::Transport(e) => e.source(),
             _ => None,
         }
@@ -402,7 +405,9 @@ fn resolve_server(
 }
 
 fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
-    let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
+    // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
+    let (signal_tx, signals) = crossbeam_channel::unbounded();
+    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
     let proxy = cfg.proxy.clone().or_else(|| {
         std::env::var("ALIYUN_ASSIST_PROXY")
             .ok()
@@ -421,9 +426,21 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     };
     tcfg.base_url = base_url;
     tcfg.instance_id = instance_id;
-    let http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
-    // Hook (hybrid identity): `http.set_identity_headers(..)` goes here, before the client is
-    // shared; every later request then carries the extra headers.
+    let mut http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    // A hybrid (non-ECS) instance signs every request with its registered key (spec §2.2).
+    let hybrid = identity::HybridDir::new(state.root.join("hybrid"));
+    let identity = identity::Identity::load(&hybrid, Some(tcfg.instance_id.clone()))
+        .map_err(CliError::Identity)?;
+    let header_hook: Option<kick::HeaderHook> = match identity {
+        identity::Identity::Hybrid(_) => {
+            log::info!("phase=startup hybrid instance: requests carry signed x-acs-* headers");
+            let hook = Arc::new(identity::identity_headers(identity));
+            let for_http = hook.clone();
+            http.set_identity_headers(Box::new(move |m: &str, p: &str| for_http(m, p)));
+            Some(hook)
+        }
+        identity::Identity::Ecs { .. } => None,
+    };
     let http: Arc<dyn Http> = Arc::new(http);
     log::info!(
         "phase=startup assistd {} remote mode, server {}",
@@ -435,7 +452,16 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()));
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
-    // Hook (signatures): `engine.set_verifier(..)` goes here, honouring `cfg.strict_signatures`.
+    // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
+    // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
+    // request timeout, once per certificate.
+    let verifier = signature::SignatureVerifier::new(
+        http.clone(),
+        state.root.join(signature::CACHE_FILE_NAME),
+        tcfg.instance_id.clone(),
+        cfg.strict_signatures,
+    );
+    engine.set_verifier(verifier.into_engine_verifier());
 
     // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
     // heartbeat threads watches; they end within one HTTP timeout.
@@ -450,18 +476,45 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
         enable_tx,
     )
     .map_err(io_err("cannot start the heartbeat thread"))?;
-    // No kick listener in this build: poll, unless turned off. Hook (kicks): the listener gets
-    // a clone of `kick_tx` and sends `FetchRequest`s; then `poll` becomes `None`.
+    // Kicks arrive on the notify websocket; while it is down, the bridge polls instead.
     let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
+    let (action_tx, actions) = crossbeam_channel::unbounded();
+    let listener = match kick_config(&tcfg, header_hook) {
+        Ok(kcfg) => match kick::spawn_listener(kcfg, action_tx) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                log::warn!("phase=kick cannot start the kick listener ({e}); polling only");
+                None
+            }
+        },
+        Err(e) => {
+            log::warn!(
+                "phase=kick no kick channel ({}); polling only",
+                error_chain(&e)
+            );
+            None
+        }
+    };
+    let bridge = crate::source::kicks::spawn(crate::source::kicks::BridgeParts {
+        actions,
+        fetch: kick_tx.clone(),
+        signals: signal_tx,
+        poll,
+        stop: stop.clone(),
+    })
+    .map_err(io_err("cannot start the kick bridge"))?;
     let fetch = remote::spawn(
         remote::FetcherParts {
             http: http.clone(),
             gate: Arc::new(remote::UpdateGate::new()),
             startup: Arc::new(remote::StartupDone::new()),
             events: events_tx,
-            // Hook (send-file, sessions): replace with the real `ExtraTasks` implementation.
-            extra: Box::new(remote::Unsupported { http: http.clone() }),
-            cfg: remote::FetchConfig::new(cold_start, poll, schedule::tz::system_zone()),
+            extra: Box::new(remote::HostExtras {
+                http: http.clone(),
+                send_file: crate::sendfile::SendFileConfig::default(),
+            }),
+            // Polling is the kick bridge's job (only while the kick channel is down).
+            cfg: remote::FetchConfig::new(cold_start, None, schedule::tz::system_zone()),
             stop,
             requests: kicks,
         },
@@ -477,9 +530,13 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     // period: no new work is fetched while running invocations drain.
     engine.on_shutdown(move || drop(stop_tx));
     let result = engine.run(&mut reload, events, signals);
+    if let Some(listener) = listener {
+        listener.shutdown();
+    }
     let _ = timer_join.join();
     let _ = fetch.join();
     let _ = heartbeat.join();
+    let _ = bridge.join();
     result.map_err(CliError::Engine)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -487,6 +544,23 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
 /// Remote mode's reload hook: SIGHUP asks the fetch thread for a kickoff fetch, as a
 /// `kick_vm` would. The engine's first call, at start, is skipped: the fetch thread does the
 /// startup fetch on its own.
+/// The kick channel's settings: the notify URL of the server, its TLS roots and identity.
+fn kick_config(
+    tcfg: &TransportConfig,
+    headers: Option<kick::HeaderHook>,
+) -> Result<kick::KickConfig, CliError> {
+    let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut kcfg = kick::KickConfig::new(url);
+    kcfg.headers = headers;
+    if kcfg.url.starts_with("wss://") {
+        kcfg.tls = Some(
+            crate::transport::kick_tls_config(tcfg.ca_file.as_deref())
+                .map_err(CliError::Transport)?,
+        );
+    }
+    Ok(kcfg)
+}
+
 struct KickOnReload {
     kicks: crossbeam_channel::Sender<FetchRequest>,
     started: bool,

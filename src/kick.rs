@@ -205,6 +205,10 @@ pub enum KickAction {
     NetworkStatus {
         args: Vec<String>,
     },
+    /// The kick channel is open: kicks will arrive (sent by the listener, not by the server).
+    ChannelUp,
+    /// The kick channel closed or could not be opened; the listener is retrying.
+    ChannelDown,
 }
 
 impl Kick {
@@ -533,7 +537,13 @@ impl Worker {
             }
             let started = Instant::now();
             let mut good = false;
-            let result = self.connect().and_then(|ws| self.serve(ws, &mut good));
+            let result = self.connect().and_then(|ws| {
+                // The receiver may fall back to polling while the channel is down.
+                let _ = self.actions.send(KickAction::ChannelUp);
+                let served = self.serve(ws, &mut good);
+                let _ = self.actions.send(KickAction::ChannelDown);
+                served
+            });
             *self.socket.lock() = None;
             if self.stopped() {
                 break;
@@ -932,6 +942,11 @@ mod tests {
         (url, seen_rx)
     }
 
+    fn next_kick(rx: &Receiver<KickAction>) -> KickAction {
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("action within 30 s")
+    }
+
     fn recv(rx: &Receiver<Seen>) -> Seen {
         rx.recv_timeout(Duration::from_secs(30))
             .expect("server event within 30 s")
@@ -960,10 +975,9 @@ mod tests {
             Seen::Reply(r) => assert_eq!(r, "accept:kick_vm task run t-1"),
             other => panic!("expected a reply, got {other:?}"),
         }
+        assert_eq!(next_kick(&actions), KickAction::ChannelUp);
         assert_eq!(
-            actions
-                .recv_timeout(Duration::from_secs(30))
-                .expect("action"),
+            next_kick(&actions),
             KickAction::Fetch {
                 task_id: Some("t-1".into()),
                 session: false
@@ -982,17 +996,21 @@ mod tests {
             Seen::Reply(r) => assert_eq!(r, "accept:kick_vm"),
             other => panic!("expected a reply, got {other:?}"),
         }
+        assert_eq!(next_kick(&actions), KickAction::ChannelDown);
+        assert_eq!(next_kick(&actions), KickAction::ChannelUp);
         assert_eq!(
-            actions
-                .recv_timeout(Duration::from_secs(30))
-                .expect("action"),
+            next_kick(&actions),
             KickAction::Fetch {
                 task_id: None,
                 session: false
             }
         );
         listener.shutdown();
-        assert!(actions.try_recv().is_err(), "no action after shutdown");
+        let left: Vec<KickAction> = actions.try_iter().collect();
+        assert!(
+            left.iter().all(|a| *a == KickAction::ChannelDown),
+            "only the channel going down after shutdown: {left:?}"
+        );
     }
 
     #[test]

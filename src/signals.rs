@@ -4,7 +4,7 @@
 use std::io;
 use std::thread;
 
-use crossbeam_channel::{unbounded, Receiver};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -43,6 +43,13 @@ pub fn block() -> io::Result<()> {
 /// cannot be interrupted, and the thread holds nothing that needs cleaning up).
 pub fn spawn() -> io::Result<Receiver<Signal>> {
     let (tx, rx) = unbounded();
+    spawn_into(tx)?;
+    Ok(rx)
+}
+
+/// Like `spawn`, sending into a channel the caller owns, so that other sources of the same
+/// messages (the server's `kick_vm agent stop`) can share it.
+pub fn spawn_into(tx: Sender<Signal>) -> io::Result<()> {
     thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
@@ -64,5 +71,5 @@ pub fn spawn() -> io::Result<Receiver<Signal>> {
                 }
             }
         })?;
-    Ok(rx)
+    Ok(())
 }

@@ -171,6 +171,8 @@ pub enum SetupError {
         proxy: String,
         source: ureq::Error,
     },
+    /// The TLS settings of the kick channel could not be built.
+    Tls(rustls::Error),
 }
 
 impl fmt::Display for SetupError {
@@ -183,6 +185,7 @@ impl fmt::Display for SetupError {
             }
             // The proxy URL may carry a password: name it without it.
             SetupError::Proxy { .. } => f.write_str("bad proxy URL"),
+            SetupError::Tls(_) => f.write_str("cannot set up TLS for the kick channel"),
         }
     }
 }
@@ -192,9 +195,35 @@ impl std::error::Error for SetupError {
         match self {
             SetupError::CaFile { source, .. } => Some(source),
             SetupError::CaPem { source, .. } | SetupError::Proxy { source, .. } => Some(source),
+            SetupError::Tls(e) => Some(e),
             SetupError::NoCertificates { .. } => None,
         }
     }
+}
+
+/// The rustls settings of the kick channel's `wss://` connection: the same roots as the HTTP
+/// client (the CA file when configured, else the bundled Mozilla roots) and the same ring
+/// provider, so TLS policy lives in one module.
+pub fn kick_tls_config(
+    ca_file: Option<&Path>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, SetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_roots(path)? {
+                let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+                roots.add(der).map_err(SetupError::Tls)?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(SetupError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// The ureq implementation of `Http`: one `Agent` (one connection pool), cheap to clone.

@@ -260,6 +260,28 @@ pub trait ExtraTasks: Send {
     fn sessions(&mut self, sessions: Vec<SessionTaskInfo>);
 }
 
+/// The agent's `ExtraTasks`: send-file tasks are written and reported (spec §8.1); sessions
+/// are not supported yet and are answered as `Unsupported` does.
+pub struct HostExtras {
+    pub http: Arc<dyn Http>,
+    pub send_file: crate::sendfile::SendFileConfig,
+}
+
+impl ExtraTasks for HostExtras {
+    fn send_files(&mut self, files: Vec<SendFileTaskInfo>) {
+        for file in files {
+            crate::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
+        }
+    }
+
+    fn sessions(&mut self, sessions: Vec<SessionTaskInfo>) {
+        Unsupported {
+            http: self.http.clone(),
+        }
+        .sessions(sessions);
+    }
+}
+
 /// The default `ExtraTasks`: this build runs neither send-file nor session tasks, and says so
 /// to the server instead of leaving the entries without an answer.
 pub struct Unsupported {

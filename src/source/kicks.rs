@@ -1,0 +1,198 @@
+//! The kick bridge: turns the kick listener's actions into fetch requests and agent signals,
+//! and polls the task list while no kick channel is up. It never talks to the network and
+//! never fetches by itself; the fetch thread does.
+
+use std::io;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{after, never, select, Receiver, Sender};
+
+use crate::kick::KickAction;
+use crate::signals::Signal;
+
+use super::remote::FetchRequest;
+
+/// What the bridge thread is given.
+pub struct BridgeParts {
+    /// From the kick listener.
+    pub actions: Receiver<KickAction>,
+    /// To the fetch thread.
+    pub fetch: Sender<FetchRequest>,
+    /// To the control loop (`kick_vm agent stop`).
+    pub signals: Sender<Signal>,
+    /// Poll the task list this often while the kick channel is down; `None`: never.
+    pub poll: Option<Duration>,
+    /// Disconnects at shutdown.
+    pub stop: Receiver<()>,
+}
+
+/// Spawns the bridge. It ends when `stop` or the action channel disconnects.
+pub fn spawn(parts: BridgeParts) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("kick-bridge".to_string())
+        .spawn(move || run(parts))
+}
+
+fn run(parts: BridgeParts) {
+    let mut channel_up = false;
+    loop {
+        // An idle agent with a working kick channel does not wake for polling.
+        let poll = match (channel_up, parts.poll) {
+            (false, Some(every)) => after(every),
+            _ => never(),
+        };
+        select! {
+            recv(parts.stop) -> _ => return,
+            recv(parts.actions) -> action => match action {
+                Ok(action) => {
+                    if !handle(&parts, action, &mut channel_up) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(poll) -> _ => {
+                log::debug!("phase=poll no kick channel: polling the task list");
+                request(&parts, FetchRequest::kick());
+            }
+        }
+    }
+}
+
+/// Acts on one kick; false when the agent is stopping.
+fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> bool {
+    match action {
+        KickAction::ChannelUp => {
+            *channel_up = true;
+            log::info!("phase=kick kick channel up: polling off");
+        }
+        KickAction::ChannelDown => {
+            *channel_up = false;
+            match parts.poll {
+                Some(every) => log::warn!(
+                    "phase=kick kick channel down: polling the task list every {} s until it is back",
+                    every.as_secs()
+                ),
+                None => log::warn!("phase=kick kick channel down and polling is off: tasks arrive when it is back"),
+            }
+        }
+        KickAction::Fetch { task_id, session } => {
+            let req = match (task_id, session) {
+                (Some(id), true) => FetchRequest::session(id),
+                (Some(id), false) => FetchRequest::task(id),
+                (None, _) => FetchRequest::kick(),
+            };
+            request(parts, req);
+        }
+        KickAction::StopAgent => {
+            log::warn!("phase=kick the server asked the agent to stop");
+            let _ = parts.signals.send(Signal::Terminate);
+            return false;
+        }
+        KickAction::UpdateAgent => {
+            log::info!("phase=kick update kick: the updater checks on its own schedule");
+        }
+        other => log::warn!("phase=kick {other:?} is not supported by this agent; ignored"),
+    }
+    true
+}
+
+fn request(parts: &BridgeParts, req: FetchRequest) {
+    // The fetch thread coalesces requests; a full queue already holds a pending fetch.
+    let _ = parts.fetch.try_send(req);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::{bounded, unbounded};
+
+    struct Bridge {
+        actions: Sender<KickAction>,
+        fetch: Receiver<FetchRequest>,
+        signals: Receiver<Signal>,
+        _stop: Sender<()>,
+        join: Option<thread::JoinHandle<()>>,
+    }
+
+    fn bridge(poll: Option<Duration>) -> Bridge {
+        let (actions, actions_rx) = unbounded();
+        let (fetch_tx, fetch) = bounded(16);
+        let (signals_tx, signals) = unbounded();
+        let (stop, stop_rx) = bounded(0);
+        let join = spawn(BridgeParts {
+            actions: actions_rx,
+            fetch: fetch_tx,
+            signals: signals_tx,
+            poll,
+            stop: stop_rx,
+        })
+        .expect("spawn bridge");
+        Bridge {
+            actions,
+            fetch,
+            signals,
+            _stop: stop,
+            join: Some(join),
+        }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn kicks_become_fetch_requests() {
+        let b = bridge(None);
+        b.actions
+            .send(KickAction::Fetch {
+                task_id: Some("t-1".into()),
+                session: false,
+            })
+            .expect("send");
+        assert_eq!(
+            b.fetch.recv_timeout(DEADLINE),
+            Ok(FetchRequest::task("t-1"))
+        );
+        b.actions
+            .send(KickAction::Fetch {
+                task_id: None,
+                session: false,
+            })
+            .expect("send");
+        assert_eq!(b.fetch.recv_timeout(DEADLINE), Ok(FetchRequest::kick()));
+    }
+
+    #[test]
+    fn agent_stop_signals_terminate_and_ends_the_bridge() {
+        let mut b = bridge(None);
+        b.actions.send(KickAction::StopAgent).expect("send");
+        assert_eq!(b.signals.recv_timeout(DEADLINE), Ok(Signal::Terminate));
+        b.join.take().expect("join").join().expect("bridge ends");
+    }
+
+    #[test]
+    fn polls_only_while_the_channel_is_down() {
+        let b = bridge(Some(Duration::from_millis(10)));
+        // Down at start: polls arrive.
+        assert_eq!(b.fetch.recv_timeout(DEADLINE), Ok(FetchRequest::kick()));
+        b.actions.send(KickAction::ChannelUp).expect("send");
+        // Drain what was polled before the bridge saw the channel come up, then expect none:
+        // the bridge handles messages in order, so after this kick's request, no poll follows.
+        b.actions
+            .send(KickAction::Fetch {
+                task_id: Some("marker".into()),
+                session: false,
+            })
+            .expect("send");
+        while let Ok(req) = b.fetch.recv_timeout(DEADLINE) {
+            if req == FetchRequest::task("marker") {
+                break;
+            }
+        }
+        // A poll would come within 10 ms; 200 ms without one shows polling is off. (No event
+        // exists for "nothing happened"; this bounded wait is the check itself.)
+        assert!(b.fetch.recv_timeout(Duration::from_millis(200)).is_err());
+        b.actions.send(KickAction::ChannelDown).expect("send");
+        assert_eq!(b.fetch.recv_timeout(DEADLINE), Ok(FetchRequest::kick()));
+    }
+}
