@@ -36,6 +36,9 @@ USAGE:
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
     assistd check DIR|FILE
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
+    assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
+                     (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
+    assistd deregister --server URL [--state-dir DIR]
     assistd --version | --help
 
 COMMANDS:
@@ -49,6 +52,9 @@ COMMANDS:
     next      print the next fire times of a cron, rate or at expression, in UTC
     check     validate task files; one line per problem
     journal   print the local journal for people
+    register  register this machine as a hybrid (non-ECS) instance; keys go to
+              <state-dir>/hybrid with mode 0600
+    deregister  undo `register` at the server and remove the keys
 
 EXIT CODES:
     0 ok, 1 `check` found problems, 2 error
@@ -214,6 +220,8 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "next" => cmd_next(args),
         "check" => cmd_check(args),
         "journal" => cmd_journal(args),
+        "register" => cmd_register(args),
+        "deregister" => cmd_deregister(args),
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),
     }
 }
@@ -426,11 +434,17 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     };
     tcfg.base_url = base_url;
     tcfg.instance_id = instance_id;
-    let mut http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
-    // A hybrid (non-ECS) instance signs every request with its registered key (spec §2.2).
+    // A hybrid (non-ECS) instance signs every request with its registered key (spec §2.2),
+    // and its instance id is the one the server gave at registration.
     let hybrid = identity::HybridDir::new(state.root.join("hybrid"));
     let identity = identity::Identity::load(&hybrid, Some(tcfg.instance_id.clone()))
         .map_err(CliError::Identity)?;
+    if let identity::Identity::Hybrid(h) = &identity {
+        if tcfg.instance_id.is_empty() {
+            tcfg.instance_id = h.instance_id().to_string();
+        }
+    }
+    let mut http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
     let header_hook: Option<kick::HeaderHook> = match identity {
         identity::Identity::Hybrid(_) => {
             log::info!("phase=startup hybrid instance: requests carry signed x-acs-* headers");
@@ -781,4 +795,93 @@ mod tests {
         let mut bad = Args::new(vec!["--nope".into()]).expect("utf-8");
         assert!(bad.finish().is_err());
     }
+}
+
+/// The server client for `register`/`deregister`: `--server` (or the config's `server`).
+fn hybrid_http(args: &mut Args, cfg: &Config) -> Result<UreqHttp, CliError> {
+    let server = args
+        .value("--server")?
+        .or_else(|| cfg.server.clone())
+        .ok_or_else(|| CliError::Usage("--server URL is required".to_string()))?;
+    let tcfg = TransportConfig {
+        base_url: transport::server_base_url(&server),
+        instance_id: String::new(),
+        ca_file: cfg.ca_file.clone(),
+        proxy: cfg.proxy.clone(),
+    };
+    UreqHttp::new(&tcfg).map_err(CliError::Transport)
+}
+
+fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let http = hybrid_http(&mut args, &cfg)?;
+    let activation_id = args
+        .value("--activation-id")?
+        .ok_or_else(|| CliError::Usage("--activation-id is required".to_string()))?;
+    let region_id = args.value("--region")?.unwrap_or_default();
+    let instance_name = args.value("--name")?.unwrap_or_default();
+    args.finish()?;
+    // A secret on the command line is visible to every user in `ps`: the environment only.
+    let activation_code = std::env::var("ASSISTD_ACTIVATION_CODE")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            CliError::Usage("set ASSISTD_ACTIVATION_CODE to the activation code".to_string())
+        })?;
+    let state = StateDir::new(cfg.state_dir.clone());
+    state.create().map_err(io_err(format!(
+        "cannot create state dir {}",
+        cfg.state_dir.display()
+    )))?;
+    let dir = identity::HybridDir::new(state.root.join("hybrid"));
+    let req = identity::RegisterRequest {
+        activation_code,
+        activation_id,
+        region_id,
+        instance_name,
+        machine_id: identity::default_machine_id(),
+        hostname: read_first_line("/proc/sys/kernel/hostname"),
+        intranet_ip: String::new(),
+        os_version: format!("Linux_{}", read_first_line("/proc/sys/kernel/osrelease")),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        network_mode: String::new(),
+    };
+    let instance_id = identity::register(&http, &req, &dir).map_err(CliError::Identity)?;
+    println!(
+        "registered as {instance_id}; keys in {}",
+        state.root.join("hybrid").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_deregister(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let mut http = hybrid_http(&mut args, &cfg)?;
+    args.finish()?;
+    let dir = identity::HybridDir::new(StateDir::new(cfg.state_dir.clone()).root.join("hybrid"));
+    match identity::Identity::load(&dir, None).map_err(CliError::Identity)? {
+        identity::Identity::Hybrid(h) => {
+            let instance_id = h.instance_id().to_string();
+            let hook = identity::identity_headers(identity::Identity::Hybrid(h));
+            http.set_identity_headers(Box::new(hook));
+            identity::deregister(&http, &dir).map_err(CliError::Identity)?;
+            println!("deregistered {instance_id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        identity::Identity::Ecs { .. } => Err(CliError::Usage(format!(
+            "this machine is not registered (no keys in {})",
+            dir.instance_id()
+                .parent()
+                .unwrap_or(Path::new(""))
+                .display()
+        ))),
+    }
+}
+
+/// The first line of a small system file, or empty.
+fn read_first_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_default()
 }
