@@ -66,11 +66,17 @@ pub enum CliError {
     Usage(String),
     Config(ConfigError),
     Schedule(schedule::ScheduleError),
-    Io { what: String, source: io::Error },
+    Io {
+        what: String,
+        source: io::Error,
+    },
     Engine(crate::engine::EngineError),
     Load(local::LoadError),
     Transport(transport::SetupError),
-    Identity(identity::IdentityError),
+    Identity {
+        what: &'static str,
+        source: identity::IdentityError,
+    },
 }
 
 impl fmt::Display for CliError {
@@ -83,7 +89,7 @@ impl fmt::Display for CliError {
             CliError::Engine(e) => e.fmt(f),
             CliError::Load(e) => e.fmt(f),
             CliError::Transport(e) => e.fmt(f),
-            CliError::Identity(_) => f.write_str("cannot load the hybrid identity"),
+            CliError::Identity { what, .. } => f.write_str(what),
         }
     }
 }
@@ -94,7 +100,7 @@ impl std::error::Error for CliError {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
             CliError::Load(e) => e.source(),
-            CliError::Identity(e) => Some(e),
+            CliError::Identity { source, .. } => Some(source),
             CliError::Transport(e) => e.source(),
             _ => None,
         }
@@ -437,8 +443,13 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     // A hybrid (non-ECS) instance signs every request with its registered key (spec §2.2),
     // and its instance id is the one the server gave at registration.
     let hybrid = identity::HybridDir::new(state.root.join("hybrid"));
-    let identity = identity::Identity::load(&hybrid, Some(tcfg.instance_id.clone()))
-        .map_err(CliError::Identity)?;
+    let identity =
+        identity::Identity::load(&hybrid, Some(tcfg.instance_id.clone())).map_err(|source| {
+            CliError::Identity {
+                what: "cannot load the hybrid identity",
+                source,
+            }
+        })?;
     if let identity::Identity::Hybrid(h) = &identity {
         if tcfg.instance_id.is_empty() {
             tcfg.instance_id = h.instance_id().to_string();
@@ -764,39 +775,6 @@ fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expressions_are_recognised_by_their_look() {
-        assert_eq!(guess_kind("rate(5m)"), ScheduleKind::Rate);
-        assert_eq!(guess_kind("RATE (5m)"), ScheduleKind::Rate);
-        assert_eq!(guess_kind("at(2030-01-01T00:00:00)"), ScheduleKind::At);
-        assert_eq!(guess_kind("0 0 * * * ?"), ScheduleKind::Cron);
-    }
-
-    #[test]
-    fn flags_take_values_in_both_forms_and_unknown_ones_are_refused() {
-        let mut args = Args::new(vec![
-            "--count".into(),
-            "3".into(),
-            "x".into(),
-            "--from=2030-01-01T00:00:00Z".into(),
-        ])
-        .expect("utf-8");
-        assert_eq!(args.value("--count").expect("ok"), Some("3".to_string()));
-        assert_eq!(
-            args.value("--from").expect("ok"),
-            Some("2030-01-01T00:00:00Z".to_string())
-        );
-        args.finish().expect("no unknown flags");
-        assert_eq!(args.positionals, vec!["x".to_string()]);
-        let mut bad = Args::new(vec!["--nope".into()]).expect("utf-8");
-        assert!(bad.finish().is_err());
-    }
-}
-
 /// The server client for `register`/`deregister`: `--server` (or the config's `server`).
 fn hybrid_http(args: &mut Args, cfg: &Config) -> Result<UreqHttp, CliError> {
     let server = args
@@ -846,7 +824,11 @@ fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         network_mode: String::new(),
     };
-    let instance_id = identity::register(&http, &req, &dir).map_err(CliError::Identity)?;
+    let instance_id =
+        identity::register(&http, &req, &dir).map_err(|source| CliError::Identity {
+            what: "registration failed",
+            source,
+        })?;
     println!(
         "registered as {instance_id}; keys in {}",
         state.root.join("hybrid").display()
@@ -859,12 +841,18 @@ fn cmd_deregister(mut args: Args) -> Result<ExitCode, CliError> {
     let mut http = hybrid_http(&mut args, &cfg)?;
     args.finish()?;
     let dir = identity::HybridDir::new(StateDir::new(cfg.state_dir.clone()).root.join("hybrid"));
-    match identity::Identity::load(&dir, None).map_err(CliError::Identity)? {
+    match identity::Identity::load(&dir, None).map_err(|source| CliError::Identity {
+        what: "cannot load the hybrid identity",
+        source,
+    })? {
         identity::Identity::Hybrid(h) => {
             let instance_id = h.instance_id().to_string();
             let hook = identity::identity_headers(identity::Identity::Hybrid(h));
             http.set_identity_headers(Box::new(hook));
-            identity::deregister(&http, &dir).map_err(CliError::Identity)?;
+            identity::deregister(&http, &dir).map_err(|source| CliError::Identity {
+                what: "deregistration failed",
+                source,
+            })?;
             println!("deregistered {instance_id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -884,4 +872,37 @@ fn read_first_line(path: &str) -> String {
         .ok()
         .and_then(|t| t.lines().next().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_are_recognised_by_their_look() {
+        assert_eq!(guess_kind("rate(5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("RATE (5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("at(2030-01-01T00:00:00)"), ScheduleKind::At);
+        assert_eq!(guess_kind("0 0 * * * ?"), ScheduleKind::Cron);
+    }
+
+    #[test]
+    fn flags_take_values_in_both_forms_and_unknown_ones_are_refused() {
+        let mut args = Args::new(vec![
+            "--count".into(),
+            "3".into(),
+            "x".into(),
+            "--from=2030-01-01T00:00:00Z".into(),
+        ])
+        .expect("utf-8");
+        assert_eq!(args.value("--count").expect("ok"), Some("3".to_string()));
+        assert_eq!(
+            args.value("--from").expect("ok"),
+            Some("2030-01-01T00:00:00Z".to_string())
+        );
+        args.finish().expect("no unknown flags");
+        assert_eq!(args.positionals, vec!["x".to_string()]);
+        let mut bad = Args::new(vec!["--nope".into()]).expect("utf-8");
+        assert!(bad.finish().is_err());
+    }
 }
