@@ -37,8 +37,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
 /// Creates a fresh temp file next to the target; the name carries the pid and the clock so
 /// two writers (or two agents in one test process) never share it, and `create_new` catches
-/// the rest.
-fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+/// the rest. `O_NOFOLLOW | O_CLOEXEC`: a planted symlink is never written through, and the
+/// descriptor never leaks into a task.
+pub fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -53,6 +54,7 @@ fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)>
             .write(true)
             .create_new(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),

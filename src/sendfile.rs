@@ -6,9 +6,9 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -286,31 +286,12 @@ fn resolve_owner(
 /// Largest buffer offered to `getpwnam_r`/`getgrnam_r`.
 const MAX_BUF: usize = 1 << 20;
 
-/// `getpwnam_r`; `None` for a missing user or a database error. Like Go's `user.Lookup`, a
-/// numeric name that is not a user name is not taken as a uid.
+/// The uid of a user name; `None` for a missing user or a database error. Like Go's
+/// `user.Lookup`, a numeric name that is not a user name is not taken as a uid.
 fn lookup_uid(name: &str) -> Option<libc::uid_t> {
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: passwd is plain old data; zeroed is a valid (empty) value.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call and `buf.len()` is its real size.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                cname.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < MAX_BUF {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(pwd.pw_uid);
-    }
+    crate::runner::precheck::lookup_user(name)
+        .ok()
+        .map(|u| u.uid)
 }
 
 /// `getgrnam_r`; `None` for a missing group or a database error.
@@ -350,8 +331,8 @@ fn write_file(
     owner: Option<(libc::uid_t, libc::gid_t)>,
 ) -> Result<(), SendFileFailure> {
     use SendFileCode as C;
-    let (tmp, mut file) =
-        create_temp(dir).map_err(|e| SendFileFailure::io(C::FileCreateFail, e))?;
+    let (tmp, mut file) = crate::fsutil::create_temp(dir, "assistd-sendfile", 0o600)
+        .map_err(|e| SendFileFailure::io(C::FileCreateFail, e))?;
     let result = (|| {
         file.write_all(bytes)
             .map_err(|e| SendFileFailure::io(C::FileCreateFail, e))?;
@@ -380,31 +361,6 @@ fn write_file(
         log::warn!("phase=sendfile fsync of {}: {e}", dir.display());
     }
     Ok(())
-}
-
-fn create_temp(dir: &Path) -> io::Result<(PathBuf, File)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut attempt = 0u32;
-    loop {
-        let tmp = dir.join(format!(
-            ".assistd-sendfile.{}.{nanos}.{attempt}",
-            std::process::id()
-        ));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]

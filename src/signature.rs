@@ -551,67 +551,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
-    use crate::transport::HttpResponse;
-    use parking_lot::Mutex;
-    use std::collections::VecDeque;
-    use std::time::Duration;
 
-    /// A fake `Http`: records each request and answers from a script (an empty script
-    /// answers `Unreachable`).
-    #[derive(Default)]
-    pub(crate) struct FakeHttp {
-        pub(crate) requests: Mutex<Vec<(String, String, Vec<u8>)>>,
-        pub(crate) answers: Mutex<VecDeque<Result<HttpResponse, TransportError>>>,
-    }
-
-    impl FakeHttp {
-        pub(crate) fn answering(answers: Vec<Result<HttpResponse, TransportError>>) -> FakeHttp {
-            FakeHttp {
-                requests: Mutex::new(Vec::new()),
-                answers: Mutex::new(answers.into()),
-            }
-        }
-        pub(crate) fn ok(body: &str) -> Result<HttpResponse, TransportError> {
-            Ok(HttpResponse {
-                status: 200,
-                body: body.as_bytes().to_vec(),
-            })
-        }
-        fn answer(&self) -> Result<HttpResponse, TransportError> {
-            self.answers
-                .lock()
-                .pop_front()
-                .unwrap_or_else(|| Err(TransportError::Unreachable("no scripted answer".into())))
-        }
-        pub(crate) fn paths(&self) -> Vec<String> {
-            self.requests.lock().iter().map(|r| r.1.clone()).collect()
-        }
-    }
-
-    impl Http for FakeHttp {
-        fn post(
-            &self,
-            path_and_query: &str,
-            body: &[u8],
-            _content_type: &str,
-            _timeout: Duration,
-        ) -> Result<HttpResponse, TransportError> {
-            self.requests
-                .lock()
-                .push(("POST".into(), path_and_query.into(), body.to_vec()));
-            self.answer()
-        }
-        fn get(
-            &self,
-            path_and_query: &str,
-            _timeout: Duration,
-        ) -> Result<HttpResponse, TransportError> {
-            self.requests
-                .lock()
-                .push(("GET".into(), path_and_query.into(), Vec::new()));
-            self.answer()
-        }
-    }
+    pub(crate) use crate::transport::testing::FakeHttp;
 
     // Test vectors made once with openssl 3.0 (see src/testdata/README.md): the data
     // `1234567890#i-test0001#ZWNobyBoZWxsbwo=` signed with SHA256WithRSA and SM3WithSM2.

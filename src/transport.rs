@@ -471,6 +471,84 @@ pub fn discover_server(
     Ok((base, instance_id))
 }
 
+/// Test doubles of the `Http` trait, shared by every module's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Http, HttpResponse, TransportError};
+    use parking_lot::Mutex;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    /// A fake `Http`: records each request and answers from a script (see `fallback`
+    /// for what it answers once the script is used up).
+    #[derive(Default)]
+    pub(crate) struct FakeHttp {
+        pub(crate) requests: Mutex<Vec<(String, String, Vec<u8>)>>,
+        pub(crate) answers: Mutex<VecDeque<Result<HttpResponse, TransportError>>>,
+        /// The answer once the script is used up; `None`: `Unreachable`.
+        pub(crate) fallback: Option<Vec<u8>>,
+    }
+
+    impl FakeHttp {
+        pub(crate) fn answering(answers: Vec<Result<HttpResponse, TransportError>>) -> FakeHttp {
+            FakeHttp {
+                requests: Mutex::new(Vec::new()),
+                answers: Mutex::new(answers.into()),
+                fallback: None,
+            }
+        }
+        /// Answers 200 with `body` once the script is used up.
+        pub(crate) fn with_fallback(mut self, body: &[u8]) -> FakeHttp {
+            self.fallback = Some(body.to_vec());
+            self
+        }
+        pub(crate) fn ok(body: &str) -> Result<HttpResponse, TransportError> {
+            Ok(HttpResponse {
+                status: 200,
+                body: body.as_bytes().to_vec(),
+            })
+        }
+        fn answer(&self) -> Result<HttpResponse, TransportError> {
+            let next = self.answers.lock().pop_front();
+            next.unwrap_or_else(|| match &self.fallback {
+                Some(body) => Ok(HttpResponse {
+                    status: 200,
+                    body: body.clone(),
+                }),
+                None => Err(TransportError::Unreachable("no scripted answer".into())),
+            })
+        }
+        pub(crate) fn paths(&self) -> Vec<String> {
+            self.requests.lock().iter().map(|r| r.1.clone()).collect()
+        }
+    }
+
+    impl Http for FakeHttp {
+        fn post(
+            &self,
+            path_and_query: &str,
+            body: &[u8],
+            _content_type: &str,
+            _timeout: Duration,
+        ) -> Result<HttpResponse, TransportError> {
+            self.requests
+                .lock()
+                .push(("POST".into(), path_and_query.into(), body.to_vec()));
+            self.answer()
+        }
+        fn get(
+            &self,
+            path_and_query: &str,
+            _timeout: Duration,
+        ) -> Result<HttpResponse, TransportError> {
+            self.requests
+                .lock()
+                .push(("GET".into(), path_and_query.into(), Vec::new()));
+            self.answer()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,7 +225,6 @@ mod tests {
     use crate::model::RepeatType;
     use crate::report::StopResult;
     use crate::transport::HttpResponse;
-    use parking_lot::Mutex;
 
     fn head(wall_clock: WallClock) -> ReportHead {
         ReportHead {
@@ -387,43 +386,12 @@ mod tests {
         );
     }
 
-    /// Answers from a script and records each target.
-    struct Scripted {
-        answers: Mutex<Vec<Result<HttpResponse, TransportError>>>,
-        seen: Mutex<Vec<String>>,
-    }
-
-    impl Http for Scripted {
-        fn post(
-            &self,
-            target: &str,
-            _: &[u8],
-            _: &str,
-            _: Duration,
-        ) -> Result<HttpResponse, TransportError> {
-            self.seen.lock().push(target.to_string());
-            let mut answers = self.answers.lock();
-            if answers.is_empty() {
-                Ok(HttpResponse {
-                    status: 200,
-                    body: b"success".to_vec(),
-                })
-            } else {
-                answers.remove(0)
-            }
-        }
-        fn get(&self, _: &str, _: Duration) -> Result<HttpResponse, TransportError> {
-            Err(TransportError::NoServer)
-        }
-    }
+    use crate::transport::testing::FakeHttp as Scripted;
 
     fn reporter(
         answers: Vec<Result<HttpResponse, TransportError>>,
     ) -> (Arc<Scripted>, RemoteReporter) {
-        let http = Arc::new(Scripted {
-            answers: Mutex::new(answers),
-            seen: Mutex::new(vec![]),
-        });
+        let http = Arc::new(Scripted::answering(answers).with_fallback(b"success"));
         let r = RemoteReporter::new(http.clone()).with_retry_pause(Duration::ZERO);
         (http, r)
     }
@@ -437,7 +405,7 @@ mod tests {
             output: vec![],
         };
         assert_eq!(r.send(&fin).ok(), Some(Verdict::Accepted));
-        assert_eq!(http.seen.lock().len(), 4);
+        assert_eq!(http.paths().len(), 4);
 
         let (http, r) = reporter(vec![Err(TransportError::Status(500))]);
         let running = Report::Running {
@@ -446,6 +414,6 @@ mod tests {
             output: vec![],
         };
         assert!(matches!(r.send(&running), Err(ReportError::Status(500))));
-        assert_eq!(http.seen.lock().len(), 1);
+        assert_eq!(http.paths().len(), 1);
     }
 }

@@ -707,34 +707,7 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
     }
 
-    struct Scripted {
-        answers: Mutex<Vec<Result<HttpResponse, TransportError>>>,
-        seen: Mutex<Vec<String>>,
-    }
-
-    impl Http for Scripted {
-        fn post(
-            &self,
-            target: &str,
-            _: &[u8],
-            _: &str,
-            _: Duration,
-        ) -> Result<HttpResponse, TransportError> {
-            self.seen.lock().push(target.to_string());
-            let mut answers = self.answers.lock();
-            if answers.is_empty() {
-                Ok(HttpResponse {
-                    status: 200,
-                    body: br#"{"code":200}"#.to_vec(),
-                })
-            } else {
-                answers.remove(0)
-            }
-        }
-        fn get(&self, _: &str, _: Duration) -> Result<HttpResponse, TransportError> {
-            Err(TransportError::NoServer)
-        }
-    }
+    use crate::transport::testing::FakeHttp as Scripted;
 
     fn ok(body: &str) -> Result<HttpResponse, TransportError> {
         Ok(HttpResponse {
@@ -754,10 +727,7 @@ mod tests {
     }
 
     fn harness(answers: Vec<Result<HttpResponse, TransportError>>) -> Harness {
-        let http = Arc::new(Scripted {
-            answers: Mutex::new(answers),
-            seen: Mutex::new(vec![]),
-        });
+        let http = Arc::new(Scripted::answering(answers).with_fallback(br#"{"code":200}"#));
         let gate = Arc::new(UpdateGate::new());
         let startup = Arc::new(StartupDone::new());
         let (events_tx, events) = unbounded();
@@ -796,7 +766,7 @@ mod tests {
             h.fetcher.fetch(&FetchRequest::kick()),
             FetchOutcome::UpdaterBusy
         ));
-        assert!(h.http.seen.lock().is_empty());
+        assert!(h.http.paths().is_empty());
         assert_eq!(gate.fetching(), 0);
         drop(updater);
         assert!(matches!(
@@ -849,7 +819,7 @@ mod tests {
             h.fetcher.fetch(&FetchRequest::kick()),
             FetchOutcome::Fetched(0)
         ));
-        let seen = h.http.seen.lock().clone();
+        let seen = h.http.paths();
         let reasons: Vec<&str> = seen
             .iter()
             .map(|s| {
@@ -883,7 +853,7 @@ mod tests {
             h.fetcher.fetch(&FetchRequest::kick()),
             FetchOutcome::Fetched(0)
         ));
-        assert_eq!(h.http.seen.lock().len(), 4);
+        assert_eq!(h.http.paths().len(), 4);
     }
 
     #[test]
