@@ -15,3 +15,4 @@ pub mod signals;
 pub mod source;
 pub mod timer;
 pub mod transport;
+pub mod update;
