@@ -569,6 +569,16 @@ impl Updater {
     /// After an update: once the startup fetch worked, the previous binary is no longer
     /// needed. Until then it stays, for a manual rollback. `None` when shutdown came first.
     fn commit(&self, old: &Path) -> Option<()> {
+        // Only ever the file an update of this executable left: the variable comes from the
+        // environment, and deleting whatever it names would be a way to delete any file.
+        if old != old_path(&self.p.cfg.exe) {
+            log::warn!(
+                "phase=update ignoring {PENDING_ENV}={}: not the kept binary of {}",
+                old.display(),
+                self.p.cfg.exe.display()
+            );
+            return Some(());
+        }
         log::info!(
             "phase=update started after an update; {} is kept until the startup fetch succeeds",
             old.display()
@@ -637,8 +647,12 @@ impl Updater {
                 return Err(UpdateError::Stopped);
             }
         };
-        if self.p.registry.live_count() > 0 {
-            log::warn!("phase=update periodic tasks still running after {} s; they get the shutdown grace period", PERIODIC_WAIT_CAP.as_secs());
+        let live = self.p.registry.live_count();
+        if live > 0 {
+            log::warn!(
+                "phase=update {live} periodic invocation(s) still live after {} s; they get the shutdown grace period",
+                PERIODIC_WAIT_CAP.as_secs()
+            );
         }
         log::info!("phase=update downloading {}", offer.url);
         let old =
