@@ -257,3 +257,34 @@ fn update_check_prints_the_offer_and_apply_installs_it() {
     );
     assert!(std::fs::read(dir.path("bin/assistd.old")).expect("old kept") == before);
 }
+
+#[test]
+fn a_binary_that_cannot_be_executed_is_rolled_back() {
+    let dir = TestDir::new("update-rollback");
+    let server = Server::start();
+    let exe = install_copy(&dir);
+    let before = std::fs::read(&exe).expect("read copy");
+    // A real ELF header of this machine and nothing else: it passes the checks before the
+    // install, and the kernel refuses to exec it (its program headers are missing).
+    let served = before[..64].to_vec();
+    let url = format!("{}{DOWNLOAD}", server.url());
+    server.push(UPDATE_CHECK, update_offer(&url, &sha256_hex(&served), "v2"));
+    server.set_default(DOWNLOAD, Reply::Bytes(200, served));
+    let mut agent = start(&dir, &server, &exe);
+    agent.expect_line("cannot execute the new binary");
+    let startups = expect_n(&agent, &server, "a second startup fetch", 2, |r| {
+        r.path == TASK_LIST && r.query.starts_with("reason=startup")
+    });
+    assert!(
+        startups[1].query.contains("cold_start=false"),
+        "{}",
+        startups[1].query
+    );
+    assert!(
+        std::fs::read(&exe).expect("read") == before,
+        "not rolled back"
+    );
+    assert_eq!(listing(&dir.path("bin")), ["assistd"]);
+    let status = agent.stop();
+    assert!(status.success(), "{status:?}");
+}
