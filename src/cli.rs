@@ -1,4 +1,4 @@
-//! Command-line interface: subcommands `agent`, `next`, `check`, `journal`, hand-parsed flags,
+//! Command-line interface: subcommands `agent`, `next`, `check`, `journal`, `update`, hand-parsed flags,
 //! and how errors become one line on stderr and an exit code. It wires handles together and
 //! holds no agent logic of its own.
 
@@ -23,6 +23,7 @@ use crate::source::local::{self, LocalSource, RebootState};
 use crate::source::remote::{self, FetchRequest};
 use crate::source::SourceEvent;
 use crate::transport::{self, Http, TransportConfig, UreqHttp};
+use crate::update::{self, Restart};
 use crate::{heartbeat, identity, kick, signals, signature, timer};
 
 pub const USAGE: &str = "\
@@ -39,6 +40,7 @@ USAGE:
     assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
                      (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
     assistd deregister --server URL [--state-dir DIR]
+    assistd update --check | --apply [--server URL] [--instance-id ID] [--config FILE]
     assistd --version | --help
 
 COMMANDS:
@@ -55,6 +57,11 @@ COMMANDS:
     register  register this machine as a hybrid (non-ECS) instance; keys go to
               <state-dir>/hybrid with mode 0600
     deregister  undo `register` at the server and remove the keys
+    update    --check: ask the server whether a newer agent is offered and print the answer.
+              --apply: download, verify and install it over this executable (the previous
+              one is kept as <exe>.old); a running agent must then be restarted.
+              A remote agent does this on its own (update_check_interval_secs, default
+              1800; allow_self_update) and restarts itself into the new binary.
 
 EXIT CODES:
     0 ok, 1 `check` found problems, 2 error
@@ -77,6 +84,7 @@ pub enum CliError {
         what: &'static str,
         source: identity::IdentityError,
     },
+    Update(update::UpdateError),
 }
 
 impl fmt::Display for CliError {
@@ -90,6 +98,7 @@ impl fmt::Display for CliError {
             CliError::Load(e) => e.fmt(f),
             CliError::Transport(e) => e.fmt(f),
             CliError::Identity { what, .. } => f.write_str(what),
+            CliError::Update(e) => e.fmt(f),
         }
     }
 }
@@ -102,6 +111,7 @@ impl std::error::Error for CliError {
             CliError::Load(e) => e.source(),
             CliError::Identity { source, .. } => Some(source),
             CliError::Transport(e) => e.source(),
+            CliError::Update(e) => e.source(),
             _ => None,
         }
     }
@@ -228,6 +238,7 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "journal" => cmd_journal(args),
         "register" => cmd_register(args),
         "deregister" => cmd_deregister(args),
+        "update" => cmd_update(args),
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),
     }
 }
@@ -247,6 +258,8 @@ fn load_config(args: &mut Args) -> Result<Config, CliError> {
 }
 
 fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
+    // First, while this is the only thread: the previous binary, if an update started us.
+    let pending_old = update::take_pending();
     let mut cfg = load_config(&mut args)?;
     if let Some(dir) = args.value("--local")? {
         cfg.local_dir = Some(PathBuf::from(dir));
@@ -313,7 +326,7 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         "cannot create state dir {}",
         cfg.state_dir.display()
     )))?;
-    let _lock =
+    let lock =
         crate::fsutil::lock_exclusive(&state.lock_file()).map_err(|source| CliError::Io {
             what: format!(
                 "another assistd is already running with state dir {} (lock {})",
@@ -322,10 +335,20 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             ),
             source,
         })?;
-    match cfg.local_dir.clone() {
-        Some(local_dir) => run_local(&cfg, &state, local_dir),
-        None => run_remote(&cfg, &state),
+    if let Some(local_dir) = cfg.local_dir.clone() {
+        return run_local(&cfg, &state, local_dir);
     }
+    let Some(restart) = run_remote(&cfg, &state, pending_old)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Every thread but the signal thread has ended. The lock is closed here (it is
+    // O_CLOEXEC as well), so the new image takes it as any fresh start would.
+    drop(lock);
+    let source = restart.exec();
+    Err(CliError::Io {
+        what: "cannot restart into the updated agent".to_string(),
+        source,
+    })
 }
 
 fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
@@ -383,14 +406,8 @@ fn resolve_server(
     signals: &crossbeam_channel::Receiver<signals::Signal>,
 ) -> Option<(String, String)> {
     let instance_id = cfg.instance_id.clone().unwrap_or_default();
-    if let Some(server) = &cfg.server {
-        return Some((transport::server_base_url(server), instance_id));
-    }
-    if let Some(host) = std::env::var("ALIYUN_ASSIST_SERVER_HOST")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-    {
-        return Some((transport::server_base_url(&host), instance_id));
+    if let Some(base) = configured_server(cfg) {
+        return Some((base, instance_id));
     }
     let mut pause = Duration::from_secs(3);
     loop {
@@ -418,25 +435,46 @@ fn resolve_server(
     }
 }
 
-fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
-    // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
-    let (signal_tx, signals) = crossbeam_channel::unbounded();
-    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+/// Remote mode until shutdown. `Some(Restart)` when the updater installed a new binary and
+/// the caller should exec it.
+/// The server from `--server`/config, else `ALIYUN_ASSIST_SERVER_HOST`, as a base URL.
+fn configured_server(cfg: &Config) -> Option<String> {
+    let host = cfg.server.clone().or_else(|| {
+        std::env::var("ALIYUN_ASSIST_SERVER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+    })?;
+    Some(transport::server_base_url(&host))
+}
+
+/// The transport settings of remote mode, without the server yet.
+fn transport_config(cfg: &Config) -> TransportConfig {
     let proxy = cfg.proxy.clone().or_else(|| {
         std::env::var("ALIYUN_ASSIST_PROXY")
             .ok()
             .filter(|p| !p.trim().is_empty())
     });
-    let mut tcfg = TransportConfig {
+    TransportConfig {
         base_url: String::new(),
         instance_id: String::new(),
         ca_file: cfg.ca_file.clone(),
         proxy,
-    };
+    }
+}
+
+fn run_remote(
+    cfg: &Config,
+    state: &StateDir,
+    pending_old: Option<PathBuf>,
+) -> Result<Option<Restart>, CliError> {
+    // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
+    let (signal_tx, signals) = crossbeam_channel::unbounded();
+    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    let mut tcfg = transport_config(cfg);
     let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
     let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {
         log::info!("phase=shutdown stopped before a server was found");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     };
     tcfg.base_url = base_url;
     tcfg.instance_id = instance_id;
@@ -466,6 +504,8 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
         }
         identity::Identity::Ecs { .. } => None,
     };
+    // The updater downloads from absolute URLs through the same agent (one pool).
+    let download = http.clone();
     let http: Arc<dyn Http> = Arc::new(http);
     log::info!(
         "phase=startup assistd {} remote mode, server {}",
@@ -487,6 +527,9 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
         cfg.strict_signatures,
     );
     engine.set_verifier(verifier.into_engine_verifier());
+    let gate = Arc::new(remote::UpdateGate::new());
+    let startup = Arc::new(remote::StartupDone::new());
+    let facts = heartbeat::HostFacts::read(cold_start);
 
     // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
     // heartbeat threads watches; they end within one HTTP timeout.
@@ -494,13 +537,8 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (kick_tx, kicks) = crossbeam_channel::bounded(16);
-    let heartbeat = heartbeat::spawn(
-        http.clone(),
-        heartbeat::HostFacts::read(cold_start),
-        stop.clone(),
-        enable_tx,
-    )
-    .map_err(io_err("cannot start the heartbeat thread"))?;
+    let heartbeat = heartbeat::spawn(http.clone(), facts.clone(), stop.clone(), enable_tx)
+        .map_err(io_err("cannot start the heartbeat thread"))?;
     // Kicks arrive on the notify websocket; while it is down, the bridge polls instead.
     let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
     let (action_tx, actions) = crossbeam_channel::unbounded();
@@ -531,8 +569,8 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     let fetch = remote::spawn(
         remote::FetcherParts {
             http: http.clone(),
-            gate: Arc::new(remote::UpdateGate::new()),
-            startup: Arc::new(remote::StartupDone::new()),
+            gate: gate.clone(),
+            startup: startup.clone(),
             events: events_tx,
             extra: Box::new(remote::HostExtras {
                 http: http.clone(),
@@ -540,12 +578,38 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
             }),
             // Polling is the kick bridge's job (only while the kick channel is down).
             cfg: remote::FetchConfig::new(cold_start, None, schedule::tz::system_zone()),
-            stop,
+            stop: stop.clone(),
             requests: kicks,
         },
         enable,
     )
     .map_err(io_err("cannot start the fetch thread"))?;
+    let interval = (cfg.update_check_interval_secs > 0)
+        .then(|| Duration::from_secs(cfg.update_check_interval_secs));
+    let updater = if interval.is_some() || pending_old.is_some() {
+        // Resolved now: once the file is replaced, /proc/self/exe names a deleted file.
+        let exe = std::env::current_exe().map_err(io_err("cannot find the agent executable"))?;
+        Some(
+            update::spawn(update::UpdaterParts {
+                http: http.clone(),
+                download,
+                gate,
+                registry: engine.registry(),
+                startup,
+                stop,
+                cfg: update::UpdaterConfig {
+                    interval,
+                    apply: cfg.allow_self_update,
+                    exe,
+                    os_version: facts.os_version,
+                    pending_old,
+                },
+            })
+            .map_err(io_err("cannot start the updater thread"))?,
+        )
+    } else {
+        None
+    };
 
     let mut reload = KickOnReload {
         kicks: kick_tx,
@@ -562,8 +626,9 @@ fn run_remote(cfg: &Config, state: &StateDir) -> Result<ExitCode, CliError> {
     let _ = fetch.join();
     let _ = heartbeat.join();
     let _ = bridge.join();
+    let restart = updater.and_then(|u| u.join().ok().flatten());
     result.map_err(CliError::Engine)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(restart)
 }
 
 /// Remote mode's reload hook: SIGHUP asks the fetch thread for a kickoff fetch, as a
@@ -758,6 +823,70 @@ fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
     problems
 }
 
+/// `assistd update --check | --apply`: the updater's check and install, by hand. It never
+/// touches a running agent: after `--apply` the service must be restarted.
+fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
+    let mut cfg = load_config(&mut args)?;
+    if let Some(server) = args.value("--server")? {
+        cfg.server = Some(server);
+    }
+    if let Some(id) = args.value("--instance-id")? {
+        cfg.instance_id = Some(id);
+    }
+    let check = args.flag("--check");
+    let apply = args.flag("--apply");
+    args.finish()?;
+    if let Some(extra) = args.positionals.first() {
+        return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    if check == apply {
+        return Err(CliError::Usage(
+            "update takes one of --check and --apply".to_string(),
+        ));
+    }
+    let mut tcfg = transport_config(&cfg);
+    let (base_url, instance_id) = match configured_server(&cfg) {
+        Some(base) => (base, cfg.instance_id.clone().unwrap_or_default()),
+        None => {
+            let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+            let (base, found) = transport::discover_server(&cfg.metadata_url, &probe)
+                .map_err(|e| CliError::Update(update::UpdateError::Check(e)))?;
+            (base, cfg.instance_id.clone().unwrap_or(found))
+        }
+    };
+    tcfg.base_url = base_url;
+    tcfg.instance_id = instance_id;
+    let http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    let os_version = heartbeat::HostFacts::read(false).os_version;
+    let offer = update::check(&http, &os_version, None).map_err(CliError::Update)?;
+    let mut out = io::stdout().lock();
+    let Some(offer) = offer else {
+        writeln!(out, "no update offered").map_err(io_err("cannot write"))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(
+        out,
+        "update offered: {} from {} (sha256 {})",
+        offer.version,
+        offer.url,
+        update::hex(&offer.sha256)
+    )
+    .map_err(io_err("cannot write"))?;
+    if apply {
+        let exe = std::env::current_exe().map_err(io_err("cannot find this executable"))?;
+        let old =
+            update::download_and_install(&http, &offer, &exe, None).map_err(CliError::Update)?;
+        writeln!(
+            out,
+            "installed at {} (previous binary kept as {}); restart the running assistd service to use it",
+            exe.display(),
+            old.display()
+        )
+        .map_err(io_err("cannot write"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
     let cfg = load_config(&mut args)?;
     let task = args.value("--task")?;
@@ -783,9 +912,7 @@ fn hybrid_http(args: &mut Args, cfg: &Config) -> Result<UreqHttp, CliError> {
         .ok_or_else(|| CliError::Usage("--server URL is required".to_string()))?;
     let tcfg = TransportConfig {
         base_url: transport::server_base_url(&server),
-        instance_id: String::new(),
-        ca_file: cfg.ca_file.clone(),
-        proxy: cfg.proxy.clone(),
+        ..transport_config(cfg)
     };
     UreqHttp::new(&tcfg).map_err(CliError::Transport)
 }

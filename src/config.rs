@@ -46,6 +46,11 @@ pub struct Config {
     pub log_max_bytes: u64,
     /// Rotated log files kept; 0 truncates in place.
     pub log_keep: usize,
+    /// Remote mode: ask the server for a newer agent this often (first check one interval
+    /// after start); 0 turns the checks off.
+    pub update_check_interval_secs: u64,
+    /// Remote mode: install an offered update and restart into it; false only logs offers.
+    pub allow_self_update: bool,
 }
 
 impl Default for Config {
@@ -70,6 +75,8 @@ impl Default for Config {
             log_file: None,
             log_max_bytes: crate::logging::DEFAULT_LOG_MAX_BYTES,
             log_keep: crate::logging::DEFAULT_LOG_KEEP,
+            update_check_interval_secs: crate::update::DEFAULT_CHECK_INTERVAL.as_secs(),
+            allow_self_update: true,
         }
     }
 }
@@ -280,6 +287,14 @@ impl Config {
                         .ok_or_else(|| bad(key, "a number from 0 to 100"))?
                         as usize
                 }
+                "update_check_interval_secs" => {
+                    cfg.update_check_interval_secs = v
+                        .as_u64()
+                        .ok_or_else(|| bad(key, "a whole number of seconds (0: off)"))?
+                }
+                "allow_self_update" => {
+                    cfg.allow_self_update = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
+                }
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_path_buf(),
@@ -334,6 +349,21 @@ mod tests {
         assert_eq!(
             parse(r#"{"server": ""}"#),
             Err("config c.json: key \"server\" must be a non-empty string".to_string())
+        );
+    }
+
+    #[test]
+    fn update_keys_are_read() {
+        let cfg = Config::default();
+        assert_eq!(cfg.update_check_interval_secs, 1800);
+        assert!(cfg.allow_self_update);
+        let cfg = parse(r#"{"update_check_interval_secs": 0, "allow_self_update": false}"#)
+            .expect("valid config");
+        assert_eq!(cfg.update_check_interval_secs, 0);
+        assert!(!cfg.allow_self_update);
+        assert_eq!(
+            parse(r#"{"update_check_interval_secs": -1}"#),
+            Err("config c.json: key \"update_check_interval_secs\" must be a whole number of seconds (0: off)".to_string())
         );
     }
 

@@ -19,3 +19,4 @@ pub mod signature;
 pub mod source;
 pub mod timer;
 pub mod transport;
+pub mod update;

@@ -335,6 +335,32 @@ impl UreqHttp {
         classify(req.call())
     }
 
+    /// Like `get_url`, but the caller streams the body (`get_url` buffers at most 10 MiB, too
+    /// little for an agent binary). `timeout` bounds the whole request, body included; the
+    /// caller caps the size. Only a 2xx answer is a body to keep: a 400 page or a redirect
+    /// (redirects are not followed) is `Status`.
+    pub fn get_url_reader(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Box<dyn std::io::Read + Send>, TransportError> {
+        let resp = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .build()
+            .call()
+            .map_err(|e| TransportError::Unreachable(Box::new(e)))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(TransportError::Status(status));
+        }
+        Ok(Box::new(resp.into_body().into_reader()))
+    }
+
     fn headers(&self, method: &str, path: &str) -> Vec<(String, String)> {
         let mut headers = vec![("X-Client-Instance-ID".to_string(), self.instance_id.clone())];
         if let Some(identity) = &self.identity {

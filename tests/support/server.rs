@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 pub const TASK_LIST: &str = "/luban/api/v1/task/list";
 pub const HEARTBEAT: &str = "/luban/api/heart-beat";
+pub const UPDATE_CHECK: &str = "/luban/api/v1/update/update_check";
+/// Where `update_offer` points the agent for the new binary (served with `Reply::Bytes`).
+pub const DOWNLOAD: &str = "/download/assistd";
 
 /// One request as received.
 #[derive(Clone, Debug)]
@@ -64,6 +67,8 @@ pub enum Reply {
     Answer(u16, String),
     /// Read the request, say nothing for this long, then close the connection.
     Hang(Duration),
+    /// A status and a binary body (a download).
+    Bytes(u16, Vec<u8>),
 }
 
 impl Reply {
@@ -114,6 +119,10 @@ impl Server {
             s.defaults.insert(
                 HEARTBEAT.to_string(),
                 Reply::ok(r#"{"code":200,"nextInterval":60000}"#),
+            );
+            s.defaults.insert(
+                UPDATE_CHECK.to_string(),
+                Reply::ok(r#"{"flag":0,"instanceId":"i-test","need_update":0}"#),
             );
         }
         let accept_shared = shared.clone();
@@ -239,6 +248,15 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     return;
                 }
             }
+            Reply::Bytes(code, body) => {
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+                    return;
+                }
+            }
             Reply::Hang(d) => {
                 // Scripted silence: the agent under test must give up on its own.
                 thread::sleep(d);
@@ -340,6 +358,14 @@ pub fn shell_entry(
         r#"{{"task":{{"taskID":"{task_id}","type":"RunShellScript","invokeVersion":1,"commandContent":"{}","timeOut":"60"{extra_task}}},"output":{output},"repeat":"{repeat}"}}"#,
         base64(script.as_bytes())
     )
+}
+
+/// An `update_check` answer offering the binary at `url` with its SHA-256 (`update_info`
+/// field names of the reference; `sha256` and `version` are assistd's extensions).
+pub fn update_offer(url: &str, sha256_hex: &str, version: &str) -> Reply {
+    Reply::ok(format!(
+        r#"{{"flag":0,"instanceId":"i-test","need_update":1,"next_interval":1800,"update_info":{{"file_name":"assistd","md5":"","url":"{url}","sha256":"{sha256_hex}","version":"{version}"}}}}"#
+    ))
 }
 
 /// Output settings: running reports every second, empty ticks skipped.
