@@ -542,7 +542,9 @@ fn run_remote(
     // Kicks arrive on the notify websocket; while it is down, the bridge polls instead.
     let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
     let (action_tx, actions) = crossbeam_channel::unbounded();
-    let listener = match kick_config(&tcfg, header_hook) {
+    // Set by the updater while it installs (spec §1.6); kicks are answered `reject:` meanwhile.
+    let critical = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = match kick_config(&tcfg, header_hook, critical.clone()) {
         Ok(kcfg) => match kick::spawn_listener(kcfg, action_tx) {
             Ok(listener) => Some(listener),
             Err(e) => {
@@ -597,6 +599,7 @@ fn run_remote(
                 registry: engine.registry(),
                 startup,
                 stop,
+                critical,
                 cfg: update::UpdaterConfig {
                     interval,
                     apply: cfg.allow_self_update,
@@ -638,10 +641,12 @@ fn run_remote(
 fn kick_config(
     tcfg: &TransportConfig,
     headers: Option<kick::HeaderHook>,
+    critical: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<kick::KickConfig, CliError> {
     let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut kcfg = kick::KickConfig::new(url);
     kcfg.headers = headers;
+    kcfg.critical_action = Some(critical);
     if kcfg.url.starts_with("wss://") {
         kcfg.tls = Some(
             crate::transport::kick_tls_config(tcfg.ca_file.as_deref())
