@@ -846,6 +846,48 @@ mod tests {
         );
     }
 
+    /// Spec §10.1 `testTrigerNextRetry`: 1 startup fetch and 20 kicks while the server fails
+    /// are all `startup` (failed), one more succeeds as `startup`, and 20 kicks after it are
+    /// `kickoff`: 42 fetches. Each failed fetch here is 1+3 HTTP attempts (the reference's
+    /// test mocks the fetch itself, below the retries).
+    #[test]
+    fn the_42_fetch_sequence_of_the_reference() {
+        let list = r#"{"code":200,"run":[{"task":{"taskID":"t","type":"RunShellScript"}}]}"#;
+        let failures = 21 * (1 + 3);
+        let mut answers: Vec<_> = (0..failures)
+            .map(|_| Err(TransportError::Status(500)))
+            .collect();
+        answers.extend((0..21).map(|_| ok(list)));
+        let mut h = harness(answers);
+        let outcomes: Vec<&str> = (0..42)
+            .map(|_| match h.fetcher.fetch(&FetchRequest::kick()) {
+                FetchOutcome::Failed(_) => "failed",
+                FetchOutcome::Fetched(1) => "fetched",
+                _ => "other",
+            })
+            .collect();
+        let mut expected = vec!["failed"; 21];
+        expected.extend(vec!["fetched"; 21]);
+        assert_eq!(outcomes, expected);
+        let reasons: Vec<bool> = h
+            .http
+            .paths()
+            .iter()
+            .map(|p| p.contains("reason=startup"))
+            .collect();
+        assert_eq!(reasons.len(), failures + 21);
+        let startup = reasons.iter().take_while(|s| **s).count();
+        assert_eq!(
+            startup,
+            failures + 1,
+            "every call up to the first success is startup"
+        );
+        assert!(
+            reasons[startup..].iter().all(|s| !s),
+            "every later call is kickoff"
+        );
+    }
+
     #[test]
     fn code_408_asks_again_up_to_four_rounds() {
         let mut h = harness((0..5).map(|_| ok(r#"{"code":408}"#)).collect());
