@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::config::{Config, ConfigError, DEFAULT_CONFIG};
+use crate::config::{Config, ConfigError, ConfigWatch, DEFAULT_CONFIG};
 use crate::engine::{Engine, EngineConfig, Reload};
 use crate::fsutil::StateDir;
 use crate::report::journal::{self, Journal, JournalLimits};
@@ -246,21 +246,27 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
 /// The config file (from `--config`, else the default location if present) with the flags
 /// every command shares applied on top.
 fn load_config(args: &mut Args) -> Result<Config, CliError> {
-    let mut cfg = match args.value("--config")? {
-        Some(path) => Config::load(Path::new(&path), true),
-        None => Config::load(Path::new(DEFAULT_CONFIG), false),
-    }
-    .map_err(CliError::Config)?;
+    load_config_watched(args).map(|(cfg, _)| cfg)
+}
+
+/// Like `load_config`, also returning a watch of the file for SIGHUP.
+fn load_config_watched(args: &mut Args) -> Result<(Config, ConfigWatch), CliError> {
+    let (path, required) = match args.value("--config")? {
+        Some(path) => (PathBuf::from(path), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let file = Config::load(&path, required).map_err(CliError::Config)?;
+    let mut cfg = file.clone();
     if let Some(dir) = args.value("--state-dir")? {
         cfg.state_dir = PathBuf::from(dir);
     }
-    Ok(cfg)
+    Ok((cfg, ConfigWatch::new(path, required, file)))
 }
 
 fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     // First, while this is the only thread: the previous binary, if an update started us.
     let pending_old = update::take_pending();
-    let mut cfg = load_config(&mut args)?;
+    let (mut cfg, watch) = load_config_watched(&mut args)?;
     if let Some(dir) = args.value("--local")? {
         cfg.local_dir = Some(PathBuf::from(dir));
     }
@@ -336,9 +342,9 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             source,
         })?;
     if let Some(local_dir) = cfg.local_dir.clone() {
-        return run_local(&cfg, &state, local_dir);
+        return run_local(&cfg, &state, local_dir, watch);
     }
-    let Some(restart) = run_remote(&cfg, &state, pending_old)? else {
+    let Some(restart) = run_remote(&cfg, &state, pending_old, watch)? else {
         return Ok(ExitCode::SUCCESS);
     };
     // Every thread but the signal thread has ended. The lock is closed here (it is
@@ -363,7 +369,12 @@ fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
     }
 }
 
-fn run_local(cfg: &Config, state: &StateDir, local_dir: PathBuf) -> Result<ExitCode, CliError> {
+fn run_local(
+    cfg: &Config,
+    state: &StateDir,
+    local_dir: PathBuf,
+    watch: ConfigWatch,
+) -> Result<ExitCode, CliError> {
     log::info!(
         "phase=startup assistd {} local mode on {}",
         env!("CARGO_PKG_VERSION"),
@@ -389,7 +400,7 @@ fn run_local(cfg: &Config, state: &StateDir, local_dir: PathBuf) -> Result<ExitC
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let engine = Engine::new(engine_config(cfg, state), Arc::new(journal), timer);
-    let mut source = LocalReload(LocalSource::new(local_dir, reboot));
+    let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
@@ -466,6 +477,7 @@ fn run_remote(
     cfg: &Config,
     state: &StateDir,
     pending_old: Option<PathBuf>,
+    watch: ConfigWatch,
 ) -> Result<Option<Restart>, CliError> {
     // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
@@ -614,10 +626,13 @@ fn run_remote(
         None
     };
 
-    let mut reload = KickOnReload {
-        kicks: kick_tx,
-        started: false,
-    };
+    let mut reload = ConfigReload::new(
+        watch,
+        KickOnReload {
+            kicks: kick_tx,
+            started: false,
+        },
+    );
     // The fetch and heartbeat threads stop as soon as shutdown begins, not after the grace
     // period: no new work is fetched while running invocations drain.
     engine.on_shutdown(move || drop(stop_tx));
@@ -654,6 +669,33 @@ fn kick_config(
         );
     }
     Ok(kcfg)
+}
+
+/// SIGHUP: re-read the configuration file, then do the mode's own reload. The engine's first
+/// call, at start, only reaches the mode's hook.
+struct ConfigReload<R> {
+    watch: ConfigWatch,
+    inner: R,
+    started: bool,
+}
+
+impl<R> ConfigReload<R> {
+    fn new(watch: ConfigWatch, inner: R) -> ConfigReload<R> {
+        ConfigReload {
+            watch,
+            inner,
+            started: false,
+        }
+    }
+}
+
+impl<R: Reload> Reload for ConfigReload<R> {
+    fn reload(&mut self) -> Vec<SourceEvent> {
+        if std::mem::replace(&mut self.started, true) {
+            self.watch.reload();
+        }
+        self.inner.reload()
+    }
 }
 
 struct KickOnReload {

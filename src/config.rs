@@ -307,12 +307,128 @@ impl Config {
     }
 }
 
+/// The configuration file as the agent started with it, re-read on SIGHUP: `log_level` takes
+/// effect at once; any other changed key is named in the log as needing a restart (threads,
+/// sockets and directories were set up from the old values). A file that no longer loads is
+/// reported and the running configuration stays.
+pub struct ConfigWatch {
+    path: PathBuf,
+    required: bool,
+    loaded: Config,
+}
+
+impl ConfigWatch {
+    pub fn new(path: PathBuf, required: bool, loaded: Config) -> ConfigWatch {
+        ConfigWatch {
+            path,
+            required,
+            loaded,
+        }
+    }
+
+    pub fn reload(&mut self) {
+        let fresh = match Config::load(&self.path, self.required) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                log::error!("phase=reload {text}; keeping the running configuration");
+                return;
+            }
+        };
+        if fresh.log_level != self.loaded.log_level {
+            log::set_max_level(fresh.log_level);
+            log::warn!("phase=reload log_level is now {}", fresh.log_level);
+        }
+        for key in self.loaded.changed_keys(&fresh) {
+            if key != "log_level" {
+                log::warn!(
+                    "phase=reload {}: \"{key}\" changed; it takes effect when the agent restarts",
+                    self.path.display()
+                );
+            }
+        }
+        self.loaded = fresh;
+    }
+}
+
+impl Config {
+    /// The names of the keys whose values differ between two configurations.
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |differs: bool, key: &'static str| {
+            if differs {
+                keys.push(key);
+            }
+        };
+        check(self.local_dir != other.local_dir, "local_dir");
+        check(self.state_dir != other.state_dir, "state_dir");
+        check(self.workers != other.workers, "workers");
+        check(
+            self.shutdown_grace != other.shutdown_grace,
+            "shutdown_grace_secs",
+        );
+        check(
+            self.allow_power_actions != other.allow_power_actions,
+            "allow_power_actions",
+        );
+        check(
+            self.journal_max_bytes != other.journal_max_bytes,
+            "journal_max_bytes",
+        );
+        check(self.journal_keep != other.journal_keep, "journal_keep");
+        check(self.log_level != other.log_level, "log_level");
+        check(self.server != other.server, "server");
+        check(self.instance_id != other.instance_id, "instance_id");
+        check(self.ca_file != other.ca_file, "ca_file");
+        check(self.proxy != other.proxy, "proxy");
+        check(self.metadata_url != other.metadata_url, "metadata_url");
+        check(
+            self.poll_interval_secs != other.poll_interval_secs,
+            "poll_interval_secs",
+        );
+        check(
+            self.strict_signatures != other.strict_signatures,
+            "strict_signatures",
+        );
+        check(
+            self.coldstart_flag != other.coldstart_flag,
+            "coldstart_flag",
+        );
+        check(self.log_file != other.log_file, "log_file");
+        check(self.log_max_bytes != other.log_max_bytes, "log_max_bytes");
+        check(self.log_keep != other.log_keep, "log_keep");
+        check(
+            self.update_check_interval_secs != other.update_check_interval_secs,
+            "update_check_interval_secs",
+        );
+        check(
+            self.allow_self_update != other.allow_self_update,
+            "allow_self_update",
+        );
+        keys
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<Config, String> {
         Config::from_json(Path::new("c.json"), json.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn changed_keys_are_named() {
+        let a = parse(r#"{"workers": 3, "log_level": "info"}"#).expect("valid");
+        let b = parse(r#"{"workers": 4, "log_level": "debug"}"#).expect("valid");
+        assert_eq!(a.changed_keys(&b), vec!["workers", "log_level"]);
+        assert!(a.changed_keys(&a).is_empty());
     }
 
     #[test]

@@ -325,3 +325,19 @@ fn log_file_receives_the_log_instead_of_stderr() {
         "stderr got log lines"
     );
 }
+
+#[test]
+fn sighup_rereads_the_config_file() {
+    let dir = TestDir::new("config-reload");
+    let config = dir.path("config.json");
+    std::fs::write(&config, r#"{"log_level": "info"}"#).expect("write config");
+    let agent = Agent::start(&dir, &["--config", config.to_str().expect("utf-8")]);
+    agent.expect_line("phase=load");
+    std::fs::write(&config, r#"{"log_level": "debug", "workers": 3}"#).expect("write config");
+    agent.signal(libc::SIGHUP);
+    agent.expect_line("log_level is now DEBUG");
+    agent.expect_line("\"workers\" changed; it takes effect when the agent restarts");
+    std::fs::write(&config, r#"{"log_level": "debug",,}"#).expect("write config");
+    agent.signal(libc::SIGHUP);
+    agent.expect_line("keeping the running configuration");
+}
