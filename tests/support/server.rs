@@ -335,6 +335,9 @@ impl Server {
 fn serve(conn: TcpStream, shared: &Shared) {
     // Idle keep-alive connections end on their own.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    // Each answer goes out in one write; with Nagle on, a second small write would wait for the
+    // agent's delayed ACK (~40 ms on Linux), a stall no real server adds.
+    let _ = conn.set_nodelay(true);
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -375,22 +378,22 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 } else {
                     "text/plain"
                 };
-                let head = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                let answer = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                if writer.write_all(head.as_bytes()).is_err()
-                    || writer.write_all(body.as_bytes()).is_err()
-                {
+                if writer.write_all(answer.as_bytes()).is_err() {
                     return;
                 }
             }
             Reply::Bytes(code, body) => {
-                let head = format!(
+                let mut answer = format!(
                     "HTTP/1.1 {code} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
                     body.len()
-                );
-                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+                )
+                .into_bytes();
+                answer.extend_from_slice(&body);
+                if writer.write_all(&answer).is_err() {
                     return;
                 }
             }
