@@ -28,7 +28,7 @@ lint:
 
 # Figures for the issues' closing notes (memory, load time, timer lateness, capture).
 bench: release
-	$(CARGO) build --release --example bench-timer
+	$(CARGO) build --release --example bench-timer --example bench-remote
 	-$(MAKE) static
 	./benches/run.sh
 

@@ -78,3 +78,8 @@ for line in open(sys.argv[1]):
 PY
 echo "agent peak RSS during capture (VmHWM): $(hwm_kib $PID) KiB"
 kill $PID; wait $PID || true
+
+echo "== remote mode: kicks over the notify websocket, then the idle connected agent"
+# Against the control-plane double on loopback, with $BIN chosen above (the static binary
+# when `make static` built it, else the release build). IDLE_SECS shortens the idle period.
+./target/release/examples/bench-remote "$BIN" --idle-secs "${IDLE_SECS:-60}"

@@ -7,9 +7,12 @@
 //! curl --data-binary 'uname -a; echo done' http://127.0.0.1:8080/dev/submit
 //! ```
 //!
-//! `POST /dev/submit` takes a shell script as its body and queues it as a Once task for the
-//! next task-list fetch (the agent's poll, or `kill -HUP <agent>`). `POST /dev/submit-list`
-//! queues a whole task-list JSON body as is.
+//! `POST /dev/submit` takes a shell script as its body, queues it as a Once task for the next
+//! task-list fetch and kicks every agent connected to the notify websocket
+//! (`kick_vm task run <id>`), so it runs at once; an agent without the channel picks it up at
+//! its next poll (or `kill -HUP <agent>`). `POST /dev/submit-list` queues a whole task-list JSON
+//! body as is and sends a plain `kick_vm`. The agents' kick replies are printed with the
+//! requests that follow them.
 
 #[path = "../tests/support/server.rs"]
 mod server;
@@ -54,6 +57,7 @@ fn main() {
         server.url()
     );
     let mut seen = 0;
+    let mut replies_seen = 0;
     let mut next_id = 1;
     loop {
         // Wait for the next request (an hour at most, then wait again).
@@ -63,6 +67,11 @@ fn main() {
             continue;
         };
         seen += new.len();
+        let replies = server.kicks().replies;
+        for reply in &replies[replies_seen.min(replies.len())..] {
+            println!("kick reply: {reply}");
+        }
+        replies_seen = replies.len();
         for r in new {
             match r.path.as_str() {
                 "/dev/submit" => {
@@ -75,11 +84,17 @@ fn main() {
                             r#"{{"code":200,"instanceId":"i-dev","run":[{entry}]}}"#
                         )),
                     );
-                    println!("queued {id}; it runs at the agent's next fetch");
+                    match server.push_kick(&format!("kick_vm task run {id}")) {
+                        0 => println!("queued {id}; it runs at the agent's next fetch"),
+                        n => println!("queued {id}; kicked {n} agent(s)"),
+                    }
                 }
                 "/dev/submit-list" => {
                     server.push(TASK_LIST, Reply::ok(r.body_text()));
-                    println!("queued a task list");
+                    match server.push_kick("kick_vm") {
+                        0 => println!("queued a task list for the agent's next fetch"),
+                        n => println!("queued a task list; kicked {n} agent(s)"),
+                    }
                 }
                 HEARTBEAT => {}
                 TASK_LIST => println!("{} {}", r.method, r.target()),

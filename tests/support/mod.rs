@@ -6,37 +6,61 @@
 pub mod server;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 
 use crate::util::{bin, Agent, TestDir, DEADLINE};
 use server::{Request, Server};
 
-/// `assistd agent --server <double> --state-dir <dir>/state` with a cold-start flag inside the
-/// test dir, polling off (tests kick with SIGHUP), and `extra` flags.
+/// The arguments of `start_remote` before its extra flags: the double as server, instance id
+/// `i-test`, the state dir and a cold-start flag inside the test dir, polling off (tests kick
+/// with SIGHUP or the websocket).
+pub fn remote_args(dir: &TestDir, server: &Server) -> Vec<String> {
+    [
+        "agent",
+        "--server",
+        &server.url(),
+        "--instance-id",
+        "i-test",
+        "--state-dir",
+        &dir.state().display().to_string(),
+        "--coldstart-flag",
+        &dir.path("coldstart-flag").display().to_string(),
+        "--poll-interval",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// `assistd agent` with `remote_args` and `extra` flags; a flag given in `extra` replaces the
+/// default of the same name (`--poll-interval 1`, `--instance-id i-x`).
 pub fn start_remote(dir: &TestDir, server: &Server, extra: &[&str]) -> Agent {
-    let mut args = vec![
-        "agent".to_string(),
-        "--server".to_string(),
-        server.url(),
-        "--instance-id".to_string(),
-        "i-test".to_string(),
-        "--state-dir".to_string(),
-        dir.state().display().to_string(),
-        "--coldstart-flag".to_string(),
-        dir.path("coldstart-flag").display().to_string(),
-        "--poll-interval".to_string(),
-        "0".to_string(),
-    ];
+    let mut args = Vec::new();
+    let mut defaults = remote_args(dir, server).into_iter();
+    while let Some(a) = defaults.next() {
+        if a.starts_with("--") && extra.contains(&a.as_str()) {
+            defaults.next();
+            continue;
+        }
+        args.push(a);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
+    spawn_remote(args, &[])
+}
+
+/// Starts `assistd <args>` with `env` added, reading its stderr into the `Agent`.
+pub fn spawn_remote(args: Vec<String>, env: &[(&str, &str)]) -> Agent {
     let mut child = Command::new(bin())
         .args(&args)
         .env("TZ", "UTC")
         .env_remove("ALIYUN_ASSIST_PROXY")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -58,6 +82,50 @@ pub fn start_remote(dir: &TestDir, server: &Server, extra: &[&str]) -> Agent {
         lines: rx,
         log,
         args,
+    }
+}
+
+/// Waits until the agent exits on its own (bounded) and returns its status.
+pub fn wait_exit(agent: &mut Agent) -> ExitStatus {
+    let deadline = Instant::now() + DEADLINE;
+    let mut child = agent.child.take().expect("agent running");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            agent.fail("agent did not exit");
+        }
+        // std offers no wait with a timeout; the exit status is only known by asking.
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the agent has opened its `n`th notify websocket and it is still up.
+pub fn expect_kick_channel(agent: &Agent, server: &Server, n: usize) {
+    let up = server.wait_kicks(Instant::now() + DEADLINE, |k| {
+        (k.opened >= n && k.live >= 1).then_some(())
+    });
+    if up.is_none() {
+        agent.fail(&format!(
+            "kick channel {n} never came up; websocket: {:?}",
+            server.kicks()
+        ));
+    }
+}
+
+/// Waits for the agent's reply `reply` on the notify websocket.
+pub fn expect_kick_reply(agent: &Agent, server: &Server, reply: &str) {
+    let found = server.wait_kicks(Instant::now() + DEADLINE, |k| {
+        k.replies.iter().any(|r| r == reply).then_some(())
+    });
+    if found.is_none() {
+        agent.fail(&format!(
+            "no kick reply {reply:?}; websocket: {:?}",
+            server.kicks()
+        ));
     }
 }
 

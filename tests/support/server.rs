@@ -1,22 +1,46 @@
 //! A control-plane double on `127.0.0.1:0`: HTTP/1.1 by hand, one thread per connection. It
 //! answers from a script (per path: queued one-shot replies, then a default) and records every
-//! request, so tests wait on requests instead of sleeping. Shared by the tests and by
-//! `examples/dev-server.rs`; it never contacts anything itself.
+//! request, so tests wait on requests instead of sleeping. It also holds the notify websocket
+//! (`GET /luban/notify_server` with `Upgrade: websocket`): kicks are pushed to every connected
+//! agent and each reply is recorded as an event. Shared by the tests and by the examples
+//! (`dev-server`, `bench-remote`); it never contacts anything itself.
 
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::{Role, WebSocket};
+use tungstenite::Message;
 
 pub const TASK_LIST: &str = "/luban/api/v1/task/list";
 pub const HEARTBEAT: &str = "/luban/api/heart-beat";
 pub const UPDATE_CHECK: &str = "/luban/api/v1/update/update_check";
 /// Where `update_offer` points the agent for the new binary (served with `Reply::Bytes`).
 pub const DOWNLOAD: &str = "/download/assistd";
+/// The notify websocket. An upgrade request is answered with `101` unless a reply is scripted
+/// for this path (`refuse_kicks` sets one), and is recorded like any request.
+pub const NOTIFY: &str = "/luban/notify_server";
+pub const REGISTER: &str = "/luban/api/instance/register";
+pub const DEREGISTER: &str = "/luban/api/instance/deregister";
+/// The certificate endpoint of task signatures. Its real path is unknown (spec §7), so the
+/// double follows the agent's guess rather than repeating it.
+pub const SIGN_CERT: &str = assistd::signature::DEFAULT_CERT_PATH;
+/// What `register` answers by default: the instance id a registration gets.
+pub const REGISTERED_ID: &str = "mi-test";
+/// The RSA test vector of `src/testdata` (see its README): the public key, and the signature of
+/// `userId # instanceId # commandContent` for these values.
+pub const RSA_PUB_PEM: &str = include_str!("../../src/testdata/sign_rsa_pub.pem");
+pub const RSA_SIG_B64: &str = include_str!("../../src/testdata/sign_rsa.sig.b64");
+pub const VECTOR_USER_ID: &str = "1234567890";
+pub const VECTOR_INSTANCE_ID: &str = "i-test0001";
+/// `echo hello` and a newline, base64.
+pub const VECTOR_CONTENT: &str = "ZWNobyBoZWxsbwo=";
 
 /// One request as received.
 #[derive(Clone, Debug)]
@@ -27,6 +51,8 @@ pub struct Request {
     pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Wall-clock time when the whole request had been read.
+    pub received: SystemTime,
 }
 
 impl Request {
@@ -86,11 +112,37 @@ struct State {
     queued: HashMap<String, VecDeque<Reply>>,
     defaults: HashMap<String, Reply>,
     log: Vec<Request>,
+    kicks: KickLog,
+}
+
+/// What happened on the notify websocket, for `Server::wait_kicks`.
+#[derive(Clone, Debug, Default)]
+pub struct KickLog {
+    /// Connections open now.
+    pub live: usize,
+    /// Connections ever upgraded.
+    pub opened: usize,
+    /// Every text message the agents sent back (`accept:…`, `unknow:…`), in order.
+    pub replies: Vec<String>,
+}
+
+/// One upgraded connection, as the pushing side sees it.
+struct KickConn {
+    id: u64,
+    /// Writes server frames. The connection's thread reads through its own `WebSocket` over a
+    /// clone of the socket and answers pings there; every frame is one small `write`, which the
+    /// kernel does not interleave with another on the same TCP socket.
+    writer: WebSocket<TcpStream>,
+    /// To end the connection's thread (`close_kicks`).
+    tcp: TcpStream,
 }
 
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Apart from `state` so that a slow write never holds up the request log.
+    kick_conns: Mutex<Vec<KickConn>>,
+    next_kick_id: Mutex<u64>,
 }
 
 /// The running double. Its threads live until the process ends (they block on `accept` or on a
@@ -109,6 +161,8 @@ impl Server {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            kick_conns: Mutex::new(Vec::new()),
+            next_kick_id: Mutex::new(0),
         });
         {
             let mut s = shared.state.lock().expect("fresh lock");
@@ -124,6 +178,14 @@ impl Server {
                 UPDATE_CHECK.to_string(),
                 Reply::ok(r#"{"flag":0,"instanceId":"i-test","need_update":0}"#),
             );
+            s.defaults.insert(
+                REGISTER.to_string(),
+                Reply::ok(format!(r#"{{"code":200,"instanceId":"{REGISTERED_ID}"}}"#)),
+            );
+            s.defaults
+                .insert(DEREGISTER.to_string(), Reply::ok(r#"{"code":200}"#));
+            s.defaults
+                .insert(SIGN_CERT.to_string(), Reply::ok(rsa_cert_json(2, 1)));
         }
         let accept_shared = shared.clone();
         thread::Builder::new()
@@ -167,6 +229,73 @@ impl Server {
         s.defaults.insert(path.to_string(), reply);
     }
 
+    /// Forgets the default reply of `path` (the built-in one too).
+    pub fn clear_default(&self, path: &str) {
+        let mut s = self.shared.state.lock().expect("server lock");
+        s.defaults.remove(path);
+    }
+
+    /// Sends `msg` as a text frame to every agent on the notify websocket; returns how many got
+    /// it. A connection whose write fails is shut down (its thread then forgets it).
+    pub fn push_kick(&self, msg: &str) -> usize {
+        let mut conns = self.shared.kick_conns.lock().expect("kick lock");
+        let mut sent = 0;
+        for c in conns.iter_mut() {
+            match c.writer.send(Message::Text(msg.to_string())) {
+                Ok(()) => sent += 1,
+                Err(_) => {
+                    let _ = c.tcp.shutdown(Shutdown::Both);
+                }
+            }
+        }
+        sent
+    }
+
+    /// Closes every notify websocket (a close frame, then the socket). Upgrades are still
+    /// accepted afterwards unless `refuse_kicks` is in force.
+    pub fn close_kicks(&self) {
+        let mut conns = self.shared.kick_conns.lock().expect("kick lock");
+        for c in conns.iter_mut() {
+            let _ = c.writer.close(None);
+            let _ = c.writer.flush();
+            let _ = c.tcp.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Answers upgrade requests with `503` until `accept_kicks`.
+    pub fn refuse_kicks(&self) {
+        self.set_default(NOTIFY, Reply::status(503));
+    }
+
+    pub fn accept_kicks(&self) {
+        self.clear_default(NOTIFY);
+    }
+
+    /// The websocket events so far.
+    pub fn kicks(&self) -> KickLog {
+        self.shared.state.lock().expect("server lock").kicks.clone()
+    }
+
+    /// Waits until `f` over the websocket events gives `Some`.
+    pub fn wait_kicks<T>(&self, deadline: Instant, f: impl Fn(&KickLog) -> Option<T>) -> Option<T> {
+        let mut s = self.shared.state.lock().expect("server lock");
+        loop {
+            if let Some(found) = f(&s.kicks) {
+                return Some(found);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            s = self
+                .shared
+                .changed
+                .wait_timeout(s, deadline - now)
+                .expect("server lock")
+                .0;
+        }
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.state.lock().expect("server lock").log.clone()
@@ -203,16 +332,12 @@ impl Server {
     }
 }
 
-fn default_reply(s: &State, path: &str) -> Reply {
-    s.defaults
-        .get(path)
-        .cloned()
-        .unwrap_or_else(|| Reply::ok("success"))
-}
-
 fn serve(conn: TcpStream, shared: &Shared) {
     // Idle keep-alive connections end on their own.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    // Each answer goes out in one write; with Nagle on, a second small write would wait for the
+    // agent's delayed ACK (~40 ms on Linux), a stall no real server adds.
+    let _ = conn.set_nodelay(true);
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -221,15 +346,30 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let Some(req) = read_request(&mut reader) else {
             return;
         };
+        let upgrade = req.path == NOTIFY
+            && req
+                .header("upgrade")
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let key = req.header("sec-websocket-key").map(str::to_string);
         let reply = {
             let mut s = shared.state.lock().expect("server lock");
-            let reply = match s.queued.get_mut(&req.path).and_then(|q| q.pop_front()) {
-                Some(r) => r,
-                None => default_reply(&s, &req.path),
+            let scripted = match s.queued.get_mut(&req.path).and_then(|q| q.pop_front()) {
+                Some(r) => Some(r),
+                None => s.defaults.get(&req.path).cloned(),
             };
             s.log.push(req);
             shared.changed.notify_all();
-            reply
+            match scripted {
+                Some(r) => r,
+                None if upgrade => {
+                    drop(s);
+                    if let Some(key) = key {
+                        serve_websocket(reader, writer, &key, shared);
+                    }
+                    return;
+                }
+                None => Reply::ok("success"),
+            }
         };
         match reply {
             Reply::Answer(code, body) => {
@@ -238,22 +378,22 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 } else {
                     "text/plain"
                 };
-                let head = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                let answer = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                if writer.write_all(head.as_bytes()).is_err()
-                    || writer.write_all(body.as_bytes()).is_err()
-                {
+                if writer.write_all(answer.as_bytes()).is_err() {
                     return;
                 }
             }
             Reply::Bytes(code, body) => {
-                let head = format!(
+                let mut answer = format!(
                     "HTTP/1.1 {code} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
                     body.len()
-                );
-                if writer.write_all(head.as_bytes()).is_err() || writer.write_all(&body).is_err() {
+                )
+                .into_bytes();
+                answer.extend_from_slice(&body);
+                if writer.write_all(&answer).is_err() {
                     return;
                 }
             }
@@ -264,6 +404,69 @@ fn serve(conn: TcpStream, shared: &Shared) {
             }
         }
     }
+}
+
+/// Answers the upgrade, then reads the agent's messages until the connection ends. Nothing
+/// bounds the read on purpose: the agent pings an idle channel, and `close_kicks` (or the agent
+/// leaving) ends it.
+fn serve_websocket(
+    reader: BufReader<TcpStream>,
+    mut writer: TcpStream,
+    key: &str,
+    shared: &Shared,
+) {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if writer.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    // Bytes the agent sent after its request (none, normally) belong to the websocket.
+    let early = reader.buffer().to_vec();
+    let stream = reader.into_inner();
+    let (Ok(()), Ok(tcp)) = (stream.set_read_timeout(None), stream.try_clone()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut ws = WebSocket::from_partially_read(stream, early, Role::Server, None);
+    let id = {
+        let mut next = shared.next_kick_id.lock().expect("kick id lock");
+        *next += 1;
+        *next
+    };
+    shared.kick_conns.lock().expect("kick lock").push(KickConn {
+        id,
+        writer: WebSocket::from_raw_socket(writer, Role::Server, None),
+        tcp,
+    });
+    {
+        let mut s = shared.state.lock().expect("server lock");
+        s.kicks.live += 1;
+        s.kicks.opened += 1;
+        shared.changed.notify_all();
+    }
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let mut s = shared.state.lock().expect("server lock");
+                s.kicks.replies.push(text);
+                shared.changed.notify_all();
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            // Pings are answered by tungstenite; pongs and binary frames mean nothing here.
+            Ok(_) => {}
+        }
+    }
+    let _ = ws.flush();
+    shared
+        .kick_conns
+        .lock()
+        .expect("kick lock")
+        .retain(|c| c.id != id);
+    let mut s = shared.state.lock().expect("server lock");
+    s.kicks.live -= 1;
+    shared.changed.notify_all();
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -321,6 +524,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         query,
         headers,
         body,
+        received: SystemTime::now(),
     })
 }
 
@@ -365,6 +569,34 @@ pub fn shell_entry(
 pub fn update_offer(url: &str, sha256_hex: &str, version: &str) -> Reply {
     Reply::ok(format!(
         r#"{{"flag":0,"instanceId":"i-test","need_update":1,"next_interval":1800,"update_info":{{"file_name":"assistd","md5":"","url":"{url}","sha256":"{sha256_hex}","version":"{version}"}}}}"#
+    ))
+}
+
+/// The certificate (spec §7 `Cert`) of the RSA test vector under versions `s`-`k`.
+pub fn rsa_cert_json(s: i64, k: i64) -> String {
+    serde_json::json!({
+        "keypairVersion": k,
+        "signatureVersion": s,
+        "publicKey": RSA_PUB_PEM,
+        "algorithm": "SHA256WithRSA",
+        "signatureFields": ["userId", "instanceId", "commandContent"],
+    })
+    .to_string()
+}
+
+/// The `taskSignature` of the RSA test vector (versions 2-1).
+pub fn rsa_task_signature() -> String {
+    format!("2#1#{}", RSA_SIG_B64.trim())
+}
+
+/// A task list answer with these run, stop, test and file entries.
+pub fn task_list(run: &[String], stop: &[String], test: &[String], file: &[String]) -> Reply {
+    Reply::ok(format!(
+        r#"{{"code":200,"instanceId":"i-test","run":[{}],"stop":[{}],"test":[{}],"file":[{}]}}"#,
+        run.join(","),
+        stop.join(","),
+        test.join(","),
+        file.join(",")
     ))
 }
 
