@@ -655,12 +655,25 @@ fn run_remote(
 /// The kick channel's settings: the notify URL of the server, its TLS roots and identity.
 fn kick_config(
     tcfg: &TransportConfig,
-    headers: Option<kick::HeaderHook>,
+    hybrid: Option<kick::HeaderHook>,
     critical: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<kick::KickConfig, CliError> {
     let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut kcfg = kick::KickConfig::new(url);
-    kcfg.headers = headers;
+    // The upgrade carries the same identity as every HTTP request (spec §2.5): the instance id
+    // and User-Agent, plus the signed x-acs-* headers of a hybrid instance.
+    let instance_id = tcfg.instance_id.clone();
+    let user_agent = transport::user_agent();
+    kcfg.headers = Some(Arc::new(move |method: &str, path: &str| {
+        let mut headers = vec![
+            ("X-Client-Instance-ID".to_string(), instance_id.clone()),
+            ("User-Agent".to_string(), user_agent.clone()),
+        ];
+        if let Some(hybrid) = &hybrid {
+            headers.extend(hybrid(method, path));
+        }
+        headers
+    }));
     kcfg.critical_action = Some(critical);
     if kcfg.url.starts_with("wss://") {
         kcfg.tls = Some(

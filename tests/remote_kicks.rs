@@ -208,3 +208,15 @@ fn polls_while_the_kick_channel_is_down_and_stops_once_it_is_back() {
         .collect();
     assert!(late.is_empty(), "polled with the channel up: {late:#?}");
 }
+
+#[test]
+fn the_kick_upgrade_carries_the_same_headers_as_http() {
+    // Spec §2.5: the kick websocket is opened with the same headers as HTTP requests.
+    let dir = TestDir::new("kick-headers");
+    let server = Server::start();
+    let agent = start_remote(&dir, &server, &[]);
+    let list = expect(&agent, &server, "startup fetch", |r| r.path == TASK_LIST);
+    let upgrade = expect(&agent, &server, "upgrade", |r| r.path == NOTIFY);
+    assert_eq!(upgrade.header("X-Client-Instance-ID"), Some("i-test"));
+    assert_eq!(upgrade.header("User-Agent"), list.header("User-Agent"));
+}
