@@ -313,3 +313,73 @@ fn sigterm_ends_a_remote_agent_cleanly() {
     let status = agent.stop();
     assert!(status.success(), "{status:?}");
 }
+
+/// Rate, cron and at tasks from the server: each fires, and each report carries the
+/// wall-clock parameters of its kind (spec §5.8): rate `currentTime`, cron `currentTime`,
+/// `offset` and `timeZone` of the cron's zone, at none. The last run of a cron is followed by
+/// `stopped` with `result=completed` (spec §5.9).
+#[test]
+fn periodic_tasks_fire_and_report_their_wall_clock() {
+    let dir = TestDir::new("remote-periodic");
+    let server = Server::start();
+    let now = chrono::Utc::now();
+    let creation = now.timestamp_millis();
+    let soon = now + chrono::Duration::seconds(3);
+    // A cron whose one run is 3 s from now, in a fixed GMT offset zone.
+    let local = soon + chrono::Duration::hours(8);
+    let cron = local.format("%S %M %H %d %m ? %Y GMT+8:00").to_string();
+    let at = soon.format("at(%Y-%m-%dT%H:%M:%S)").to_string();
+    let rate = shell_entry(
+        "t-rate",
+        "echo rate",
+        &format!(r#","cron":"rate(1s)","creationTime":{creation}"#),
+        "Rate",
+        OUTPUT,
+    );
+    let cron = shell_entry(
+        "t-cron",
+        "echo cron",
+        &format!(r#","cron":"{cron}""#),
+        "Period",
+        OUTPUT,
+    );
+    let at = shell_entry(
+        "t-at",
+        "echo at",
+        &format!(r#","cron":"{at}""#),
+        "At",
+        OUTPUT,
+    );
+    server.push(TASK_LIST, list(&[rate, cron, at], &[], &[]));
+    let agent = start_remote(&dir, &server, &[]);
+
+    let r = expect(&agent, &server, "rate finish", |r| {
+        r.path == FINISH && r.query.starts_with("taskId=t-rate&")
+    });
+    assert!(r.query.contains("&currentTime="), "{}", r.query);
+    assert!(!r.query.contains("timeZone"), "{}", r.query);
+
+    let c = expect(&agent, &server, "cron finish", |r| {
+        r.path == FINISH && r.query.starts_with("taskId=t-cron&")
+    });
+    assert!(c.query.contains("&currentTime="), "{}", c.query);
+    assert!(
+        c.query.ends_with("&offset=28800&timeZone=GMT%2B8%3A00"),
+        "{}",
+        c.query
+    );
+    assert_eq!(c.body_text(), "cron\n");
+    let done = expect(&agent, &server, "cron completed", |r| {
+        r.path == STOPPED && r.query.starts_with("taskId=t-cron&")
+    });
+    assert_eq!(
+        done.query,
+        "taskId=t-cron&invokeVersion=1&start=0&end=0&exitcode=0&dropped=0&result=completed"
+    );
+
+    let a = expect(&agent, &server, "at finish", |r| {
+        r.path == FINISH && r.query.starts_with("taskId=t-at&")
+    });
+    assert!(!a.query.contains("currentTime"), "{}", a.query);
+    assert_eq!(a.body_text(), "at\n");
+}
