@@ -2,6 +2,7 @@
 //! control plane, or from a local task directory. See ARCHITECTURE.md for the map.
 
 pub mod cli;
+pub mod clockwatch;
 pub mod config;
 pub mod engine;
 pub mod fsutil;

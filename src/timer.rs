@@ -13,11 +13,10 @@ use crossbeam_channel::{after, never, select, unbounded, Receiver, Sender};
 
 use crate::schedule::Schedule;
 
-/// The longest the timer sleeps without looking at the wall clock again. Schedules are in
-/// wall-clock time but sleeps are monotonic, so a clock step (NTP on a host without an RTC)
-/// is noticed at the latest after this long. One wakeup every 5 minutes on an idle agent is
-/// the price; see ARCHITECTURE.md ("Wall-clock steps").
-const MAX_SLEEP: Duration = Duration::from_secs(300);
+/// Schedules are in wall-clock time but sleeps are monotonic. Where the clock watcher runs
+/// (Linux), a clock step wakes the timer at once and sleeps are not capped; elsewhere the timer
+/// looks at the wall clock again at least this often. See ARCHITECTURE.md ("Wall-clock steps").
+const MAX_SLEEP_UNWATCHED: Duration = Duration::from_secs(300);
 
 /// One firing of a periodic schedule, handed to its callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +87,24 @@ pub fn spawn(clock: impl WallClock) -> (TimerHandle, thread::JoinHandle<()>) {
     let (tx, rx) = unbounded();
     let join = thread::Builder::new()
         .name("timer".to_string())
-        .spawn(move || TimerState::new(clock).run(rx))
+        .spawn(move || {
+            // Owned by the timer thread: it ends (and is joined) when this thread returns.
+            let watch = match crate::clockwatch::spawn() {
+                Ok(watch) => Some(watch),
+                Err(e) => {
+                    log::info!(
+                        "phase=clock no clock-step notification ({e}); checking the wall clock every {} s",
+                        MAX_SLEEP_UNWATCHED.as_secs()
+                    );
+                    None
+                }
+            };
+            let (_watch, clock_steps) = match watch {
+                Some((w, rx)) => (Some(w), Some(rx)),
+                None => (None, None),
+            };
+            TimerState::new(clock, clock_steps.is_some()).run(rx, clock_steps.unwrap_or_else(never))
+        })
         .expect("spawning the timer thread only fails when the process is out of resources");
     (TimerHandle { ctl: tx }, join)
 }
@@ -111,19 +127,22 @@ struct TimerState<C> {
     /// shared with `entries`, so re-arming after a firing allocates nothing.
     heap: BinaryHeap<Reverse<Deadline>>,
     next_generation: u64,
+    /// True when the clock watcher reports wall-clock steps: sleeps need no cap.
+    clock_watched: bool,
 }
 
 impl<C: WallClock> TimerState<C> {
-    fn new(clock: C) -> Self {
+    fn new(clock: C, clock_watched: bool) -> Self {
         TimerState {
             clock,
             entries: HashMap::new(),
             heap: BinaryHeap::new(),
             next_generation: 0,
+            clock_watched,
         }
     }
 
-    fn run(mut self, ctl: Receiver<TimerCtl>) {
+    fn run(mut self, ctl: Receiver<TimerCtl>, clock_steps: Receiver<()>) {
         loop {
             let wake = self.sleep_until();
             select! {
@@ -133,11 +152,14 @@ impl<C: WallClock> TimerState<C> {
                     Err(_) => return,
                 },
                 recv(wake) -> _ => self.fire_due(),
+                // The clock was set: the next loop turn recomputes the sleep from the new time
+                // (and fires what became due).
+                recv(clock_steps) -> _ => self.fire_due(),
             }
         }
     }
 
-    /// A channel that delivers when the earliest deadline is due (or after `MAX_SLEEP`).
+    /// A channel that delivers when the earliest deadline is due (capped when unwatched).
     fn sleep_until(&mut self) -> Receiver<Instant> {
         self.drop_stale();
         match self.heap.peek() {
@@ -145,7 +167,11 @@ impl<C: WallClock> TimerState<C> {
             Some(Reverse((when, _, _))) => {
                 let now = self.clock.now();
                 let wait = (*when - now).to_std().unwrap_or(Duration::ZERO);
-                after(wait.min(MAX_SLEEP))
+                if self.clock_watched {
+                    after(wait)
+                } else {
+                    after(wait.min(MAX_SLEEP_UNWATCHED))
+                }
             }
         }
     }
