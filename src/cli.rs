@@ -366,6 +366,9 @@ fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
         },
         system_zone: schedule::tz::system_zone(),
         shutdown_grace: cfg.shutdown_grace,
+        // An edited local task file that is still running runs again when it ends; the
+        // server's protocol keeps the reference's rule (the newer version is dropped).
+        defer_new_versions: cfg.local_dir.is_some(),
     }
 }
 

@@ -46,6 +46,14 @@ impl Engine {
                 return;
             }
             if !info.repeat.is_periodic() {
+                if self.defer_new_versions && matches!(known, super::registry::Known::Live(_)) {
+                    log::info!(
+                        "task={id} invoke_version={version} phase=dispatch version {} is still running; this one runs after it",
+                        known.invoke_version()
+                    );
+                    self.pending.insert(id, info);
+                    return;
+                }
                 log::info!(
                     "task={id} invoke_version={version} phase=dispatch existing task (version {}) is not periodic; new version ignored",
                     known.invoke_version()
@@ -107,7 +115,7 @@ impl Engine {
             return;
         }
         let ctx = self.ctx.clone();
-        self.pool.execute(move || {
+        self.reports.execute(move || {
             let head = head_for(&info, None);
             let report = match runner::precheck(&info) {
                 Ok(()) => Report::Verified { head },
@@ -195,10 +203,24 @@ impl Engine {
         let pool = self.pool.clone();
         let is_cron = matches!(info.repeat, RepeatType::Period);
         Box::new(move |firing: Firing| {
+            let completes_cron = is_cron && firing.last;
             let Some(cancel) = ctx
                 .registry
                 .try_add_periodic_invocation(&info.task_id, info.invoke_version)
             else {
+                // The cron's last run is skipped: the running invocation completes it instead.
+                if completes_cron
+                    && ctx
+                        .registry
+                        .request_completion(&info.task_id, info.invoke_version)
+                {
+                    log::info!(
+                        "task={} invoke_version={} phase=fire last run skipped (overlap); the running invocation reports completed",
+                        info.task_id,
+                        info.invoke_version
+                    );
+                    return;
+                }
                 log::info!(
                     "task={} invoke_version={} phase=fire skip invocation since overlapped with existing invocation",
                     info.task_id,
@@ -208,7 +230,6 @@ impl Engine {
             };
             let head = head_for(&info, Some(&schedule));
             let (ctx, info) = (ctx.clone(), info.clone());
-            let completes_cron = is_cron && firing.last;
             pool.execute(move || run_job(ctx, info, head, cancel, completes_cron));
         })
     }
@@ -234,9 +255,10 @@ impl Engine {
         }
     }
 
-    /// Reports from the control loop go through the pool: a slow receiver never blocks it.
+    /// Reports from the control loop go through the reports thread: a slow receiver never
+    /// blocks the loop, and busy workers never delay them.
     pub(super) fn report_async(&self, report: Report) {
         let ctx = self.ctx.clone();
-        self.pool.execute(move || ctx.send(&report));
+        self.reports.execute(move || ctx.send(&report));
     }
 }

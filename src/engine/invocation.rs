@@ -68,6 +68,7 @@ pub fn run_job(
         ctx: ctx.clone(),
         head: head.clone(),
         outcome: None,
+        completes_cron,
     };
     ctx.registry
         .mark_started(&head.task_id, head.invoke_version);
@@ -101,17 +102,6 @@ pub fn run_job(
         head.invoke_version,
         outcome.ending
     );
-
-    // Spec §5.9: after the run that leaves a cron without a next run, report `completed`,
-    // but only after finish/timeout/failed (not after an error report).
-    if completes_cron
-        && matches!(
-            outcome.ending,
-            Ending::Finished | Ending::Timeout | Ending::Failed
-        )
-    {
-        ctx.send(&stopped_without_run(head.clone(), StopResult::Completed));
-    }
     guard.outcome = Some(outcome);
 }
 
@@ -122,6 +112,8 @@ struct DoneGuard {
     ctx: JobContext,
     head: ReportHead,
     outcome: Option<Outcome>,
+    /// This invocation is the cron's last run.
+    completes_cron: bool,
 }
 
 impl Drop for DoneGuard {
@@ -148,9 +140,25 @@ impl Drop for DoneGuard {
                 }
             }
         };
-        self.ctx
+        // A last cron firing skipped because this invocation was still running asks it to
+        // complete the cron instead (the removal and the check are one step under the lock).
+        let requested = self
+            .ctx
             .registry
             .remove_live(&self.head.task_id, self.head.invoke_version);
+        // Spec §5.9: after the run that leaves a cron without a next run, report `completed`,
+        // but only after finish/timeout/failed (not after an error report).
+        if (self.completes_cron || requested)
+            && matches!(
+                outcome.ending,
+                Ending::Finished | Ending::Timeout | Ending::Failed
+            )
+        {
+            self.ctx.send(&stopped_without_run(
+                self.head.clone(),
+                StopResult::Completed,
+            ));
+        }
         // The control loop may already be gone at the very end of a shutdown.
         let _ = self.ctx.done.send(Done {
             task_id: self.head.task_id.clone(),

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub system_zone: Zone,
     /// How long running invocations may go on after SIGTERM before they are killed.
     pub shutdown_grace: Duration,
+    /// A new invoke version of a non-periodic task that is still running waits for it and
+    /// then runs (local mode: an edited task file). Off, it is dropped as the reference does.
+    pub defer_new_versions: bool,
 }
 
 /// Checks a run task before it is dispatched (signature verification, spec §7).
@@ -94,6 +97,12 @@ pub struct Engine {
     grace: Duration,
     done_rx: Receiver<Done>,
     verifier: Option<Verifier>,
+    /// Reports the control loop owes (invalid expressions, stop of an idle task, test-task
+    /// verdicts) go out on this one thread, so they never wait behind busy workers.
+    reports: ThreadPool,
+    /// Newer versions of running non-periodic tasks, started when the old one is done.
+    pending: std::collections::HashMap<String, RunTaskInfo>,
+    defer_new_versions: bool,
     /// Run first thing at shutdown: stops the threads that feed the engine (fetch, heartbeat).
     on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -119,6 +128,12 @@ impl Engine {
             grace: cfg.shutdown_grace,
             done_rx,
             verifier: None,
+            reports: threadpool::Builder::new()
+                .num_threads(1)
+                .thread_name("reports".to_string())
+                .build(),
+            pending: std::collections::HashMap::new(),
+            defer_new_versions: cfg.defer_new_versions,
             on_shutdown: Vec::new(),
         }
     }
@@ -209,12 +224,25 @@ impl Engine {
 
     fn handle_done(&mut self, done: Done) {
         if let Some(verdict) = &done.outcome.task_error {
-            if verdict.drops_periodic() {
+            // Only the version the server refused: a newer registration stays.
+            let registered = self
+                .ctx
+                .registry
+                .periodic(&done.task_id)
+                .map(|p| p.info.invoke_version);
+            if verdict.drops_periodic() && registered == Some(done.invoke_version) {
                 self.delete_periodic(&done.task_id);
             }
         }
+        if let Some(next) = self.pending.remove(&done.task_id) {
+            log::info!(
+                "task={} invoke_version={} phase=dispatch the previous version ended; starting this one",
+                next.task_id,
+                next.invoke_version
+            );
+            self.dispatch_run(next);
+        }
     }
-
     /// Shutdown: stop new work, let running invocations finish within the grace period,
     /// then kill them; every invocation still sends its final report.
     fn shutdown(mut self, signals: &Receiver<Signal>) {
@@ -225,13 +253,24 @@ impl Engine {
         for hook in self.on_shutdown.drain(..) {
             hook();
         }
+        // No invocation starts from here on, not even from a timer firing already under way.
+        self.ctx.registry.close();
         self.timer = None;
+        for (id, info) in self.pending.drain() {
+            log::warn!(
+                "task={id} invoke_version={} phase=shutdown a deferred version is not started",
+                info.invoke_version
+            );
+        }
         self.ctx.registry.cancel_all(Cancel::Stop, true);
-        let grace_end = Instant::now() + self.grace;
+        // A huge configured grace means "wait until they end"; it must not overflow.
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let grace_end = Instant::now().checked_add(self.grace).unwrap_or(far);
+        let mut kill_deadline = None;
         let mut killed = false;
         while self.ctx.registry.live_count() > 0 {
             let deadline = if killed {
-                Instant::now() + Duration::from_secs(30)
+                *kill_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(30))
             } else {
                 grace_end
             };
@@ -255,8 +294,13 @@ impl Engine {
                 }
             }
         }
-        // Every job has sent its final report; queued report jobs still drain here.
-        self.pool.join();
+        // Every job has sent its final report; queued report jobs still drain here. A worker
+        // whose child would not die (uninterruptible sleep) must not hold the agent: then the
+        // pool is left to the process exit instead of joined.
+        if self.ctx.registry.live_count() == 0 {
+            self.pool.join();
+        }
+        self.reports.join();
         log::info!("phase=shutdown done");
     }
 }

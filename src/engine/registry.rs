@@ -20,6 +20,9 @@ struct Live {
     invoke_version: i64,
     periodic: bool,
     started: bool,
+    /// The cron's last firing was skipped because this invocation was still running: it
+    /// reports `completed` when it ends instead (spec §5.9).
+    completes_cron: bool,
     cancel: Sender<Cancel>,
 }
 
@@ -39,6 +42,8 @@ pub struct Registry {
 struct Inner {
     live: HashMap<String, Live>,
     periodic: HashMap<String, Periodic>,
+    /// Set at shutdown: no invocation is added after it.
+    closed: bool,
 }
 
 /// What the registry knows about a task id.
@@ -88,7 +93,7 @@ impl Registry {
         periodic: bool,
     ) -> Option<Receiver<Cancel>> {
         let mut inner = self.inner.lock();
-        if inner.live.contains_key(task_id) {
+        if inner.closed || inner.live.contains_key(task_id) {
             return None;
         }
         Some(insert_live(&mut inner, task_id, invoke_version, periodic))
@@ -103,7 +108,7 @@ impl Registry {
     ) -> Option<Receiver<Cancel>> {
         let mut inner = self.inner.lock();
         let registered = inner.periodic.get(task_id).map(|p| p.info.invoke_version);
-        if registered != Some(invoke_version) || inner.live.contains_key(task_id) {
+        if inner.closed || registered != Some(invoke_version) || inner.live.contains_key(task_id) {
             return None;
         }
         Some(insert_live(&mut inner, task_id, invoke_version, true))
@@ -118,16 +123,35 @@ impl Registry {
         }
     }
 
-    /// Removes an invocation when its worker is done with it.
-    pub fn remove_live(&self, task_id: &str, invoke_version: i64) {
+    /// Removes an invocation when its worker is done with it. Returns whether a skipped last
+    /// cron firing asked it to report `completed`.
+    pub fn remove_live(&self, task_id: &str, invoke_version: i64) -> bool {
         let mut inner = self.inner.lock();
         if inner
             .live
             .get(task_id)
             .is_some_and(|l| l.invoke_version == invoke_version)
         {
-            inner.live.remove(task_id);
+            return inner.live.remove(task_id).is_some_and(|l| l.completes_cron);
         }
+        false
+    }
+
+    /// The cron's last firing found this invocation still running: let it report
+    /// `completed` when it ends. False when no invocation of that version is live.
+    pub fn request_completion(&self, task_id: &str, invoke_version: i64) -> bool {
+        match self.inner.lock().live.get_mut(task_id) {
+            Some(live) if live.invoke_version == invoke_version => {
+                live.completes_cron = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Refuses every later invocation (shutdown has begun).
+    pub fn close(&self) {
+        self.inner.lock().closed = true;
     }
 
     /// Asks the queued or running invocation of `task_id` to stop. False when there is none.
@@ -199,6 +223,7 @@ fn insert_live(
             invoke_version,
             periodic,
             started: false,
+            completes_cron: false,
             cancel: tx,
         },
     );
@@ -217,6 +242,23 @@ mod tests {
         assert!(reg.try_add_live("t", 2, false).is_none());
         reg.remove_live("t", 1);
         assert!(reg.try_add_live("t", 2, false).is_some());
+    }
+
+    #[test]
+    fn a_closed_registry_takes_no_new_invocation() {
+        let reg = Registry::new();
+        reg.close();
+        assert!(reg.try_add_live("t", 1, false).is_none());
+    }
+
+    #[test]
+    fn a_requested_completion_is_returned_on_removal() {
+        let reg = Registry::new();
+        let _rx = reg.try_add_live("c", 1, true);
+        assert!(!reg.request_completion("c", 2), "another version");
+        assert!(reg.request_completion("c", 1));
+        assert!(reg.remove_live("c", 1));
+        assert!(!reg.request_completion("c", 1), "gone");
     }
 
     #[test]

@@ -25,6 +25,10 @@ struct Harness {
 
 impl Harness {
     fn new(name: &str) -> Harness {
+        Harness::with(name, |_| {})
+    }
+
+    fn with(name: &str, adjust: impl FnOnce(&mut EngineConfig)) -> Harness {
         let script_dir =
             std::env::temp_dir().join(format!("assistd-engine-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&script_dir);
@@ -38,7 +42,10 @@ impl Harness {
             },
             system_zone: Zone::utc(),
             shutdown_grace: Duration::from_secs(0),
+            defer_new_versions: false,
         };
+        let mut cfg = cfg;
+        adjust(&mut cfg);
         let engine = Engine::new(cfg, reporter.clone(), timer);
         let registry = engine.registry();
         let (source_tx, source_rx) = unbounded();
@@ -255,4 +262,117 @@ fn task_not_found_on_a_periodic_report_drops_the_schedule() {
         // No event reaches the test when the loop handles Done; a short bounded poll.
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn reports_the_loop_owes_do_not_wait_for_busy_workers() {
+    let h = Harness::with("busy", |cfg| cfg.workers = 1);
+    h.send(SourceEvent::Run(RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task("t-busy", 1, "sleep 300")
+    }));
+    h.wait("the only worker is busy", |r| {
+        count(r, "t-busy", "running") >= 1
+    });
+    h.send(SourceEvent::Run(periodic(
+        "t-bad",
+        1,
+        "true",
+        RepeatType::Period,
+        "0 0 25 * * ?",
+    )));
+    h.send(SourceEvent::Stop(task("t-idle", 1, "true")));
+    h.send(SourceEvent::Test(task("t-test", 1, "true")));
+    // With the reports on the worker pool these would wait for `sleep 300`.
+    h.wait("the loop's reports", |r| {
+        count(r, "t-bad", "invalid") == 1
+            && count(r, "t-idle", "stopped") == 1
+            && count(r, "t-test", "verified") == 1
+    });
+}
+
+#[test]
+fn a_deferred_version_runs_after_the_running_one() {
+    let h = Harness::with("defer", |cfg| cfg.defer_new_versions = true);
+    h.send(SourceEvent::Run(RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task("t-d", 1, "sleep 1; echo one")
+    }));
+    h.wait("v1 started", |r| count(r, "t-d", "running") >= 1);
+    h.send(SourceEvent::Run(task("t-d", 2, "echo two")));
+    let reports = h.wait("both versions finished", |r| {
+        count(r, "t-d", "finished") == 2
+    });
+    let versions: Vec<i64> = reports
+        .iter()
+        .filter(|r| r.event() == "finished")
+        .map(|r| r.head().invoke_version)
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+}
+
+#[test]
+fn a_skipped_last_cron_run_is_completed_by_the_running_invocation() {
+    let h = Harness::new("skip-last");
+    // Two runs a second apart; the first lasts longer, so the second (the last) is skipped.
+    let first = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let second = first + chrono::Duration::seconds(1);
+    let expr = format!(
+        "{},{} {} {} {} {} ? {}",
+        first.format("%S"),
+        second.format("%S"),
+        first.format("%M"),
+        first.format("%H"),
+        first.format("%d"),
+        first.format("%m"),
+        first.format("%Y")
+    );
+    if first.format("%M").to_string() != second.format("%M").to_string() {
+        // The two seconds straddle a minute: the expression above would not name both runs.
+        eprintln!("SKIPPED a_skipped_last_cron_run_is_completed_by_the_running_invocation: minute boundary");
+        return;
+    }
+    h.send(SourceEvent::Run(periodic(
+        "t-c2",
+        1,
+        "sleep 3",
+        RepeatType::Period,
+        &expr,
+    )));
+    let reports = h.wait("completed", |r| count(r, "t-c2", "stopped") == 1);
+    let events: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.head().task_id == "t-c2")
+        .map(|r| r.event())
+        .collect();
+    assert_eq!(events, vec!["finished", "stopped"]);
+    assert!(matches!(
+        reports.last(),
+        Some(Report::Stopped {
+            result: StopResult::Completed,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_endless_grace_period_still_ends_on_a_second_signal() {
+    let h = Harness::with("grace", |cfg| cfg.shutdown_grace = Duration::MAX);
+    h.send(SourceEvent::Run(RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task("t-g", 1, "sleep 300")
+    }));
+    h.wait("started", |r| count(r, "t-g", "running") >= 1);
+    h.signals.send(Signal::Terminate).expect("engine running");
+    h.signals.send(Signal::Terminate).expect("engine running");
+    h.wait("killed", |r| count(r, "t-g", "stopped") == 1);
 }
