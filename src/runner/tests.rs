@@ -185,7 +185,17 @@ fn finished_with_exit_code_and_merged_output() {
     assert_eq!(span.dropped, 0);
     assert!(span.end_ms >= span.start_ms);
     assert_eq!(all_output(&reports), b"out\nerr\n/tmp\n".to_vec());
-    assert!(dir.cfg().script_dir.join("t-fin.iv1.sh").is_file());
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
+}
+
+/// The files left in the script directory.
+fn scripts_left(dir: &TestDir) -> Vec<String> {
+    match fs::read_dir(dir.cfg().script_dir) {
+        Ok(list) => list
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 #[test]
@@ -205,6 +215,7 @@ fn timeout_kills_the_whole_group() {
         panic!("not timeout: {:?}", f[0])
     };
     assert_eq!(span.exit_code, 1);
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
     let pid = read_pid(&pidfile);
     assert!(wait_dead(pid), "grandchild {pid} survived the timeout");
 }
@@ -245,6 +256,7 @@ fn stop_kills_and_reports_stopped() {
         f[0]
     );
     assert_eq!(all_output(&reports), b"started\n".to_vec());
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
 }
 
 #[test]
@@ -375,8 +387,10 @@ fn parameters_are_substituted_when_enabled() {
 #[test]
 fn script_names_stay_inside_the_script_dir() {
     let dir = TestDir::new("sanitise");
+    // Periodic, so that the file is kept for the listing below.
     let t = RunTaskInfo {
         command_name: "../up".into(),
+        repeat: RepeatType::Rate,
         ..task("../../escape", "echo ok")
     };
     let (out, reports) = run_task(&dir, &t);
@@ -399,7 +413,9 @@ fn script_names_stay_inside_the_script_dir() {
 fn once_script_that_exists_is_an_error() {
     let dir = TestDir::new("existed");
     let t = task("t-again", "true");
-    run_task(&dir, &t);
+    let planted = dir.cfg().script_dir.join("t-again.iv1.sh");
+    fs::create_dir_all(dir.cfg().script_dir).expect("mkdir");
+    fs::write(&planted, b"echo not ours").expect("plant");
     let (out, reports) = run_task(&dir, &t);
     assert_eq!(out.ending, Ending::Error);
     assert_eq!(reports.len(), 1);
@@ -414,6 +430,32 @@ fn once_script_that_exists_is_an_error() {
         err_desc.starts_with("ScriptFileExisted: Saving script to ")
             && err_desc.ends_with("failed: script file existed")
     );
+    assert_eq!(
+        fs::read(&planted).expect("a file we did not write is kept"),
+        b"echo not ours"
+    );
+}
+
+#[test]
+fn a_once_task_can_run_again_after_it_ended() {
+    // Before a restart's versions were persisted, an edited task came back as version 1 and
+    // hit the previous run's file; now every non-periodic run removes its own file.
+    let dir = TestDir::new("again");
+    for repeat in [
+        RepeatType::Once,
+        RepeatType::NextRebootOnly,
+        RepeatType::EveryReboot,
+    ] {
+        let t = RunTaskInfo {
+            repeat,
+            ..task("t-again", "echo hi")
+        };
+        for _ in 0..2 {
+            let (out, reports) = run_task(&dir, &t);
+            assert_eq!(out.ending, Ending::Finished, "{repeat}: {reports:?}");
+            assert_eq!(scripts_left(&dir), Vec::<String>::new(), "{repeat}");
+        }
+    }
 }
 
 #[test]

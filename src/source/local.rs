@@ -346,12 +346,19 @@ pub struct RebootEntry {
 
 /// `<state_dir>/reboot-tasks.json` plus the current boot id. Entries are never pruned: they
 /// are tiny, and a file that is briefly invalid must not lose its first-seen boot.
+///
+/// The file also keeps the last invoke version of every task id (`last_version`, absent in
+/// files written before it), so versions keep counting up across agent restarts: a one-shot
+/// task edited after a restart never gets a version (and a script file name) it had before.
 #[derive(Debug)]
 pub struct RebootState {
     /// `None`: kept in memory only.
     path: Option<PathBuf>,
     boot_id: String,
     entries: BTreeMap<String, RebootEntry>,
+    /// Last invoke version per id, for every repeat type; kept after a file goes away so a
+    /// re-added file gets a new version.
+    versions: BTreeMap<String, i64>,
     dirty: bool,
 }
 
@@ -366,11 +373,12 @@ impl RebootState {
             }
             Err(e) => return Err(err(&path, LoadErrorKind::Read(e))),
         };
-        let entries = parse_reboot_state(&bytes).map_err(|kind| err(&path, kind))?;
+        let (entries, versions) = parse_reboot_state(&bytes).map_err(|kind| err(&path, kind))?;
         Ok(RebootState {
             path: Some(path),
             boot_id,
             entries,
+            versions,
             dirty: false,
         })
     }
@@ -381,6 +389,7 @@ impl RebootState {
             path,
             boot_id,
             entries: BTreeMap::new(),
+            versions: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -391,6 +400,19 @@ impl RebootState {
 
     pub fn entry(&self, task_id: &str) -> Option<&RebootEntry> {
         self.entries.get(task_id)
+    }
+
+    /// The last invoke version given to `task_id`; 0 if never.
+    pub fn last_version(&self, task_id: &str) -> i64 {
+        self.versions.get(task_id).copied().unwrap_or(0)
+    }
+
+    /// Gives `task_id` its next invoke version and records it.
+    fn next_version(&mut self, task_id: &str) -> i64 {
+        let version = self.versions.entry(task_id.to_string()).or_insert(0);
+        *version = version.saturating_add(1);
+        self.dirty = true;
+        *version
     }
 
     /// Decides whether a task of this repeat type is handed to the engine now, and records
@@ -450,18 +472,25 @@ impl RebootState {
         if !self.dirty {
             return Ok(());
         }
-        let map: serde_json::Map<String, Value> = self
-            .entries
-            .iter()
-            .map(|(id, e)| {
-                let v = serde_json::json!({
-                    "first_seen_boot": e.first_seen_boot,
-                    "last_run_boot": e.last_run_boot,
-                    "once_digest": e.once_digest,
-                });
-                (id.clone(), v)
-            })
-            .collect();
+        // An id with reboot bookkeeping has `first_seen_boot`; one without (a periodic task)
+        // only its `last_version`.
+        let mut map = serde_json::Map::new();
+        for (id, e) in &self.entries {
+            let v = serde_json::json!({
+                "first_seen_boot": e.first_seen_boot,
+                "last_run_boot": e.last_run_boot,
+                "once_digest": e.once_digest,
+            });
+            map.insert(id.clone(), v);
+        }
+        for (id, version) in &self.versions {
+            let v = map
+                .entry(id.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(o) = v {
+                o.insert("last_version".to_string(), Value::from(*version));
+            }
+        }
         let mut bytes = serde_json::to_vec_pretty(&Value::Object(map)).map_err(io::Error::other)?;
         bytes.push(b'\n');
         crate::fsutil::write_atomic(path, &bytes, 0o600)?;
@@ -470,14 +499,26 @@ impl RebootState {
     }
 }
 
-fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, LoadErrorKind> {
+/// Reboot entries and last versions per id.
+type ParsedState = (BTreeMap<String, RebootEntry>, BTreeMap<String, i64>);
+
+fn parse_reboot_state(bytes: &[u8]) -> Result<ParsedState, LoadErrorKind> {
     let root: Value = serde_json::from_slice(bytes).map_err(syntax)?;
     let Value::Object(map) = root else {
         return Err(LoadErrorKind::NotObject);
     };
     let mut entries = BTreeMap::new();
+    let mut versions = BTreeMap::new();
     for (id, v) in &map {
         let o = Obj::new(v, "").map_err(LoadErrorKind::Field)?;
+        // Absent in state files written before versions were kept.
+        let version = o.int("last_version").map_err(LoadErrorKind::Field)?;
+        if version > 0 {
+            versions.insert(id.clone(), version);
+        }
+        if o.get("first_seen_boot").is_none() {
+            continue;
+        }
         let entry = RebootEntry {
             first_seen_boot: o.string("first_seen_boot").map_err(LoadErrorKind::Field)?,
             last_run_boot: o.string("last_run_boot").map_err(LoadErrorKind::Field)?,
@@ -486,7 +527,7 @@ fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, Loa
         };
         entries.insert(id.clone(), entry);
     }
-    Ok(entries)
+    Ok((entries, versions))
 }
 
 /// What one scan found.
@@ -551,9 +592,6 @@ pub struct LocalSource {
     dir: PathBuf,
     state: RebootState,
     tracked: BTreeMap<String, Tracked>,
-    /// Last invoke version per id; kept after a file goes away so a re-added file gets a
-    /// new version.
-    versions: BTreeMap<String, i64>,
 }
 
 impl LocalSource {
@@ -562,7 +600,6 @@ impl LocalSource {
             dir,
             state,
             tracked: BTreeMap::new(),
-            versions: BTreeMap::new(),
         }
     }
 
@@ -631,12 +668,7 @@ impl LocalSource {
                 self.tracked.insert(id, *prev);
                 continue;
             }
-            let version = self
-                .versions
-                .entry(id.clone())
-                .and_modify(|v| *v += 1)
-                .or_insert(1);
-            task.invoke_version = *version;
+            task.invoke_version = self.state.next_version(&id);
             let admitted = self.state.admit(&id, task.repeat, digest(&bytes));
             if admitted {
                 scan.events.push(SourceEvent::Run(task.clone()));
@@ -1022,7 +1054,11 @@ mod tests {
             boot_scan(&tasks, &state, "A").is_empty(),
             "agent restart in the same boot"
         );
-        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("r", 1)]);
+        assert_eq!(
+            boot_scan(&tasks, &state, "B"),
+            [id_v("r", 3)],
+            "versions keep counting across agent starts"
+        );
 
         // Within one boot: an edit is not a reboot, and a periodic task turned EveryReboot stops.
         write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
@@ -1043,7 +1079,7 @@ mod tests {
         assert_eq!(runs(&s), [id_v("p", 2)], "p never ran in this boot");
         assert!(stops(&s).is_empty());
         write(&tasks, "r.json", r#"{"command":"y","cron":"rate(1h)"}"#);
-        assert_eq!(runs(&src.scan()), [id_v("r", 3)]);
+        assert_eq!(runs(&src.scan()), [id_v("r", 6)]);
         write(
             &tasks,
             "r.json",
@@ -1053,7 +1089,7 @@ mod tests {
         assert!(runs(&s).is_empty());
         assert_eq!(
             stops(&s),
-            [id_v("r", 3)],
+            [id_v("r", 6)],
             "versions count every edit, emitted or not"
         );
         fs::remove_file(tasks.join("p.json")).expect("rm");
@@ -1067,6 +1103,40 @@ mod tests {
         let text = fs::read_to_string(&state).expect("state file");
         let v: Value = serde_json::from_str(&text).expect("state is JSON");
         assert_eq!(v["r"]["last_run_boot"], "B");
+        assert_eq!(v["r"]["last_version"], 7);
+        assert_eq!(saved.last_version("p"), 2);
+        assert!(saved.entry("p").is_some());
+    }
+
+    #[test]
+    fn versions_continue_after_an_agent_restart() {
+        let dir = TempDir::new("local-versions");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        write(&tasks, "o.json", r#"{"command":"echo 1"}"#);
+        write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 1), id_v("p", 1)]);
+        // The restart: the once task was edited meanwhile, and must not come back as version 1
+        // (whose script file name a run before the restart used).
+        write(&tasks, "o.json", r#"{"command":"echo 2"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 2), id_v("p", 2)]);
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!((saved.last_version("o"), saved.last_version("p")), (2, 2));
+        assert!(
+            saved.entry("p").is_none(),
+            "a periodic task's version is no reboot bookkeeping"
+        );
+
+        // A file written before versions were kept counts from 0.
+        fs::write(
+            &state,
+            r#"{"o":{"first_seen_boot":"A","last_run_boot":"","once_digest":""}}"#,
+        )
+        .expect("write");
+        let old = RebootState::load(state, "A".into()).expect("loads");
+        assert_eq!(old.last_version("o"), 0);
+        assert_eq!(old.entry("o").expect("entry").first_seen_boot, "A");
     }
 
     #[test]
@@ -1082,7 +1152,7 @@ mod tests {
         );
         assert!(boot_scan(&tasks, &state, "A").is_empty());
         assert!(boot_scan(&tasks, &state, "A").is_empty());
-        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("n", 1)]);
+        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("n", 3)]);
         assert!(boot_scan(&tasks, &state, "B").is_empty());
         assert!(boot_scan(&tasks, &state, "C").is_empty());
     }
