@@ -119,18 +119,15 @@ pub fn prepare(
         return Ok(inline());
     }
     if owner.is_some() {
-        use std::os::unix::fs::PermissionsExt;
-        // A directory created elsewhere may be closed to others; the user could not open the
-        // file then, so run inline rather than fail with "Permission denied".
-        match fs::metadata(dir) {
-            Ok(m) if m.permissions().mode() & 0o001 != 0 => {}
-            _ => {
-                warn(&format!(
-                    "script directory {} is not traversable by other users; running inline",
-                    dir.display()
-                ));
-                return Ok(inline());
-            }
+        // A directory created elsewhere, or one of its parents (a state directory made 0700
+        // by a service manager), may be closed to others; the user could not open the file
+        // then, so run inline rather than fail with "Permission denied".
+        if let Some(closed) = closed_to_others(dir) {
+            warn(&format!(
+                "{} is not traversable by other users; running inline",
+                closed.display()
+            ));
+            return Ok(inline());
         }
     }
     let path = dir.join(file_name(
@@ -171,6 +168,15 @@ pub fn prepare(
             Ok(inline())
         }
     }
+}
+
+/// The first of `dir` and its parents that others cannot traverse (no `o+x`, or no metadata).
+fn closed_to_others(dir: &Path) -> Option<&Path> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors().find(|d| {
+        !d.as_os_str().is_empty()
+            && !fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
 }
 
 /// Creates `path` (O_CREAT|O_EXCL|O_NOFOLLOW, 0700) and returns its device and inode; a

@@ -595,6 +595,68 @@ fn runs_as_another_user() {
 }
 
 #[test]
+fn another_user_runs_a_script_file_in_the_state_dir() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || precheck::lookup_user("nobody").is_err() {
+        eprintln!(
+            "SKIPPED another_user_runs_a_script_file_in_the_state_dir: needs root and user nobody"
+        );
+        return;
+    }
+    let dir = TestDir::new("statedir-user");
+    let state = crate::fsutil::StateDir::new(dir.path("state"));
+    state.create().expect("state dir");
+    let cfg = RunnerConfig {
+        script_dir: state.script_dir(),
+        allow_power_actions: false,
+    };
+    let t = RunTaskInfo {
+        username: "nobody".into(),
+        ..task("t-nobody", "echo \"$0\"")
+    };
+    let rep = MemoryReporter::new();
+    let (_keep, cancel) = unbounded::<Cancel>();
+    let out = run(&t, head(&t), &cfg, &cancel, &rep);
+    assert_eq!(out.ending, Ending::Finished, "{:?}", rep.reports());
+    // `/bin/sh <file>` sets $0 to the file; inline (`/bin/sh -c`, visible in ps) to the shell.
+    let want = format!("{}\n", state.script_dir().join("t-nobody.iv1.sh").display());
+    assert_eq!(
+        String::from_utf8(all_output(&rep.reports())).expect("utf8"),
+        want
+    );
+}
+
+#[test]
+fn a_closed_state_dir_runs_another_user_inline() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || precheck::lookup_user("nobody").is_err() {
+        eprintln!(
+            "SKIPPED a_closed_state_dir_runs_another_user_inline: needs root and user nobody"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("statedir-closed");
+    let state = crate::fsutil::StateDir::new(dir.path("state"));
+    state.create().expect("state dir");
+    // As systemd's StateDirectoryMode=0700 leaves it: the scripts are 0711, their parent not.
+    fs::set_permissions(&state.root, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let cfg = RunnerConfig {
+        script_dir: state.script_dir(),
+        allow_power_actions: false,
+    };
+    let t = RunTaskInfo {
+        username: "nobody".into(),
+        ..task("t-nobody", "echo hi")
+    };
+    let rep = MemoryReporter::new();
+    let (_keep, cancel) = unbounded::<Cancel>();
+    let out = run(&t, head(&t), &cfg, &cancel, &rep);
+    assert_eq!(out.ending, Ending::Finished);
+    assert_eq!(all_output(&rep.reports()), b"hi\n".to_vec());
+}
+
+#[test]
 fn timeouts_parse_like_the_reference() {
     assert_eq!(parse_timeout("5"), Some(Duration::from_secs(5)));
     assert_eq!(parse_timeout("0"), None);
