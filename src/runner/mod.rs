@@ -360,10 +360,10 @@ pub fn run(
         }
     );
 
-    let deadline = match parse_timeout(&task.timeout) {
-        Some(d) => at(started + d),
-        None => never(),
-    };
+    // A timeout past the end of `Instant` (`timeOut` "9223372036854775807") is no deadline.
+    let deadline = parse_timeout(&task.timeout)
+        .and_then(|d| started.checked_add(d))
+        .map_or_else(never, at);
     // Periodic invocations never send running output (spec §4.9).
     let ticks = if task.repeat.is_periodic() {
         never()

@@ -663,6 +663,25 @@ fn timeouts_parse_like_the_reference() {
     assert_eq!(parse_timeout("-3"), None);
     assert_eq!(parse_timeout("abc"), Some(Duration::from_secs(3600)));
     assert_eq!(parse_timeout(""), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        parse_timeout("9223372036854775807"),
+        Some(Duration::from_secs(i64::MAX.unsigned_abs()))
+    );
+    assert_eq!(parse_timeout("-9223372036854775808"), None);
+}
+
+#[test]
+fn a_timeout_too_large_for_a_deadline_is_no_deadline() {
+    let dir = TestDir::new("hugetimeout");
+    for timeout in ["9223372036854775807", "18446744073709551"] {
+        let t = RunTaskInfo {
+            timeout: timeout.into(),
+            ..task("t-huge-timeout", "echo ok")
+        };
+        let (out, reports) = run_task(&dir, &t);
+        assert_eq!(out.ending, Ending::Finished, "{timeout}");
+        assert_eq!(all_output(&reports), b"ok\n".to_vec());
+    }
 }
 
 #[test]

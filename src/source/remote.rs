@@ -147,11 +147,17 @@ impl StartupDone {
 
     /// Waits until the startup fetch has succeeded or `timeout` passes; true when it has.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout past the end of `Instant` waits without a deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut done = self.done.lock();
         while !*done {
-            if self.changed.wait_until(&mut done, deadline).timed_out() {
-                break;
+            match deadline {
+                Some(d) => {
+                    if self.changed.wait_until(&mut done, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.changed.wait(&mut done),
             }
         }
         *done
@@ -591,7 +597,7 @@ impl Fetcher {
             );
         }
         let mut retry_at = self.startup_attempt();
-        let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+        let mut next_poll = self.next_poll();
         loop {
             let retry = retry_at.map(at).unwrap_or_else(never);
             let poll = next_poll.map(at).unwrap_or_else(never);
@@ -615,12 +621,20 @@ impl Fetcher {
                 while let Ok(r) = self.requests.try_recv() {
                     self.pending.push(r);
                 }
-                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+                next_poll = self.next_poll();
             }
             if self.startup.is_done() {
                 retry_at = None;
             }
         }
+    }
+
+    /// When to poll next; `None` without polling, or when the configured interval
+    /// (`poll_interval_secs`) reaches past the end of `Instant`.
+    fn next_poll(&self) -> Option<Instant> {
+        self.cfg
+            .poll_interval
+            .and_then(|d| Instant::now().checked_add(d))
     }
 
     /// One attempt of the startup fetch by the background retry; returns when to try again.
@@ -630,7 +644,7 @@ impl Fetcher {
         }
         match self.fetch(&FetchRequest::kick()) {
             FetchOutcome::Fetched(_) if self.startup.is_done() => None,
-            _ => Some(Instant::now() + self.cfg.retry_interval),
+            _ => Instant::now().checked_add(self.cfg.retry_interval),
         }
     }
 }
@@ -774,6 +788,19 @@ mod tests {
             FetchOutcome::Fetched(0)
         ));
         assert!(h.startup.is_done());
+    }
+
+    #[test]
+    fn a_poll_interval_too_large_for_a_deadline_is_no_poll() {
+        let mut h = harness(vec![]);
+        h.fetcher.cfg.poll_interval = Some(Duration::from_secs(u64::MAX));
+        let (enable_tx, enable) = bounded::<()>(0);
+        drop(enable_tx);
+        let fetcher = h.fetcher;
+        let thread = std::thread::spawn(move || fetcher.run(enable));
+        assert!(h.startup.wait_timeout(Duration::from_secs(u64::MAX)));
+        drop(h._stop);
+        thread.join().expect("the fetch thread did not panic");
     }
 
     #[test]
