@@ -365,8 +365,11 @@ impl FetchConfig {
     }
 }
 
-/// Kicks waiting for the fetch thread: at most one pending per kind, the newest wins
-/// (rust-analyzer's `OpQueue`). The fetch in flight is the thread itself.
+/// Kicks waiting for the fetch thread: at most one pending per kind (rust-analyzer's
+/// `OpQueue`). The fetch in flight is the thread itself. Two Normal kicks merge into one that
+/// covers both: the same id stays, anything else becomes a plain kick, since a server that
+/// scopes the list to `taskId=` would not send the other task until the next kick. For
+/// sessions the newest wins.
 #[derive(Default, Debug)]
 pub struct PendingFetches {
     normal: Option<FetchRequest>,
@@ -376,7 +379,12 @@ pub struct PendingFetches {
 impl PendingFetches {
     pub fn push(&mut self, req: FetchRequest) {
         match req.kind {
-            FetchKind::Normal => self.normal = Some(req),
+            FetchKind::Normal => {
+                self.normal = Some(match self.normal.take() {
+                    Some(pending) if pending.task_id != req.task_id => FetchRequest::kick(),
+                    _ => req,
+                })
+            }
             FetchKind::Session => self.session = Some(req),
         }
     }
@@ -702,14 +710,45 @@ mod tests {
     }
 
     #[test]
-    fn pending_fetches_keep_one_per_kind_and_the_newest() {
+    fn pending_fetches_keep_one_per_kind() {
         let mut q = PendingFetches::default();
-        q.push(FetchRequest::kick());
         q.push(FetchRequest::task("a"));
         q.push(FetchRequest::session("s"));
+        q.push(FetchRequest::session("t"));
         assert_eq!(q.pop(), Some(FetchRequest::task("a")));
-        assert_eq!(q.pop(), Some(FetchRequest::session("s")));
+        assert_eq!(
+            q.pop(),
+            Some(FetchRequest::session("t")),
+            "sessions: newest wins"
+        );
         assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn merged_normal_fetches_cover_both_ids() {
+        let merged = |first: FetchRequest, second: FetchRequest| {
+            let mut q = PendingFetches::default();
+            q.push(first);
+            q.push(second);
+            let got = q.pop();
+            assert_eq!(q.pop(), None);
+            got
+        };
+        let (a, b, kick) = (
+            || FetchRequest::task("a"),
+            || FetchRequest::task("b"),
+            FetchRequest::kick,
+        );
+        assert_eq!(merged(a(), b()), Some(kick()), "two ids: a plain kick");
+        assert_eq!(merged(a(), a()), Some(a()));
+        assert_eq!(merged(kick(), a()), Some(kick()), "a kick already covers a");
+        assert_eq!(merged(a(), kick()), Some(kick()));
+        assert_eq!(merged(kick(), kick()), Some(kick()));
+        let mut q = PendingFetches::default();
+        for r in [a(), b(), FetchRequest::task("c")] {
+            q.push(r);
+        }
+        assert_eq!(q.pop(), Some(kick()), "stays a plain kick");
     }
 
     #[test]
