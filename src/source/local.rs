@@ -251,6 +251,16 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
 
     let mut task = model::decode_run_task(&Value::Object(server)).map_err(LoadErrorKind::Field)?;
     task.output = model::decode_output_info(&output).map_err(LoadErrorKind::Field)?;
+    // Unlike the server's, a local task skips empty running reports unless its file says
+    // otherwise: each one is a journal line, one a second for as long as a quiet task runs,
+    // and they would push real results out of the rotated journal.
+    let skip_empty_set = Obj::new(&output, "output")
+        .map_err(LoadErrorKind::Field)?
+        .get("skipEmpty")
+        .is_some_and(|v| !v.is_null());
+    if !skip_empty_set {
+        task.output.skip_empty = true;
+    }
     let repeat_text = Obj::new(&serde_json::json!({ "repeat": repeat }), "")
         .and_then(|o| o.string("repeat"))
         .map_err(LoadErrorKind::Field)?;
@@ -339,8 +349,8 @@ pub struct RebootEntry {
     pub first_seen_boot: String,
     /// The last boot in which the task was handed to the engine; empty if never.
     pub last_run_boot: String,
-    /// `Once` tasks: the hash of the file content last handed to the engine, so a once task
-    /// runs once per content, not again at every agent start; empty if never.
+    /// `Once` tasks: the SHA-256 (hex) of the file content last handed to the engine, so a
+    /// once task runs once per content, not again at every agent start; empty if never.
     pub once_digest: String,
 }
 
@@ -418,7 +428,7 @@ impl RebootState {
     /// Decides whether a task of this repeat type is handed to the engine now, and records
     /// it when it is (before the engine runs it: a crash then loses that boot's run rather
     /// than repeating it).
-    fn admit(&mut self, task_id: &str, repeat: RepeatType, content_digest: u64) -> bool {
+    fn admit(&mut self, task_id: &str, repeat: RepeatType, bytes: &[u8], digest: &Digest) -> bool {
         if !matches!(
             repeat,
             RepeatType::EveryReboot | RepeatType::NextRebootOnly | RepeatType::Once
@@ -435,11 +445,17 @@ impl RebootState {
             }
         });
         if repeat == RepeatType::Once {
-            let digest = format!("{content_digest:016x}");
-            if entry.once_digest == digest {
+            let hex = digest.hex();
+            if entry.once_digest == hex {
                 return false;
             }
-            entry.once_digest = digest;
+            if legacy_digest_matches(&entry.once_digest, bytes) {
+                // Ran before the upgrade: keep it run, and store the stable digest.
+                entry.once_digest = hex;
+                self.dirty = true;
+                return false;
+            }
+            entry.once_digest = hex;
             self.dirty = true;
             return true;
         }
@@ -543,9 +559,9 @@ pub struct Scan {
 /// doubled the agent's memory per task).
 #[derive(Clone, Copy)]
 struct Tracked {
-    /// Length and hash of the file's bytes: a change of either is a new version.
+    /// Length and SHA-256 of the file's bytes: a change of either is a new version.
     len: usize,
-    digest: u64,
+    digest: Digest,
     invoke_version: i64,
     repeat: RepeatType,
     /// Whether the last version was handed to the engine (a reboot task may be held back).
@@ -553,18 +569,18 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(bytes: &[u8], task: &RunTaskInfo, emitted: bool) -> Tracked {
+    fn new(bytes: &[u8], digest: Digest, task: &RunTaskInfo, emitted: bool) -> Tracked {
         Tracked {
             len: bytes.len(),
-            digest: digest(bytes),
+            digest,
             invoke_version: task.invoke_version,
             repeat: task.repeat,
             emitted,
         }
     }
 
-    fn same_file(&self, bytes: &[u8]) -> bool {
-        self.len == bytes.len() && self.digest == digest(bytes)
+    fn same_file(&self, bytes: &[u8], digest: &Digest) -> bool {
+        self.len == bytes.len() && self.digest == *digest
     }
 
     /// The stop request for the version the engine last received.
@@ -578,13 +594,34 @@ impl Tracked {
     }
 }
 
-/// A 64-bit hash of a file's bytes (SipHash with fixed keys: stable within one process,
-/// which is all a change check needs).
-fn digest(bytes: &[u8]) -> u64 {
+/// The SHA-256 of a task file's bytes. It is persisted (`once_digest`), so it must stay the
+/// same across builds, which `std`'s `DefaultHasher` does not promise: a toolchain update
+/// would have run every once task again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest([u8; 32]);
+
+impl Digest {
+    fn of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(bytes).into())
+    }
+
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Whether `stored` is the 16-hex-digit `DefaultHasher` digest that state files held before
+/// SHA-256, for these bytes. Only read, so an upgrade does not run every once task again;
+/// a toolchain whose hasher differs makes this false, which runs the task once.
+fn legacy_digest_matches(stored: &str, bytes: &[u8]) -> bool {
     use std::hash::Hasher;
+    if stored.len() != 16 {
+        return false;
+    }
     let mut h = std::hash::DefaultHasher::new();
     h.write(bytes);
-    h.finish()
+    stored == format!("{:016x}", h.finish())
 }
 
 /// The task directory and what it last told the engine.
@@ -664,12 +701,13 @@ impl LocalSource {
         for (bytes, mut task) in found {
             let id = task.task_id.clone();
             let previous = self.tracked.remove(&id);
-            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes)) {
+            let digest = Digest::of(&bytes);
+            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes, &digest)) {
                 self.tracked.insert(id, *prev);
                 continue;
             }
             task.invoke_version = self.state.next_version(&id);
-            let admitted = self.state.admit(&id, task.repeat, digest(&bytes));
+            let admitted = self.state.admit(&id, task.repeat, &bytes, &digest);
             if admitted {
                 scan.events.push(SourceEvent::Run(task.clone()));
             } else {
@@ -685,7 +723,7 @@ impl LocalSource {
                 }
             }
             self.tracked
-                .insert(id, Tracked::new(&bytes, &task, admitted));
+                .insert(id, Tracked::new(&bytes, digest, &task, admitted));
         }
 
         if let Err(e) = self.state.save() {
@@ -811,6 +849,73 @@ mod tests {
             parse(r#"{"command":"x","repeat":"Hourly"}"#).unwrap_err(),
             "t.json: unknown repeat \"Hourly\""
         );
+    }
+
+    #[test]
+    fn local_tasks_skip_empty_running_reports_unless_told() {
+        assert!(ok(r#"{"command":"x"}"#).output.skip_empty);
+        assert!(
+            ok(r#"{"command":"x","output":{"interval":2000}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            ok(r#"{"command":"x","output":{"skipEmpty":null}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            !ok(r#"{"command":"x","output":{"skipEmpty":false}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            !ok(r#"{"command":"x","output":{"SKIPEMPTY":false}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            ok(r#"{"command":"x","output":{"skipEmpty":true}}"#)
+                .output
+                .skip_empty
+        );
+    }
+
+    #[test]
+    fn once_digests_are_sha256_and_old_ones_still_count() {
+        let dir = TempDir::new("local-digest");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        let body = r#"{"command":"echo 1"}"#;
+        write(&tasks, "o.json", body);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 1)]);
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!(
+            saved.entry("o").expect("entry").once_digest,
+            "86ed9bba316f28defe4770b01bc8b52726d3e90c425af172f7f5376ac3ea97ce",
+            "sha256 of the file, the same with every build"
+        );
+
+        // A state file from before: the DefaultHasher digest of the same bytes.
+        let legacy = {
+            use std::hash::Hasher;
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(body.as_bytes());
+            format!("{:016x}", h.finish())
+        };
+        let old = format!(
+            r#"{{"o":{{"first_seen_boot":"A","last_run_boot":"","once_digest":"{legacy}"}}}}"#
+        );
+        fs::write(&state, old).expect("write");
+        assert!(
+            boot_scan(&tasks, &state, "A").is_empty(),
+            "ran before the upgrade"
+        );
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!(saved.entry("o").expect("entry").once_digest.len(), 64);
+        write(&tasks, "o.json", r#"{"command":"echo 2"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A").len(), 1, "new content runs");
     }
 
     #[test]
