@@ -124,11 +124,26 @@ impl UpdateGate {
 }
 
 /// "The startup fetch has succeeded", for whoever needs to wait for it (the Go agent's
-/// `_startupFetchedDone` channel).
-#[derive(Default)]
+/// `_startupFetchedDone` channel): a `Condvar` for plain waits, and a channel that
+/// disconnects at that moment, for waits that must also watch another channel (`select!`).
 pub struct StartupDone {
     done: Mutex<bool>,
     changed: Condvar,
+    /// Dropped (taken) when the startup fetch succeeds, which disconnects `done_rx`.
+    done_tx: Mutex<Option<Sender<()>>>,
+    done_rx: Receiver<()>,
+}
+
+impl Default for StartupDone {
+    fn default() -> StartupDone {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        StartupDone {
+            done: Mutex::new(false),
+            changed: Condvar::new(),
+            done_tx: Mutex::new(Some(tx)),
+            done_rx: rx,
+        }
+    }
 }
 
 impl StartupDone {
@@ -140,9 +155,17 @@ impl StartupDone {
         *self.done.lock()
     }
 
-    fn mark_done(&self) {
+    pub(crate) fn mark_done(&self) {
         *self.done.lock() = true;
         self.changed.notify_all();
+        // Nothing is ever sent: dropping the only sender is the message.
+        drop(self.done_tx.lock().take());
+    }
+
+    /// A receiver that never gets a message and disconnects when the startup fetch succeeds
+    /// (at once if it has): `recv(startup.channel()) -> _` in a `select!` is "until done".
+    pub fn channel(&self) -> Receiver<()> {
+        self.done_rx.clone()
     }
 
     /// Waits until the startup fetch has succeeded or `timeout` passes; true when it has.
@@ -840,6 +863,24 @@ mod tests {
         assert!(h.startup.wait_timeout(Duration::from_secs(u64::MAX)));
         drop(h._stop);
         thread.join().expect("the fetch thread did not panic");
+    }
+
+    #[test]
+    fn the_startup_channel_disconnects_when_done() {
+        let startup = StartupDone::new();
+        let before = startup.channel();
+        assert_eq!(
+            before.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Empty)
+        );
+        startup.mark_done();
+        assert!(startup.is_done() && startup.wait_timeout(Duration::ZERO));
+        for rx in [before, startup.channel()] {
+            assert_eq!(
+                rx.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            );
+        }
     }
 
     #[test]
