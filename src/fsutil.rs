@@ -94,7 +94,9 @@ impl StateDir {
         self.root.join("journal")
     }
 
-    /// Script files written for invocations; private to the agent (0700).
+    /// Script files written for invocations: traversable but not listable by others (0711),
+    /// so a task run as another user can open its own file (each file is 0700 and owned by
+    /// that user); otherwise the script would run inline and show in `ps`.
     pub fn script_dir(&self) -> PathBuf {
         self.root.join("scripts")
     }
@@ -109,20 +111,20 @@ impl StateDir {
         self.root.join("assistd.lock")
     }
 
-    /// Creates the directories (`mkdir -p`): the root 0755, the journal and the scripts 0700
-    /// (outputs and scripts may hold secrets). An existing scripts or journal directory is
-    /// narrowed to 0700.
+    /// Creates the directories (`mkdir -p`): the root 0755, the journal 0700 (outputs may
+    /// hold secrets) and the scripts 0711 (not listable; the files in it are 0700). An existing
+    /// journal or scripts directory is set to exactly that mode.
     pub fn create(&self) -> io::Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&self.root)?;
-        for dir in [self.journal_dir(), self.script_dir()] {
+        for (dir, mode) in [(self.journal_dir(), 0o700), (self.script_dir(), 0o711)] {
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(mode)
                 .create(&dir)?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
         }
         Ok(())
     }
@@ -223,8 +225,15 @@ pub(crate) mod tests {
         let dir = TempDir::new("statedir");
         let state = StateDir::new(dir.path().join("a/b"));
         state.create().expect("create");
+        assert_eq!(mode_of(&state.script_dir()), 0o711);
+        assert_eq!(mode_of(&state.journal_dir()), 0o700);
+        fs::set_permissions(state.script_dir(), fs::Permissions::from_mode(0o700)).expect("chmod");
         state.create().expect("create again");
-        assert_eq!(mode_of(&state.script_dir()), 0o700);
+        assert_eq!(
+            mode_of(&state.script_dir()),
+            0o711,
+            "an old 0700 is widened"
+        );
         assert!(state.journal_dir().is_dir());
         assert_eq!(
             state.reboot_file(),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Pkcs1v15Sign, RsaPublicKey};
@@ -34,6 +35,10 @@ pub const MISMATCH_VALUE: &str = "Signature verification failed";
 pub const SM2_DEFAULT_UID: &str = "1234567812345678";
 /// Name of the certificate cache file in the state directory.
 pub const CACHE_FILE_NAME: &str = "task_sign_certs";
+/// How long a failed certificate download is remembered: tasks signed with that certificate
+/// meanwhile fail at once instead of each waiting for the request's timeout on the control
+/// loop.
+pub const CERT_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// Signing algorithm named by a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -354,6 +359,9 @@ pub struct SignatureVerifier {
     /// Certificates by key; `None` until the cache file is read (once, on first use). Only the
     /// thread that owns the verifier touches it.
     certs: RefCell<Option<BTreeMap<String, Cert>>>,
+    /// Failed downloads by certificate key, with when they failed (see `CERT_RETRY_AFTER`).
+    failed: RefCell<BTreeMap<String, (Instant, TransportError)>>,
+    retry_after: Duration,
 }
 
 impl fmt::Debug for SignatureVerifier {
@@ -384,6 +392,8 @@ impl SignatureVerifier {
             strict,
             cert_path: DEFAULT_CERT_PATH.to_string(),
             certs: RefCell::new(None),
+            failed: RefCell::new(BTreeMap::new()),
+            retry_after: CERT_RETRY_AFTER,
         }
     }
 
@@ -455,7 +465,25 @@ impl SignatureVerifier {
         if let Some(c) = certs.get(&key) {
             return Ok(c.clone());
         }
-        let cert = self.download(sig)?;
+        if let Some((at, e)) = self.failed.borrow().get(&key) {
+            if at.elapsed() < self.retry_after {
+                log::debug!(
+                    "task={task_id} phase=verify certificate {key} download failed {} s ago; \
+                     not asked again yet",
+                    at.elapsed().as_secs()
+                );
+                return Err(SignatureError::CertDownload(replay(e)));
+            }
+        }
+        let cert = match self.download(sig) {
+            Err(SignatureError::CertDownload(e)) => {
+                let again = replay(&e);
+                self.failed.borrow_mut().insert(key, (Instant::now(), e));
+                return Err(SignatureError::CertDownload(again));
+            }
+            other => other?,
+        };
+        self.failed.borrow_mut().remove(&key);
         if cert.key() != key {
             return Err(SignatureError::CertVersion {
                 asked: key,
@@ -525,6 +553,16 @@ impl SignatureVerifier {
         if let Err(e) = crate::fsutil::write_atomic(&self.cache_path, text.as_bytes(), 0o644) {
             log::warn!("phase=verify writing {}: {e}", self.cache_path.display());
         }
+    }
+}
+
+/// The same transport error again, for a remembered failure (`TransportError` is not `Clone`:
+/// an unreachable server's cause is kept as its text).
+fn replay(e: &TransportError) -> TransportError {
+    match e {
+        TransportError::Unreachable(cause) => TransportError::Unreachable(cause.to_string().into()),
+        TransportError::Status(code) => TransportError::Status(*code),
+        TransportError::NoServer => TransportError::NoServer,
     }
 }
 
@@ -777,6 +815,41 @@ pub(crate) mod tests {
         v2.check(&task(&sm2_sig()))
             .expect("sm2 from the rewritten cache");
         assert!(http2.paths().is_empty());
+    }
+
+    #[test]
+    fn a_failed_download_is_remembered_for_a_while() {
+        let dir = TempDir::new("sig-failed");
+        let http = Arc::new(FakeHttp::answering(vec![
+            Err(TransportError::Unreachable("connect timed out".into())),
+            FakeHttp::ok(&cert_json("SHA256WithRSA", RSA_PUB, 2, 1)),
+        ]));
+        let v = verifier(&dir, http.clone(), true);
+        let t = task(&rsa_sig());
+        for _ in 0..2 {
+            let e = v.check(&t).expect_err("no certificate");
+            assert!(matches!(e, SignatureError::CertDownload(_)), "{e}");
+            assert_eq!(
+                error_chain(&e),
+                "certificate download failed: server unreachable: connect timed out"
+            );
+        }
+        assert_eq!(http.paths().len(), 1, "the second check made no request");
+        // Another certificate is asked for.
+        assert!(v.check(&task(&sm2_sig())).is_err());
+        assert_eq!(http.paths().len(), 2);
+
+        // Once the window has passed, the next check asks again.
+        let http = Arc::new(FakeHttp::answering(vec![
+            Err(TransportError::Status(503)),
+            FakeHttp::ok(&cert_json("SHA256WithRSA", RSA_PUB, 2, 1)),
+        ]));
+        let mut v = verifier(&dir, http.clone(), true);
+        v.retry_after = Duration::ZERO;
+        assert!(v.check(&t).is_err());
+        v.check(&t).expect("downloaded on the second try");
+        assert_eq!(http.paths().len(), 2);
+        assert!(v.failed.borrow().is_empty());
     }
 
     #[test]

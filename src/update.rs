@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{select_biased, Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::engine::registry::Registry;
 use crate::source::remote::{StartupDone, UpdateGate};
@@ -519,6 +519,17 @@ struct Updater {
     p: UpdaterParts,
 }
 
+/// Blocks until the startup fetch has succeeded (true) or `stop` disconnects (false); no
+/// wakeups meanwhile, however long the server stays away.
+fn wait_startup(startup: &StartupDone, stop: &Receiver<()>) -> bool {
+    let done = startup.channel();
+    // Biased: when both happened, the update is confirmed.
+    select_biased! {
+        recv(done) -> _ => true,
+        recv(stop) -> _ => startup.is_done(),
+    }
+}
+
 /// `stop` disconnected (shutdown) while waiting `d`.
 fn stopped(stop: &Receiver<()>, d: Duration) -> bool {
     matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Disconnected))
@@ -586,11 +597,8 @@ impl Updater {
             "phase=update started after an update; {} is kept until the startup fetch succeeds",
             old.display()
         );
-        // `StartupDone` is a Condvar, not a channel: look at `stop` once a second meanwhile.
-        while !self.p.startup.wait_timeout(Duration::from_secs(1)) {
-            if matches!(self.p.stop.try_recv(), Err(TryRecvError::Disconnected)) {
-                return None;
-            }
+        if !wait_startup(&self.p.startup, &self.p.stop) {
+            return None;
         }
         match fs::remove_file(old) {
             Ok(()) => log::info!(
@@ -751,6 +759,25 @@ mod tests {
 
     fn check_sha(input: &[u8], expected: &str) {
         assert_eq!(sha256_hex(input), expected);
+    }
+
+    #[test]
+    fn the_startup_wait_ends_on_success_or_on_shutdown() {
+        let startup = Arc::new(StartupDone::new());
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| wait_startup(&startup, &stop));
+            startup.mark_done();
+            assert!(waiter.join().expect("no panic"), "done: confirmed");
+        });
+        assert!(wait_startup(&startup, &stop), "already done");
+
+        let startup = StartupDone::new();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| wait_startup(&startup, &stop));
+            drop(stop_tx);
+            assert!(!waiter.join().expect("no panic"), "shutdown first");
+        });
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::model::RunTaskInfo;
 use crate::report::{Report, ReportHead, Reporter, Span, StopResult, Verdict};
 
 use output::{OutputRing, Reader};
-use script::{Owner, ScriptCmd, ScriptError};
+use script::{Owner, Prepared, ScriptCmd, ScriptError};
 use spawn::{ChildExit, Launch};
 
 /// Settings the runner needs from the agent's configuration.
@@ -265,8 +265,10 @@ pub fn run(
     // The child runs in its own working directory, so the script path must not be relative.
     let script_dir =
         std::path::absolute(&cfg.script_dir).unwrap_or_else(|_| cfg.script_dir.clone());
-    let cmd = match script::prepare(&script_dir, task, &content, owner, &warn) {
-        Ok(cmd) => cmd,
+    // `script_file` removes a non-periodic invocation's file when dropped: explicitly before the
+    // final report, or on any early return (or panic) with the other locals.
+    let (cmd, script_file) = match script::prepare(&script_dir, task, &content, owner, &warn) {
+        Ok(Prepared { cmd, cleanup }) => (cmd, cleanup),
         Err(ScriptError::Existed(path)) => {
             let t = now_ms();
             let span = Span {
@@ -358,10 +360,10 @@ pub fn run(
         }
     );
 
-    let deadline = match parse_timeout(&task.timeout) {
-        Some(d) => at(started + d),
-        None => never(),
-    };
+    // A timeout past the end of `Instant` (`timeOut` "9223372036854775807") is no deadline.
+    let deadline = parse_timeout(&task.timeout)
+        .and_then(|d| started.checked_add(d))
+        .map_or_else(never, at);
     // Periodic invocations never send running output (spec §4.9).
     let ticks = if task.repeat.is_periodic() {
         never()
@@ -411,6 +413,8 @@ pub fn run(
         }
     };
     let exit = child.reap();
+    // The shell is gone; whoever reads the final report finds the script removed already.
+    drop(script_file);
     let drained = reader.finish(Instant::now() + DRAIN_AFTER_EXIT);
     if !drained {
         log::warn!(

@@ -1,9 +1,10 @@
-//! The script file of an invocation (spec §4.6): its name, its directory and how it is written;
-//! it must never write outside the script directory nor start anything.
+//! The script file of an invocation (spec §4.6): its name, its directory, how it is written
+//! and when it is removed; it must never write or remove outside the script directory nor
+//! start anything.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::model::{RepeatType, RunTaskInfo};
@@ -54,6 +55,40 @@ pub fn file_name(command_name: &str, task_id: &str, invoke_version: i64) -> Stri
     name
 }
 
+/// What `prepare` decided: how to run the script, and the file to remove when the invocation
+/// ends (non-periodic tasks only).
+#[derive(Debug)]
+pub struct Prepared {
+    pub cmd: ScriptCmd,
+    /// Dropping it removes the file; `None` for inline scripts and periodic tasks.
+    pub cleanup: Option<Cleanup>,
+}
+
+/// Removes the script file of a non-periodic invocation when dropped, so it is gone on every
+/// path (finished, timeout, stopped, error, even a panic), as the newest reference's
+/// `Cleanup(remove)` does. A file of the next version or from an older agent never collides
+/// with it then. Only the file this invocation wrote is removed: if the path names another
+/// file by then (another device or inode), it is left alone.
+#[derive(Debug)]
+pub struct Cleanup {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    log::warn!("cannot remove script {}: {e}", self.path.display());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Owner of a script run as another user: the file is handed over so that user can read it.
 #[derive(Clone, Copy, Debug)]
 pub struct Owner {
@@ -69,7 +104,11 @@ pub fn prepare(
     content: &[u8],
     owner: Option<Owner>,
     warn: &dyn Fn(&str),
-) -> Result<ScriptCmd, ScriptError> {
+) -> Result<Prepared, ScriptError> {
+    let inline = || Prepared {
+        cmd: ScriptCmd::Inline(content.to_vec()),
+        cleanup: None,
+    };
     // The directory is traversable but not listable by others (0711), so that a task run as
     // another user can open its own file; every file in it is 0700 and owned by its runner.
     if let Err(e) = DirBuilder::new().recursive(true).mode(0o711).create(dir) {
@@ -77,21 +116,18 @@ pub fn prepare(
             "cannot create script directory {}: {e}; running inline",
             dir.display()
         ));
-        return Ok(ScriptCmd::Inline(content.to_vec()));
+        return Ok(inline());
     }
     if owner.is_some() {
-        use std::os::unix::fs::PermissionsExt;
-        // A directory created elsewhere may be closed to others; the user could not open the
-        // file then, so run inline rather than fail with "Permission denied".
-        match fs::metadata(dir) {
-            Ok(m) if m.permissions().mode() & 0o001 != 0 => {}
-            _ => {
-                warn(&format!(
-                    "script directory {} is not traversable by other users; running inline",
-                    dir.display()
-                ));
-                return Ok(ScriptCmd::Inline(content.to_vec()));
-            }
+        // A directory created elsewhere, or one of its parents (a state directory made 0700
+        // by a service manager), may be closed to others; the user could not open the file
+        // then, so run inline rather than fail with "Permission denied".
+        if let Some(closed) = closed_to_others(dir) {
+            warn(&format!(
+                "{} is not traversable by other users; running inline",
+                closed.display()
+            ));
+            return Ok(inline());
         }
     }
     let path = dir.join(file_name(
@@ -113,19 +149,39 @@ pub fn prepare(
         _ => write_replace(dir, &path, content, owner),
     };
     match written {
-        Ok(()) => Ok(ScriptCmd::File(path)),
+        Ok((dev, ino)) => {
+            let cleanup = (!task.repeat.is_periodic()).then(|| Cleanup {
+                path: path.clone(),
+                dev,
+                ino,
+            });
+            Ok(Prepared {
+                cmd: ScriptCmd::File(path),
+                cleanup,
+            })
+        }
         Err(e) => {
             warn(&format!(
                 "cannot save script to {}: {e}; running inline",
                 path.display()
             ));
-            Ok(ScriptCmd::Inline(content.to_vec()))
+            Ok(inline())
         }
     }
 }
 
-/// Creates `path` (O_CREAT|O_EXCL|O_NOFOLLOW, 0700); a partial file is removed.
-fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> io::Result<()> {
+/// The first of `dir` and its parents that others cannot traverse (no `o+x`, or no metadata).
+fn closed_to_others(dir: &Path) -> Option<&Path> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors().find(|d| {
+        !d.as_os_str().is_empty()
+            && !fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+/// Creates `path` (O_CREAT|O_EXCL|O_NOFOLLOW, 0700) and returns its device and inode; a
+/// partial file is removed.
+fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> io::Result<(u64, u64)> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -137,7 +193,9 @@ fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> io::Result<()
             std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
         }
         file.write_all(content)?;
-        file.sync_all()
+        file.sync_all()?;
+        let meta = file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
     })();
     if result.is_err() {
         let _ = fs::remove_file(path);
@@ -145,8 +203,13 @@ fn write_new(path: &Path, content: &[u8], owner: Option<Owner>) -> io::Result<()
     result
 }
 
-/// Writes a temp file beside `path`, then renames it over `path`.
-fn write_replace(dir: &Path, path: &Path, content: &[u8], owner: Option<Owner>) -> io::Result<()> {
+/// Writes a temp file beside `path`, then renames it over `path`; returns the device and inode.
+fn write_replace(
+    dir: &Path,
+    path: &Path,
+    content: &[u8],
+    owner: Option<Owner>,
+) -> io::Result<(u64, u64)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -156,12 +219,12 @@ fn write_replace(dir: &Path, path: &Path, content: &[u8], owner: Option<Owner>) 
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     let tmp = dir.join(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
-    write_new(&tmp, content, owner)?;
-    let renamed = fs::rename(&tmp, path);
-    if renamed.is_err() {
+    let id = write_new(&tmp, content, owner)?;
+    if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    renamed
+    Ok(id)
 }
 
 #[cfg(test)]
@@ -206,15 +269,14 @@ mod tests {
         let no_warn = |w: &str| panic!("unexpected warning {w}");
         let first = prepare(&dir, &task, b"echo 1", None, &no_warn).expect("first");
         let path = dir.join("t-1.sh");
-        assert_eq!(first, ScriptCmd::File(path.clone()));
+        assert_eq!(first.cmd, ScriptCmd::File(path.clone()));
         assert!(
             matches!(prepare(&dir, &task, b"echo 2", None, &no_warn), Err(ScriptError::Existed(p)) if p == path)
         );
         task.repeat = RepeatType::Rate;
-        assert_eq!(
-            prepare(&dir, &task, b"echo 3", None, &no_warn).expect("rate"),
-            ScriptCmd::File(path.clone())
-        );
+        let rate = prepare(&dir, &task, b"echo 3", None, &no_warn).expect("rate");
+        assert_eq!(rate.cmd, ScriptCmd::File(path.clone()));
+        assert!(rate.cleanup.is_none(), "periodic files are kept");
         assert_eq!(fs::read(&path).expect("read"), b"echo 3");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -223,6 +285,56 @@ mod tests {
         );
         let leftovers = fs::read_dir(&dir).expect("list").count();
         assert_eq!(leftovers, 1, "no temp files left behind");
+        drop(first);
+        assert!(
+            path.exists(),
+            "the once file was replaced by the rate invocation's: not ours to remove"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn non_periodic_files_are_removed_when_the_invocation_ends() {
+        let dir = temp_dir("cleanup");
+        let no_warn = |w: &str| panic!("unexpected warning {w}");
+        for repeat in [
+            RepeatType::Once,
+            RepeatType::NextRebootOnly,
+            RepeatType::EveryReboot,
+        ] {
+            let task = RunTaskInfo {
+                task_id: "t-1".into(),
+                invoke_version: 1,
+                repeat,
+                ..RunTaskInfo::default()
+            };
+            let path = dir.join("t-1.iv1.sh");
+            let prepared = prepare(&dir, &task, b"echo 1", None, &no_warn).expect("prepare");
+            assert_eq!(prepared.cmd, ScriptCmd::File(path.clone()));
+            assert!(path.is_file());
+            drop(prepared);
+            assert!(!path.exists(), "{repeat}: the file is removed");
+            // The next invocation of the same version writes it again instead of -9.
+            let again = prepare(&dir, &task, b"echo 2", None, &no_warn).expect("again");
+            assert!(again.cleanup.is_some(), "{repeat}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_replaced_meanwhile_is_not_removed() {
+        let dir = temp_dir("foreign");
+        let task = RunTaskInfo {
+            task_id: "t-1".into(),
+            ..RunTaskInfo::default()
+        };
+        let prepared = prepare(&dir, &task, b"echo 1", None, &|_| {}).expect("prepare");
+        let path = dir.join("t-1.sh");
+        let other = dir.join("other");
+        fs::write(&other, b"not ours").expect("write");
+        fs::rename(&other, &path).expect("replace");
+        drop(prepared);
+        assert_eq!(fs::read(&path).expect("kept"), b"not ours");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -240,7 +352,8 @@ mod tests {
             warned.set(true)
         })
         .expect("inline");
-        assert_eq!(got, ScriptCmd::Inline(b"echo x".to_vec()));
+        assert_eq!(got.cmd, ScriptCmd::Inline(b"echo x".to_vec()));
+        assert!(got.cleanup.is_none());
         assert!(warned.get());
         let _ = fs::remove_file(&dir);
     }

@@ -185,7 +185,17 @@ fn finished_with_exit_code_and_merged_output() {
     assert_eq!(span.dropped, 0);
     assert!(span.end_ms >= span.start_ms);
     assert_eq!(all_output(&reports), b"out\nerr\n/tmp\n".to_vec());
-    assert!(dir.cfg().script_dir.join("t-fin.iv1.sh").is_file());
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
+}
+
+/// The files left in the script directory.
+fn scripts_left(dir: &TestDir) -> Vec<String> {
+    match fs::read_dir(dir.cfg().script_dir) {
+        Ok(list) => list
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 #[test]
@@ -205,6 +215,7 @@ fn timeout_kills_the_whole_group() {
         panic!("not timeout: {:?}", f[0])
     };
     assert_eq!(span.exit_code, 1);
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
     let pid = read_pid(&pidfile);
     assert!(wait_dead(pid), "grandchild {pid} survived the timeout");
 }
@@ -245,6 +256,7 @@ fn stop_kills_and_reports_stopped() {
         f[0]
     );
     assert_eq!(all_output(&reports), b"started\n".to_vec());
+    assert_eq!(scripts_left(&dir), Vec::<String>::new());
 }
 
 #[test]
@@ -375,8 +387,10 @@ fn parameters_are_substituted_when_enabled() {
 #[test]
 fn script_names_stay_inside_the_script_dir() {
     let dir = TestDir::new("sanitise");
+    // Periodic, so that the file is kept for the listing below.
     let t = RunTaskInfo {
         command_name: "../up".into(),
+        repeat: RepeatType::Rate,
         ..task("../../escape", "echo ok")
     };
     let (out, reports) = run_task(&dir, &t);
@@ -399,7 +413,9 @@ fn script_names_stay_inside_the_script_dir() {
 fn once_script_that_exists_is_an_error() {
     let dir = TestDir::new("existed");
     let t = task("t-again", "true");
-    run_task(&dir, &t);
+    let planted = dir.cfg().script_dir.join("t-again.iv1.sh");
+    fs::create_dir_all(dir.cfg().script_dir).expect("mkdir");
+    fs::write(&planted, b"echo not ours").expect("plant");
     let (out, reports) = run_task(&dir, &t);
     assert_eq!(out.ending, Ending::Error);
     assert_eq!(reports.len(), 1);
@@ -414,6 +430,32 @@ fn once_script_that_exists_is_an_error() {
         err_desc.starts_with("ScriptFileExisted: Saving script to ")
             && err_desc.ends_with("failed: script file existed")
     );
+    assert_eq!(
+        fs::read(&planted).expect("a file we did not write is kept"),
+        b"echo not ours"
+    );
+}
+
+#[test]
+fn a_once_task_can_run_again_after_it_ended() {
+    // Before a restart's versions were persisted, an edited task came back as version 1 and
+    // hit the previous run's file; now every non-periodic run removes its own file.
+    let dir = TestDir::new("again");
+    for repeat in [
+        RepeatType::Once,
+        RepeatType::NextRebootOnly,
+        RepeatType::EveryReboot,
+    ] {
+        let t = RunTaskInfo {
+            repeat,
+            ..task("t-again", "echo hi")
+        };
+        for _ in 0..2 {
+            let (out, reports) = run_task(&dir, &t);
+            assert_eq!(out.ending, Ending::Finished, "{repeat}: {reports:?}");
+            assert_eq!(scripts_left(&dir), Vec::<String>::new(), "{repeat}");
+        }
+    }
 }
 
 #[test]
@@ -553,12 +595,93 @@ fn runs_as_another_user() {
 }
 
 #[test]
+fn another_user_runs_a_script_file_in_the_state_dir() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || precheck::lookup_user("nobody").is_err() {
+        eprintln!(
+            "SKIPPED another_user_runs_a_script_file_in_the_state_dir: needs root and user nobody"
+        );
+        return;
+    }
+    let dir = TestDir::new("statedir-user");
+    let state = crate::fsutil::StateDir::new(dir.path("state"));
+    state.create().expect("state dir");
+    let cfg = RunnerConfig {
+        script_dir: state.script_dir(),
+        allow_power_actions: false,
+    };
+    let t = RunTaskInfo {
+        username: "nobody".into(),
+        ..task("t-nobody", "echo \"$0\"")
+    };
+    let rep = MemoryReporter::new();
+    let (_keep, cancel) = unbounded::<Cancel>();
+    let out = run(&t, head(&t), &cfg, &cancel, &rep);
+    assert_eq!(out.ending, Ending::Finished, "{:?}", rep.reports());
+    // `/bin/sh <file>` sets $0 to the file; inline (`/bin/sh -c`, visible in ps) to the shell.
+    let want = format!("{}\n", state.script_dir().join("t-nobody.iv1.sh").display());
+    assert_eq!(
+        String::from_utf8(all_output(&rep.reports())).expect("utf8"),
+        want
+    );
+}
+
+#[test]
+fn a_closed_state_dir_runs_another_user_inline() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || precheck::lookup_user("nobody").is_err() {
+        eprintln!(
+            "SKIPPED a_closed_state_dir_runs_another_user_inline: needs root and user nobody"
+        );
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("statedir-closed");
+    let state = crate::fsutil::StateDir::new(dir.path("state"));
+    state.create().expect("state dir");
+    // As systemd's StateDirectoryMode=0700 leaves it: the scripts are 0711, their parent not.
+    fs::set_permissions(&state.root, fs::Permissions::from_mode(0o700)).expect("chmod");
+    let cfg = RunnerConfig {
+        script_dir: state.script_dir(),
+        allow_power_actions: false,
+    };
+    let t = RunTaskInfo {
+        username: "nobody".into(),
+        ..task("t-nobody", "echo hi")
+    };
+    let rep = MemoryReporter::new();
+    let (_keep, cancel) = unbounded::<Cancel>();
+    let out = run(&t, head(&t), &cfg, &cancel, &rep);
+    assert_eq!(out.ending, Ending::Finished);
+    assert_eq!(all_output(&rep.reports()), b"hi\n".to_vec());
+}
+
+#[test]
 fn timeouts_parse_like_the_reference() {
     assert_eq!(parse_timeout("5"), Some(Duration::from_secs(5)));
     assert_eq!(parse_timeout("0"), None);
     assert_eq!(parse_timeout("-3"), None);
     assert_eq!(parse_timeout("abc"), Some(Duration::from_secs(3600)));
     assert_eq!(parse_timeout(""), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        parse_timeout("9223372036854775807"),
+        Some(Duration::from_secs(i64::MAX.unsigned_abs()))
+    );
+    assert_eq!(parse_timeout("-9223372036854775808"), None);
+}
+
+#[test]
+fn a_timeout_too_large_for_a_deadline_is_no_deadline() {
+    let dir = TestDir::new("hugetimeout");
+    for timeout in ["9223372036854775807", "18446744073709551"] {
+        let t = RunTaskInfo {
+            timeout: timeout.into(),
+            ..task("t-huge-timeout", "echo ok")
+        };
+        let (out, reports) = run_task(&dir, &t);
+        assert_eq!(out.ending, Ending::Finished, "{timeout}");
+        assert_eq!(all_output(&reports), b"ok\n".to_vec());
+    }
 }
 
 #[test]

@@ -69,6 +69,37 @@ impl ErrorCode {
             ErrorCode::AtExpressionExpired => "AtExpressionExpired",
         }
     }
+
+    /// The message of the code in spec §5.5 (the reference's `CronParameterError`), with the
+    /// reference's spelling.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidCronExpression => "invalid cron expression cannot be parsed",
+            ErrorCode::TimezoneInformationCorrupt => {
+                "Information of sepcified timezone in cron expression cannot be parsed"
+            }
+            ErrorCode::InvalidGMTOffsetForTimezone => {
+                "invalid GMT+-offset format at timezone field cannot be parsed"
+            }
+            ErrorCode::InvalidGMTOffsetHourForTimezone => {
+                "invalid hour value for GMT+-offset format at timezone field cannot be parsed"
+            }
+            ErrorCode::InvalidGMTOffsetMinuteForTimezone => {
+                "invalid minute value for GMT+-offset format at timezone field cannot be parsed"
+            }
+            ErrorCode::CronExpressionExpired => {
+                "cron expression had expired at the moment of system clock"
+            }
+            ErrorCode::InvalidRateExpression => "invalid rate expression cannot be parsed",
+            ErrorCode::RateFrequencyTooLarge => {
+                "specified frequency in rate expression is too large, i.e., larger than 1,000 days"
+            }
+            ErrorCode::InvalidAtExpression => "invalid at expression cannot be parsed",
+            ErrorCode::AtExpressionExpired => {
+                "at expression had expired at the moment of system clock"
+            }
+        }
+    }
 }
 
 impl ScheduleError {
@@ -82,10 +113,23 @@ impl ScheduleError {
             detail: Some(detail.into()),
         }
     }
+
+    /// The `value` of the invalid report (`param=cron`), as the reference sends it (spec §5.5,
+    /// §10.9): the bare code when there is no detail; a cron syntax or interval error alone
+    /// (the reference returns the cron parser's error unwrapped); any other detail wrapped as
+    /// `<Code>: <message>: <detail>`.
+    pub fn wire_value(&self) -> String {
+        match (&self.detail, self.code) {
+            (None, code) => code.as_str().to_string(),
+            (Some(detail), ErrorCode::InvalidCronExpression) => detail.clone(),
+            (Some(detail), code) => format!("{}: {}: {detail}", code.as_str(), code.message()),
+        }
+    }
 }
 
 impl fmt::Display for ScheduleError {
-    /// `<Code>` or `<Code>: <detail>`: the text of `assistd next` errors and of invalid reports.
+    /// `<Code>` or `<Code>: <detail>`: the text of `assistd next` errors (the invalid report's
+    /// value is `wire_value`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code.as_str())?;
         if let Some(detail) = &self.detail {
@@ -138,5 +182,63 @@ impl Schedule {
             Schedule::Cron(c) => Some(c.zone()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(expr: &str, kind: ScheduleKind) -> String {
+        let zone = Zone::utc();
+        match Schedule::parse(expr, kind, 0, &zone) {
+            Err(e) => e.wire_value(),
+            Ok(_) => panic!("{expr} parses"),
+        }
+    }
+
+    #[test]
+    fn wire_values_follow_the_reference() {
+        use ScheduleKind::{At, Cron, Rate};
+        assert_eq!(wire("0 0 8 * *", Cron), "InvalidCronExpression");
+        assert_eq!(
+            wire("0 0 25 * * ?", Cron),
+            "syntax error in hour field: '25'"
+        );
+        assert_eq!(wire("*/60 * * * * ?", Cron), "invalid interval */60");
+        assert_eq!(wire("0 0 8 * * ? CST", Cron), "TimezoneInformationCorrupt");
+        assert_eq!(
+            wire("0 0 8 * * ? Asia/Nowhere", Cron),
+            "TimezoneInformationCorrupt: Information of sepcified timezone in cron expression \
+             cannot be parsed: unknown time zone Asia/Nowhere"
+        );
+        assert_eq!(
+            wire("0 0 8 * * ? GMT+15:00", Cron),
+            "InvalidGMTOffsetForTimezone"
+        );
+        assert_eq!(
+            wire("rate(0m)", Rate),
+            "InvalidRateExpression: invalid rate expression cannot be parsed: \
+             Period value should be positive number"
+        );
+        assert_eq!(wire("rate(5x)", Rate), "InvalidRateExpression");
+        assert_eq!(
+            wire("at(2024-13-01T00:00:00)", At),
+            "InvalidAtExpression: invalid at expression cannot be parsed: \
+             cannot parse \"2024-13-01T00:00:00\" as YYYY-MM-DDTHH:MM:SS"
+        );
+        assert_eq!(
+            ScheduleError::new(ErrorCode::AtExpressionExpired).wire_value(),
+            "AtExpressionExpired"
+        );
+    }
+
+    #[test]
+    fn display_keeps_code_and_detail() {
+        let e = ScheduleError::with_detail(ErrorCode::InvalidRateExpression, "x");
+        assert_eq!(e.to_string(), "InvalidRateExpression: x");
+        let e = ScheduleError::with_detail(ErrorCode::InvalidCronExpression, "y");
+        assert_eq!(e.to_string(), "InvalidCronExpression: y");
+        assert_eq!(e.wire_value(), "y");
     }
 }

@@ -251,6 +251,16 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
 
     let mut task = model::decode_run_task(&Value::Object(server)).map_err(LoadErrorKind::Field)?;
     task.output = model::decode_output_info(&output).map_err(LoadErrorKind::Field)?;
+    // Unlike the server's, a local task skips empty running reports unless its file says
+    // otherwise: each one is a journal line, one a second for as long as a quiet task runs,
+    // and they would push real results out of the rotated journal.
+    let skip_empty_set = Obj::new(&output, "output")
+        .map_err(LoadErrorKind::Field)?
+        .get("skipEmpty")
+        .is_some_and(|v| !v.is_null());
+    if !skip_empty_set {
+        task.output.skip_empty = true;
+    }
     let repeat_text = Obj::new(&serde_json::json!({ "repeat": repeat }), "")
         .and_then(|o| o.string("repeat"))
         .map_err(LoadErrorKind::Field)?;
@@ -339,19 +349,26 @@ pub struct RebootEntry {
     pub first_seen_boot: String,
     /// The last boot in which the task was handed to the engine; empty if never.
     pub last_run_boot: String,
-    /// `Once` tasks: the hash of the file content last handed to the engine, so a once task
-    /// runs once per content, not again at every agent start; empty if never.
+    /// `Once` tasks: the SHA-256 (hex) of the file content last handed to the engine, so a
+    /// once task runs once per content, not again at every agent start; empty if never.
     pub once_digest: String,
 }
 
 /// `<state_dir>/reboot-tasks.json` plus the current boot id. Entries are never pruned: they
 /// are tiny, and a file that is briefly invalid must not lose its first-seen boot.
+///
+/// The file also keeps the last invoke version of every task id (`last_version`, absent in
+/// files written before it), so versions keep counting up across agent restarts: a one-shot
+/// task edited after a restart never gets a version (and a script file name) it had before.
 #[derive(Debug)]
 pub struct RebootState {
     /// `None`: kept in memory only.
     path: Option<PathBuf>,
     boot_id: String,
     entries: BTreeMap<String, RebootEntry>,
+    /// Last invoke version per id, for every repeat type; kept after a file goes away so a
+    /// re-added file gets a new version.
+    versions: BTreeMap<String, i64>,
     dirty: bool,
 }
 
@@ -366,11 +383,12 @@ impl RebootState {
             }
             Err(e) => return Err(err(&path, LoadErrorKind::Read(e))),
         };
-        let entries = parse_reboot_state(&bytes).map_err(|kind| err(&path, kind))?;
+        let (entries, versions) = parse_reboot_state(&bytes).map_err(|kind| err(&path, kind))?;
         Ok(RebootState {
             path: Some(path),
             boot_id,
             entries,
+            versions,
             dirty: false,
         })
     }
@@ -381,6 +399,7 @@ impl RebootState {
             path,
             boot_id,
             entries: BTreeMap::new(),
+            versions: BTreeMap::new(),
             dirty: false,
         }
     }
@@ -393,10 +412,23 @@ impl RebootState {
         self.entries.get(task_id)
     }
 
+    /// The last invoke version given to `task_id`; 0 if never.
+    pub fn last_version(&self, task_id: &str) -> i64 {
+        self.versions.get(task_id).copied().unwrap_or(0)
+    }
+
+    /// Gives `task_id` its next invoke version and records it.
+    fn next_version(&mut self, task_id: &str) -> i64 {
+        let version = self.versions.entry(task_id.to_string()).or_insert(0);
+        *version = version.saturating_add(1);
+        self.dirty = true;
+        *version
+    }
+
     /// Decides whether a task of this repeat type is handed to the engine now, and records
     /// it when it is (before the engine runs it: a crash then loses that boot's run rather
     /// than repeating it).
-    fn admit(&mut self, task_id: &str, repeat: RepeatType, content_digest: u64) -> bool {
+    fn admit(&mut self, task_id: &str, repeat: RepeatType, bytes: &[u8], digest: &Digest) -> bool {
         if !matches!(
             repeat,
             RepeatType::EveryReboot | RepeatType::NextRebootOnly | RepeatType::Once
@@ -413,11 +445,17 @@ impl RebootState {
             }
         });
         if repeat == RepeatType::Once {
-            let digest = format!("{content_digest:016x}");
-            if entry.once_digest == digest {
+            let hex = digest.hex();
+            if entry.once_digest == hex {
                 return false;
             }
-            entry.once_digest = digest;
+            if legacy_digest_matches(&entry.once_digest, bytes) {
+                // Ran before the upgrade: keep it run, and store the stable digest.
+                entry.once_digest = hex;
+                self.dirty = true;
+                return false;
+            }
+            entry.once_digest = hex;
             self.dirty = true;
             return true;
         }
@@ -450,18 +488,25 @@ impl RebootState {
         if !self.dirty {
             return Ok(());
         }
-        let map: serde_json::Map<String, Value> = self
-            .entries
-            .iter()
-            .map(|(id, e)| {
-                let v = serde_json::json!({
-                    "first_seen_boot": e.first_seen_boot,
-                    "last_run_boot": e.last_run_boot,
-                    "once_digest": e.once_digest,
-                });
-                (id.clone(), v)
-            })
-            .collect();
+        // An id with reboot bookkeeping has `first_seen_boot`; one without (a periodic task)
+        // only its `last_version`.
+        let mut map = serde_json::Map::new();
+        for (id, e) in &self.entries {
+            let v = serde_json::json!({
+                "first_seen_boot": e.first_seen_boot,
+                "last_run_boot": e.last_run_boot,
+                "once_digest": e.once_digest,
+            });
+            map.insert(id.clone(), v);
+        }
+        for (id, version) in &self.versions {
+            let v = map
+                .entry(id.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(o) = v {
+                o.insert("last_version".to_string(), Value::from(*version));
+            }
+        }
         let mut bytes = serde_json::to_vec_pretty(&Value::Object(map)).map_err(io::Error::other)?;
         bytes.push(b'\n');
         crate::fsutil::write_atomic(path, &bytes, 0o600)?;
@@ -470,14 +515,26 @@ impl RebootState {
     }
 }
 
-fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, LoadErrorKind> {
+/// Reboot entries and last versions per id.
+type ParsedState = (BTreeMap<String, RebootEntry>, BTreeMap<String, i64>);
+
+fn parse_reboot_state(bytes: &[u8]) -> Result<ParsedState, LoadErrorKind> {
     let root: Value = serde_json::from_slice(bytes).map_err(syntax)?;
     let Value::Object(map) = root else {
         return Err(LoadErrorKind::NotObject);
     };
     let mut entries = BTreeMap::new();
+    let mut versions = BTreeMap::new();
     for (id, v) in &map {
         let o = Obj::new(v, "").map_err(LoadErrorKind::Field)?;
+        // Absent in state files written before versions were kept.
+        let version = o.int("last_version").map_err(LoadErrorKind::Field)?;
+        if version > 0 {
+            versions.insert(id.clone(), version);
+        }
+        if o.get("first_seen_boot").is_none() {
+            continue;
+        }
         let entry = RebootEntry {
             first_seen_boot: o.string("first_seen_boot").map_err(LoadErrorKind::Field)?,
             last_run_boot: o.string("last_run_boot").map_err(LoadErrorKind::Field)?,
@@ -486,7 +543,7 @@ fn parse_reboot_state(bytes: &[u8]) -> Result<BTreeMap<String, RebootEntry>, Loa
         };
         entries.insert(id.clone(), entry);
     }
-    Ok(entries)
+    Ok((entries, versions))
 }
 
 /// What one scan found.
@@ -502,9 +559,9 @@ pub struct Scan {
 /// doubled the agent's memory per task).
 #[derive(Clone, Copy)]
 struct Tracked {
-    /// Length and hash of the file's bytes: a change of either is a new version.
+    /// Length and SHA-256 of the file's bytes: a change of either is a new version.
     len: usize,
-    digest: u64,
+    digest: Digest,
     invoke_version: i64,
     repeat: RepeatType,
     /// Whether the last version was handed to the engine (a reboot task may be held back).
@@ -512,18 +569,18 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(bytes: &[u8], task: &RunTaskInfo, emitted: bool) -> Tracked {
+    fn new(bytes: &[u8], digest: Digest, task: &RunTaskInfo, emitted: bool) -> Tracked {
         Tracked {
             len: bytes.len(),
-            digest: digest(bytes),
+            digest,
             invoke_version: task.invoke_version,
             repeat: task.repeat,
             emitted,
         }
     }
 
-    fn same_file(&self, bytes: &[u8]) -> bool {
-        self.len == bytes.len() && self.digest == digest(bytes)
+    fn same_file(&self, bytes: &[u8], digest: &Digest) -> bool {
+        self.len == bytes.len() && self.digest == *digest
     }
 
     /// The stop request for the version the engine last received.
@@ -537,13 +594,34 @@ impl Tracked {
     }
 }
 
-/// A 64-bit hash of a file's bytes (SipHash with fixed keys: stable within one process,
-/// which is all a change check needs).
-fn digest(bytes: &[u8]) -> u64 {
+/// The SHA-256 of a task file's bytes. It is persisted (`once_digest`), so it must stay the
+/// same across builds, which `std`'s `DefaultHasher` does not promise: a toolchain update
+/// would have run every once task again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest([u8; 32]);
+
+impl Digest {
+    fn of(bytes: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(bytes).into())
+    }
+
+    fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Whether `stored` is the 16-hex-digit `DefaultHasher` digest that state files held before
+/// SHA-256, for these bytes. Only read, so an upgrade does not run every once task again;
+/// a toolchain whose hasher differs makes this false, which runs the task once.
+fn legacy_digest_matches(stored: &str, bytes: &[u8]) -> bool {
     use std::hash::Hasher;
+    if stored.len() != 16 {
+        return false;
+    }
     let mut h = std::hash::DefaultHasher::new();
     h.write(bytes);
-    h.finish()
+    stored == format!("{:016x}", h.finish())
 }
 
 /// The task directory and what it last told the engine.
@@ -551,9 +629,6 @@ pub struct LocalSource {
     dir: PathBuf,
     state: RebootState,
     tracked: BTreeMap<String, Tracked>,
-    /// Last invoke version per id; kept after a file goes away so a re-added file gets a
-    /// new version.
-    versions: BTreeMap<String, i64>,
 }
 
 impl LocalSource {
@@ -562,7 +637,6 @@ impl LocalSource {
             dir,
             state,
             tracked: BTreeMap::new(),
-            versions: BTreeMap::new(),
         }
     }
 
@@ -627,17 +701,13 @@ impl LocalSource {
         for (bytes, mut task) in found {
             let id = task.task_id.clone();
             let previous = self.tracked.remove(&id);
-            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes)) {
+            let digest = Digest::of(&bytes);
+            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes, &digest)) {
                 self.tracked.insert(id, *prev);
                 continue;
             }
-            let version = self
-                .versions
-                .entry(id.clone())
-                .and_modify(|v| *v += 1)
-                .or_insert(1);
-            task.invoke_version = *version;
-            let admitted = self.state.admit(&id, task.repeat, digest(&bytes));
+            task.invoke_version = self.state.next_version(&id);
+            let admitted = self.state.admit(&id, task.repeat, &bytes, &digest);
             if admitted {
                 scan.events.push(SourceEvent::Run(task.clone()));
             } else {
@@ -653,7 +723,7 @@ impl LocalSource {
                 }
             }
             self.tracked
-                .insert(id, Tracked::new(&bytes, &task, admitted));
+                .insert(id, Tracked::new(&bytes, digest, &task, admitted));
         }
 
         if let Err(e) = self.state.save() {
@@ -779,6 +849,73 @@ mod tests {
             parse(r#"{"command":"x","repeat":"Hourly"}"#).unwrap_err(),
             "t.json: unknown repeat \"Hourly\""
         );
+    }
+
+    #[test]
+    fn local_tasks_skip_empty_running_reports_unless_told() {
+        assert!(ok(r#"{"command":"x"}"#).output.skip_empty);
+        assert!(
+            ok(r#"{"command":"x","output":{"interval":2000}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            ok(r#"{"command":"x","output":{"skipEmpty":null}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            !ok(r#"{"command":"x","output":{"skipEmpty":false}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            !ok(r#"{"command":"x","output":{"SKIPEMPTY":false}}"#)
+                .output
+                .skip_empty
+        );
+        assert!(
+            ok(r#"{"command":"x","output":{"skipEmpty":true}}"#)
+                .output
+                .skip_empty
+        );
+    }
+
+    #[test]
+    fn once_digests_are_sha256_and_old_ones_still_count() {
+        let dir = TempDir::new("local-digest");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        let body = r#"{"command":"echo 1"}"#;
+        write(&tasks, "o.json", body);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 1)]);
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!(
+            saved.entry("o").expect("entry").once_digest,
+            "86ed9bba316f28defe4770b01bc8b52726d3e90c425af172f7f5376ac3ea97ce",
+            "sha256 of the file, the same with every build"
+        );
+
+        // A state file from before: the DefaultHasher digest of the same bytes.
+        let legacy = {
+            use std::hash::Hasher;
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(body.as_bytes());
+            format!("{:016x}", h.finish())
+        };
+        let old = format!(
+            r#"{{"o":{{"first_seen_boot":"A","last_run_boot":"","once_digest":"{legacy}"}}}}"#
+        );
+        fs::write(&state, old).expect("write");
+        assert!(
+            boot_scan(&tasks, &state, "A").is_empty(),
+            "ran before the upgrade"
+        );
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!(saved.entry("o").expect("entry").once_digest.len(), 64);
+        write(&tasks, "o.json", r#"{"command":"echo 2"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A").len(), 1, "new content runs");
     }
 
     #[test]
@@ -1022,7 +1159,11 @@ mod tests {
             boot_scan(&tasks, &state, "A").is_empty(),
             "agent restart in the same boot"
         );
-        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("r", 1)]);
+        assert_eq!(
+            boot_scan(&tasks, &state, "B"),
+            [id_v("r", 3)],
+            "versions keep counting across agent starts"
+        );
 
         // Within one boot: an edit is not a reboot, and a periodic task turned EveryReboot stops.
         write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
@@ -1043,7 +1184,7 @@ mod tests {
         assert_eq!(runs(&s), [id_v("p", 2)], "p never ran in this boot");
         assert!(stops(&s).is_empty());
         write(&tasks, "r.json", r#"{"command":"y","cron":"rate(1h)"}"#);
-        assert_eq!(runs(&src.scan()), [id_v("r", 3)]);
+        assert_eq!(runs(&src.scan()), [id_v("r", 6)]);
         write(
             &tasks,
             "r.json",
@@ -1053,7 +1194,7 @@ mod tests {
         assert!(runs(&s).is_empty());
         assert_eq!(
             stops(&s),
-            [id_v("r", 3)],
+            [id_v("r", 6)],
             "versions count every edit, emitted or not"
         );
         fs::remove_file(tasks.join("p.json")).expect("rm");
@@ -1067,6 +1208,40 @@ mod tests {
         let text = fs::read_to_string(&state).expect("state file");
         let v: Value = serde_json::from_str(&text).expect("state is JSON");
         assert_eq!(v["r"]["last_run_boot"], "B");
+        assert_eq!(v["r"]["last_version"], 7);
+        assert_eq!(saved.last_version("p"), 2);
+        assert!(saved.entry("p").is_some());
+    }
+
+    #[test]
+    fn versions_continue_after_an_agent_restart() {
+        let dir = TempDir::new("local-versions");
+        let tasks = dir.path().join("tasks");
+        fs::create_dir(&tasks).expect("mkdir");
+        let state = dir.path().join("reboot-tasks.json");
+        write(&tasks, "o.json", r#"{"command":"echo 1"}"#);
+        write(&tasks, "p.json", r#"{"command":"x","cron":"rate(1h)"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 1), id_v("p", 1)]);
+        // The restart: the once task was edited meanwhile, and must not come back as version 1
+        // (whose script file name a run before the restart used).
+        write(&tasks, "o.json", r#"{"command":"echo 2"}"#);
+        assert_eq!(boot_scan(&tasks, &state, "A"), [id_v("o", 2), id_v("p", 2)]);
+        let saved = RebootState::load(state.clone(), "A".into()).expect("loads");
+        assert_eq!((saved.last_version("o"), saved.last_version("p")), (2, 2));
+        assert!(
+            saved.entry("p").is_none(),
+            "a periodic task's version is no reboot bookkeeping"
+        );
+
+        // A file written before versions were kept counts from 0.
+        fs::write(
+            &state,
+            r#"{"o":{"first_seen_boot":"A","last_run_boot":"","once_digest":""}}"#,
+        )
+        .expect("write");
+        let old = RebootState::load(state, "A".into()).expect("loads");
+        assert_eq!(old.last_version("o"), 0);
+        assert_eq!(old.entry("o").expect("entry").first_seen_boot, "A");
     }
 
     #[test]
@@ -1082,7 +1257,7 @@ mod tests {
         );
         assert!(boot_scan(&tasks, &state, "A").is_empty());
         assert!(boot_scan(&tasks, &state, "A").is_empty());
-        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("n", 1)]);
+        assert_eq!(boot_scan(&tasks, &state, "B"), [id_v("n", 3)]);
         assert!(boot_scan(&tasks, &state, "B").is_empty());
         assert!(boot_scan(&tasks, &state, "C").is_empty());
     }

@@ -124,11 +124,26 @@ impl UpdateGate {
 }
 
 /// "The startup fetch has succeeded", for whoever needs to wait for it (the Go agent's
-/// `_startupFetchedDone` channel).
-#[derive(Default)]
+/// `_startupFetchedDone` channel): a `Condvar` for plain waits, and a channel that
+/// disconnects at that moment, for waits that must also watch another channel (`select!`).
 pub struct StartupDone {
     done: Mutex<bool>,
     changed: Condvar,
+    /// Dropped (taken) when the startup fetch succeeds, which disconnects `done_rx`.
+    done_tx: Mutex<Option<Sender<()>>>,
+    done_rx: Receiver<()>,
+}
+
+impl Default for StartupDone {
+    fn default() -> StartupDone {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        StartupDone {
+            done: Mutex::new(false),
+            changed: Condvar::new(),
+            done_tx: Mutex::new(Some(tx)),
+            done_rx: rx,
+        }
+    }
 }
 
 impl StartupDone {
@@ -140,18 +155,32 @@ impl StartupDone {
         *self.done.lock()
     }
 
-    fn mark_done(&self) {
+    pub(crate) fn mark_done(&self) {
         *self.done.lock() = true;
         self.changed.notify_all();
+        // Nothing is ever sent: dropping the only sender is the message.
+        drop(self.done_tx.lock().take());
+    }
+
+    /// A receiver that never gets a message and disconnects when the startup fetch succeeds
+    /// (at once if it has): `recv(startup.channel()) -> _` in a `select!` is "until done".
+    pub fn channel(&self) -> Receiver<()> {
+        self.done_rx.clone()
     }
 
     /// Waits until the startup fetch has succeeded or `timeout` passes; true when it has.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout past the end of `Instant` waits without a deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut done = self.done.lock();
         while !*done {
-            if self.changed.wait_until(&mut done, deadline).timed_out() {
-                break;
+            match deadline {
+                Some(d) => {
+                    if self.changed.wait_until(&mut done, d).timed_out() {
+                        break;
+                    }
+                }
+                None => self.changed.wait(&mut done),
             }
         }
         *done
@@ -359,8 +388,11 @@ impl FetchConfig {
     }
 }
 
-/// Kicks waiting for the fetch thread: at most one pending per kind, the newest wins
-/// (rust-analyzer's `OpQueue`). The fetch in flight is the thread itself.
+/// Kicks waiting for the fetch thread: at most one pending per kind (rust-analyzer's
+/// `OpQueue`). The fetch in flight is the thread itself. Two Normal kicks merge into one that
+/// covers both: the same id stays, anything else becomes a plain kick, since a server that
+/// scopes the list to `taskId=` would not send the other task until the next kick. For
+/// sessions the newest wins.
 #[derive(Default, Debug)]
 pub struct PendingFetches {
     normal: Option<FetchRequest>,
@@ -370,7 +402,12 @@ pub struct PendingFetches {
 impl PendingFetches {
     pub fn push(&mut self, req: FetchRequest) {
         match req.kind {
-            FetchKind::Normal => self.normal = Some(req),
+            FetchKind::Normal => {
+                self.normal = Some(match self.normal.take() {
+                    Some(pending) if pending.task_id != req.task_id => FetchRequest::kick(),
+                    _ => req,
+                })
+            }
             FetchKind::Session => self.session = Some(req),
         }
     }
@@ -591,7 +628,7 @@ impl Fetcher {
             );
         }
         let mut retry_at = self.startup_attempt();
-        let mut next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+        let mut next_poll = self.next_poll();
         loop {
             let retry = retry_at.map(at).unwrap_or_else(never);
             let poll = next_poll.map(at).unwrap_or_else(never);
@@ -615,12 +652,20 @@ impl Fetcher {
                 while let Ok(r) = self.requests.try_recv() {
                     self.pending.push(r);
                 }
-                next_poll = self.cfg.poll_interval.map(|d| Instant::now() + d);
+                next_poll = self.next_poll();
             }
             if self.startup.is_done() {
                 retry_at = None;
             }
         }
+    }
+
+    /// When to poll next; `None` without polling, or when the configured interval
+    /// (`poll_interval_secs`) reaches past the end of `Instant`.
+    fn next_poll(&self) -> Option<Instant> {
+        self.cfg
+            .poll_interval
+            .and_then(|d| Instant::now().checked_add(d))
     }
 
     /// One attempt of the startup fetch by the background retry; returns when to try again.
@@ -630,7 +675,7 @@ impl Fetcher {
         }
         match self.fetch(&FetchRequest::kick()) {
             FetchOutcome::Fetched(_) if self.startup.is_done() => None,
-            _ => Some(Instant::now() + self.cfg.retry_interval),
+            _ => Instant::now().checked_add(self.cfg.retry_interval),
         }
     }
 }
@@ -688,14 +733,45 @@ mod tests {
     }
 
     #[test]
-    fn pending_fetches_keep_one_per_kind_and_the_newest() {
+    fn pending_fetches_keep_one_per_kind() {
         let mut q = PendingFetches::default();
-        q.push(FetchRequest::kick());
         q.push(FetchRequest::task("a"));
         q.push(FetchRequest::session("s"));
+        q.push(FetchRequest::session("t"));
         assert_eq!(q.pop(), Some(FetchRequest::task("a")));
-        assert_eq!(q.pop(), Some(FetchRequest::session("s")));
+        assert_eq!(
+            q.pop(),
+            Some(FetchRequest::session("t")),
+            "sessions: newest wins"
+        );
         assert_eq!(q.pop(), None);
+    }
+
+    #[test]
+    fn merged_normal_fetches_cover_both_ids() {
+        let merged = |first: FetchRequest, second: FetchRequest| {
+            let mut q = PendingFetches::default();
+            q.push(first);
+            q.push(second);
+            let got = q.pop();
+            assert_eq!(q.pop(), None);
+            got
+        };
+        let (a, b, kick) = (
+            || FetchRequest::task("a"),
+            || FetchRequest::task("b"),
+            FetchRequest::kick,
+        );
+        assert_eq!(merged(a(), b()), Some(kick()), "two ids: a plain kick");
+        assert_eq!(merged(a(), a()), Some(a()));
+        assert_eq!(merged(kick(), a()), Some(kick()), "a kick already covers a");
+        assert_eq!(merged(a(), kick()), Some(kick()));
+        assert_eq!(merged(kick(), kick()), Some(kick()));
+        let mut q = PendingFetches::default();
+        for r in [a(), b(), FetchRequest::task("c")] {
+            q.push(r);
+        }
+        assert_eq!(q.pop(), Some(kick()), "stays a plain kick");
     }
 
     #[test]
@@ -774,6 +850,37 @@ mod tests {
             FetchOutcome::Fetched(0)
         ));
         assert!(h.startup.is_done());
+    }
+
+    #[test]
+    fn a_poll_interval_too_large_for_a_deadline_is_no_poll() {
+        let mut h = harness(vec![]);
+        h.fetcher.cfg.poll_interval = Some(Duration::from_secs(u64::MAX));
+        let (enable_tx, enable) = bounded::<()>(0);
+        drop(enable_tx);
+        let fetcher = h.fetcher;
+        let thread = std::thread::spawn(move || fetcher.run(enable));
+        assert!(h.startup.wait_timeout(Duration::from_secs(u64::MAX)));
+        drop(h._stop);
+        thread.join().expect("the fetch thread did not panic");
+    }
+
+    #[test]
+    fn the_startup_channel_disconnects_when_done() {
+        let startup = StartupDone::new();
+        let before = startup.channel();
+        assert_eq!(
+            before.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Empty)
+        );
+        startup.mark_done();
+        assert!(startup.is_done() && startup.wait_timeout(Duration::ZERO));
+        for rx in [before, startup.channel()] {
+            assert_eq!(
+                rx.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            );
+        }
     }
 
     #[test]
