@@ -11,7 +11,7 @@
 #   /etc/assistd/config.json                  0644  never overwritten: an edited config stays
 #                                                   and the new default goes to config.json.new
 #   /etc/assistd/tasks/                       0755  local-mode task directory
-#   /var/lib/assistd/                         0700  state (journal, boot id, scripts, lock)
+#   /var/lib/assistd/                         0711  state (journal 0700, scripts 0711, lock 0600)
 #   /var/log/assistd/                         0750  log files (inits without journald)
 #   systemd  /usr/lib/systemd/system/assistd.service
 #   openrc   /etc/init.d/assistd
@@ -305,7 +305,7 @@ do_install() {
     start_manifest
     put "$binary" /usr/bin/assistd 0755
     install_config
-    mkdir_mode /var/lib/assistd 0700
+    mkdir_mode /var/lib/assistd 0711
     mkdir_mode /var/log/assistd 0750
     install_service "$init"
     say "done${DESTDIR:+ (under $DESTDIR)}"

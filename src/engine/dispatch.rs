@@ -169,7 +169,7 @@ impl Engine {
                 self.report_async(Report::Invalid {
                     head: head_for(&info, None),
                     param: "cron".to_string(),
-                    value: e.to_string(),
+                    value: e.wire_value(),
                 });
                 return;
             }
