@@ -262,6 +262,10 @@ fn run(opts: &Options) -> Result<(), String> {
         "idle: connected to the double for {} s, no tasks",
         opts.idle_secs
     );
+    // Let the last task's tail settle first: its worker removes the invocation and the control
+    // loop handles its `Done` just after the finish report reached the server, and those two
+    // wakeups belong to the task, not to the idle agent.
+    thread::sleep(Duration::from_secs(2));
     let rss_before = status_kib(pid, "VmRSS:").unwrap_or(0);
     let before = switches(pid);
     let t0 = SystemTime::now();
