@@ -4,13 +4,8 @@
 mod support;
 mod util;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
-
-use crossbeam_channel::unbounded;
+use std::process::Command;
 
 use assistd::update::sha256_hex;
 use support::server::{
@@ -69,33 +64,12 @@ fn start(dir: &TestDir, server: &Server, exe: &Path) -> Agent {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut child = Command::new(exe)
-        .args(&args)
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
         .env("TZ", "UTC")
         .env_remove("ALIYUN_ASSIST_PROXY")
-        .env_remove("ASSISTD_UPDATE_PENDING")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start assistd copy");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = unbounded();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            log2.lock().expect("log lock").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    Agent {
-        child: Some(child),
-        lines: rx,
-        log,
-        args,
-    }
+        .env_remove("ASSISTD_UPDATE_PENDING");
+    Agent::from_command(cmd, args)
 }
 
 fn list_with(entry: &str) -> Reply {

@@ -126,10 +126,15 @@ impl Agent {
 
     /// Starts `assistd <args>` in `cwd`.
     pub fn spawn(args: Vec<String>, cwd: &Path) -> Agent {
-        let mut child = Command::new(bin())
-            .args(&args)
-            .current_dir(cwd)
-            .env("TZ", "UTC")
+        let mut cmd = Command::new(bin());
+        cmd.args(&args).current_dir(cwd).env("TZ", "UTC");
+        Agent::from_command(cmd, args)
+    }
+
+    /// Starts a prepared command (its program, arguments and environment set by the caller)
+    /// with stdin and stdout closed and stderr read line by line into the `Agent`.
+    pub fn from_command(mut cmd: Command, args: Vec<String>) -> Agent {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -5,13 +5,9 @@
 
 pub mod server;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::unbounded;
 
 use crate::util::{bin, Agent, TestDir, DEADLINE};
 use server::{Request, Server};
@@ -56,33 +52,12 @@ pub fn start_remote(dir: &TestDir, server: &Server, extra: &[&str]) -> Agent {
 
 /// Starts `assistd <args>` with `env` added, reading its stderr into the `Agent`.
 pub fn spawn_remote(args: Vec<String>, env: &[(&str, &str)]) -> Agent {
-    let mut child = Command::new(bin())
-        .args(&args)
+    let mut cmd = Command::new(bin());
+    cmd.args(&args)
         .env("TZ", "UTC")
         .env_remove("ALIYUN_ASSIST_PROXY")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start assistd");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = unbounded();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let log2 = log.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            log2.lock().expect("log lock").push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    Agent {
-        child: Some(child),
-        lines: rx,
-        log,
-        args,
-    }
+        .envs(env.iter().copied());
+    Agent::from_command(cmd, args)
 }
 
 /// Waits until the agent exits on its own (bounded) and returns its status.
