@@ -361,6 +361,25 @@ impl UreqHttp {
         Ok(Box::new(resp.into_body().into_reader()))
     }
 
+    /// The identity headers and the per-request timeouts every server request carries.
+    fn prepare<B>(
+        &self,
+        mut req: ureq::RequestBuilder<B>,
+        method: &str,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> ureq::RequestBuilder<B> {
+        let path = path_and_query.split('?').next().unwrap_or(path_and_query);
+        for (name, value) in self.headers(method, path) {
+            req = req.header(name, value);
+        }
+        req.config()
+            .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_recv_body(Some(timeout))
+            .build()
+    }
+
     fn headers(&self, method: &str, path: &str) -> Vec<(String, String)> {
         let mut headers = vec![("X-Client-Instance-ID".to_string(), self.instance_id.clone())];
         if let Some(identity) = &self.identity {
@@ -394,36 +413,19 @@ impl Http for UreqHttp {
         content_type: &str,
         timeout: Duration,
     ) -> Result<HttpResponse, TransportError> {
-        let path = path_and_query.split('?').next().unwrap_or(path_and_query);
-        let mut req = self
+        let req = self
             .agent
             .post(format!("{}{path_and_query}", self.base))
             .header("Content-Type", content_type);
-        for (name, value) in self.headers("POST", path) {
-            req = req.header(name, value);
-        }
-        let req = req
-            .config()
-            .timeout_global(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build();
-        classify(req.send(body))
+        classify(
+            self.prepare(req, "POST", path_and_query, timeout)
+                .send(body),
+        )
     }
 
     fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
-        let path = path_and_query.split('?').next().unwrap_or(path_and_query);
-        let mut req = self.agent.get(format!("{}{path_and_query}", self.base));
-        for (name, value) in self.headers("GET", path) {
-            req = req.header(name, value);
-        }
-        let req = req
-            .config()
-            .timeout_global(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build();
-        classify(req.call())
+        let req = self.agent.get(format!("{}{path_and_query}", self.base));
+        classify(self.prepare(req, "GET", path_and_query, timeout).call())
     }
 }
 
