@@ -46,11 +46,12 @@ USAGE:
 COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
               results go to the journal in the state dir (default /var/lib/assistd).
-              SIGHUP re-reads DIR; SIGTERM/SIGINT stop cleanly.
+              SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
               Without --local: remote mode. Tasks come from the Cloud Assistant server
               (--server host or URL, else $ALIYUN_ASSIST_SERVER_HOST, else metadata
-              discovery); results are reported to it. The task list is polled every
-              --poll-interval seconds (default 60, 0 = off); SIGHUP fetches it at once.
+              discovery); results are reported to it. Kicks arrive on its notify
+              websocket; while that is down the task list is polled every
+              --poll-interval seconds (default 60, 0 = off). SIGHUP fetches it at once.
     next      print the next fire times of a cron, rate or at expression, in UTC
     check     validate task files; one line per problem
     journal   print the local journal for people
