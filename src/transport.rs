@@ -324,15 +324,7 @@ impl UreqHttp {
     /// A GET to an absolute URL outside the server (metadata, connection detect): only the
     /// User-Agent header, as in the reference.
     pub fn get_url(&self, url: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
-        let req = self
-            .agent
-            .get(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build();
-        classify(req.call())
+        classify(with_timeout(self.agent.get(url), timeout).call())
     }
 
     /// Like `get_url`, but the caller streams the body (`get_url` buffers at most 10 MiB, too
@@ -344,14 +336,7 @@ impl UreqHttp {
         url: &str,
         timeout: Duration,
     ) -> Result<Box<dyn std::io::Read + Send>, TransportError> {
-        let resp = self
-            .agent
-            .get(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build()
+        let resp = with_timeout(self.agent.get(url), timeout)
             .call()
             .map_err(|e| TransportError::Unreachable(Box::new(e)))?;
         let status = resp.status().as_u16();
@@ -373,11 +358,7 @@ impl UreqHttp {
         for (name, value) in self.headers(method, path) {
             req = req.header(name, value);
         }
-        req.config()
-            .timeout_global(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .timeout_recv_body(Some(timeout))
-            .build()
+        with_timeout(req, timeout)
     }
 
     fn headers(&self, method: &str, path: &str) -> Vec<(String, String)> {
@@ -387,6 +368,15 @@ impl UreqHttp {
         }
         headers
     }
+}
+
+/// Bounds a request as a whole and each of its waits by `timeout` (ureq sets none by default).
+fn with_timeout<B>(req: ureq::RequestBuilder<B>, timeout: Duration) -> ureq::RequestBuilder<B> {
+    req.config()
+        .timeout_global(Some(timeout))
+        .timeout_recv_response(Some(timeout))
+        .timeout_recv_body(Some(timeout))
+        .build()
 }
 
 /// Status > 400 is a failure; 400 itself, 2xx and 3xx are answers (spec §2.2, §11.1).

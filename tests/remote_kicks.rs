@@ -51,12 +51,7 @@ fn expect_n_after(
     if found.is_none() {
         agent.fail(&format!(
             "fewer than {n} requests {what} after #{from}; requests:\n{}",
-            server
-                .requests()
-                .iter()
-                .map(|r| format!("{} {}", r.method, r.target()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            server.listing()
         ));
     }
 }

@@ -46,24 +46,8 @@ fn listing(dir: &Path) -> Vec<String> {
 fn start(dir: &TestDir, server: &Server, exe: &Path) -> Agent {
     let config = dir.path("config.json");
     std::fs::write(&config, r#"{"update_check_interval_secs": 1}"#).expect("write config");
-    let args: Vec<String> = [
-        "agent",
-        "--server",
-        &server.url(),
-        "--instance-id",
-        "i-test",
-        "--state-dir",
-        &dir.state().display().to_string(),
-        "--coldstart-flag",
-        &dir.path("coldstart-flag").display().to_string(),
-        "--poll-interval",
-        "0",
-        "--config",
-        &config.display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args = support::remote_args(dir, server);
+    args.extend(["--config".to_string(), config.display().to_string()]);
     let mut cmd = Command::new(exe);
     cmd.args(&args)
         .env("TZ", "UTC")

@@ -219,6 +219,11 @@ impl Agent {
     /// Sends SIGTERM and waits for the exit status (bounded).
     pub fn stop(&mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
+        self.wait_exit("agent did not exit after SIGTERM")
+    }
+
+    /// Waits for the agent to exit (bounded); on timeout kills it and fails with `why`.
+    pub fn wait_exit(&mut self, why: &str) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -228,7 +233,7 @@ impl Agent {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                self.fail("agent did not exit after SIGTERM");
+                self.fail(why);
             }
             // Polling an exit status in a test harness: std offers no wait with a timeout.
             thread::sleep(Duration::from_millis(20));

@@ -6,8 +6,7 @@
 pub mod server;
 
 use std::process::{Command, ExitStatus};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::util::{bin, Agent, TestDir, DEADLINE};
 use server::{Request, Server};
@@ -62,20 +61,7 @@ pub fn spawn_remote(args: Vec<String>, env: &[(&str, &str)]) -> Agent {
 
 /// Waits until the agent exits on its own (bounded) and returns its status.
 pub fn wait_exit(agent: &mut Agent) -> ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    let mut child = agent.child.take().expect("agent running");
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            agent.fail("agent did not exit");
-        }
-        // std offers no wait with a timeout; the exit status is only known by asking.
-        thread::sleep(Duration::from_millis(20));
-    }
+    agent.wait_exit("agent did not exit")
 }
 
 /// Waits until the agent has opened its `n`th notify websocket and it is still up.
@@ -115,12 +101,7 @@ pub fn expect(
         Some(r) => r,
         None => agent.fail(&format!(
             "no request {what}; requests:\n{}",
-            server
-                .requests()
-                .iter()
-                .map(|r| format!("{} {}", r.method, r.target()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            server.listing()
         )),
     }
 }
@@ -141,12 +122,7 @@ pub fn expect_n(
         Some(r) => r,
         None => agent.fail(&format!(
             "fewer than {n} requests {what}; requests:\n{}",
-            server
-                .requests()
-                .iter()
-                .map(|r| format!("{} {}", r.method, r.target()))
-                .collect::<Vec<_>>()
-                .join("\n")
+            server.listing()
         )),
     }
 }

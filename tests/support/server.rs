@@ -278,9 +278,14 @@ impl Server {
 
     /// Waits until `f` over the websocket events gives `Some`.
     pub fn wait_kicks<T>(&self, deadline: Instant, f: impl Fn(&KickLog) -> Option<T>) -> Option<T> {
+        self.wait_state(deadline, |s| f(&s.kicks))
+    }
+
+    /// Waits on the server's condvar until `f` over its state gives `Some`, or `deadline`.
+    fn wait_state<T>(&self, deadline: Instant, f: impl Fn(&State) -> Option<T>) -> Option<T> {
         let mut s = self.shared.state.lock().expect("server lock");
         loop {
-            if let Some(found) = f(&s.kicks) {
+            if let Some(found) = f(&s) {
                 return Some(found);
             }
             let now = Instant::now();
@@ -301,6 +306,15 @@ impl Server {
         self.shared.state.lock().expect("server lock").log.clone()
     }
 
+    /// Every request so far as `METHOD target` lines, for failure messages.
+    pub fn listing(&self) -> String {
+        self.requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits until some request so far matches `pred`, returning the first that does; `None`
     /// when `deadline` passes first.
     pub fn wait_for(&self, deadline: Instant, pred: impl Fn(&Request) -> bool) -> Option<Request> {
@@ -313,22 +327,7 @@ impl Server {
         deadline: Instant,
         f: impl Fn(&[Request]) -> Option<T>,
     ) -> Option<T> {
-        let mut s = self.shared.state.lock().expect("server lock");
-        loop {
-            if let Some(found) = f(&s.log) {
-                return Some(found);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            s = self
-                .shared
-                .changed
-                .wait_timeout(s, deadline - now)
-                .expect("server lock")
-                .0;
-        }
+        self.wait_state(deadline, |s| f(&s.log))
     }
 }
 
