@@ -328,11 +328,7 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         source,
     })?;
 
-    let state = StateDir::new(cfg.state_dir.clone());
-    state.create().map_err(io_err(format!(
-        "cannot create state dir {}",
-        cfg.state_dir.display()
-    )))?;
+    let state = create_state_dir(&cfg)?;
     let lock =
         crate::fsutil::lock_exclusive(&state.lock_file()).map_err(|source| CliError::Io {
             what: format!(
@@ -356,6 +352,16 @@ fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         what: "cannot restart into the updated agent".to_string(),
         source,
     })
+}
+
+/// The state dir of `cfg`, created with its layout and modes.
+fn create_state_dir(cfg: &Config) -> Result<StateDir, CliError> {
+    let state = StateDir::new(cfg.state_dir.clone());
+    state.create().map_err(io_err(format!(
+        "cannot create state dir {}",
+        cfg.state_dir.display()
+    )))?;
+    Ok(state)
 }
 
 fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
@@ -997,11 +1003,7 @@ fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
         .ok_or_else(|| {
             CliError::Usage("set ASSISTD_ACTIVATION_CODE to the activation code".to_string())
         })?;
-    let state = StateDir::new(cfg.state_dir.clone());
-    state.create().map_err(io_err(format!(
-        "cannot create state dir {}",
-        cfg.state_dir.display()
-    )))?;
+    let state = create_state_dir(&cfg)?;
     let dir = identity::HybridDir::new(state.root.join("hybrid"));
     let req = identity::RegisterRequest {
         activation_code,

@@ -65,12 +65,7 @@ fn parse_utc(text: &str) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
+    use crate::schedule::testing::utc;
 
     fn check(expr: &str, from: &str, expected: Option<&str>) {
         let at = AtSchedule::parse(expr).expect("valid at");

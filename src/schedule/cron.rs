@@ -661,12 +661,7 @@ mod tests {
     use super::super::tz::zone_or_skip;
     use super::super::{Schedule, ScheduleKind};
     use super::*;
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
+    use crate::schedule::testing::utc;
 
     fn parse(expr: &str) -> CronSchedule {
         CronSchedule::parse(expr, &Zone::utc()).unwrap_or_else(|e| panic!("{expr}: {e}"))

@@ -90,14 +90,9 @@ fn is_go_space(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::testing::utc;
 
     const CREATION: &str = "2024-03-15T10:00:00Z";
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
 
     fn check(expr: &str, from: &str, expected: &str) {
         let creation_ms = utc(CREATION).timestamp_millis();

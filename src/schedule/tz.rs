@@ -471,6 +471,7 @@ pub(crate) fn zone_or_skip(test: &str, name: &str) -> Option<Zone> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::testing::utc;
 
     fn check_parse(text: &str, expected: Result<(&str, i32), &str>) {
         let at = DateTime::parse_from_rfc3339("2024-03-15T00:00:00Z")
@@ -605,12 +606,6 @@ mod tests {
     fn naive(text: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").expect("test time")
     }
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .expect("test time")
-            .with_timezone(&Utc)
-    }
-
     #[test]
     fn resolve_gap() {
         let Some(ny) = zone_or_skip("resolve_gap", "America/New_York") else {
