@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_STATE ?= target/run-state
 
-.PHONY: all build release run test lint bench clean static static-aarch64 install uninstall deb
+.PHONY: all build release run test lint bench clean static static-local static-aarch64 install uninstall deb
 
 all: build
 
@@ -18,13 +18,16 @@ run: release
 	mkdir -p $(RUN_STATE)
 	./target/release/assistd agent --local examples/tasks --state-dir $(RUN_STATE)
 
-# The README's test command, and what CI runs.
+# The README's test command, and what CI runs: both builds, the full one (feature `remote`,
+# the default) and the local-only one (--no-default-features).
 test: lint
 	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --no-default-features
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
 
 # Figures for the issues' closing notes (memory, load time, timer lateness, capture).
 bench: release
@@ -40,6 +43,11 @@ clean:
 # static glibc build; it prints the flavour, `ldd` and the size.
 static:
 	CARGO=$(CARGO) ./packaging/build-static.sh x86_64
+
+# The local-only agent for embedded hosts (no server protocol, no TLS) into
+# target/static-local/assistd; same flavours as `static`.
+static-local:
+	CARGO=$(CARGO) STATIC_LOCAL_ONLY=1 ./packaging/build-static.sh x86_64
 
 # target/static/aarch64/assistd, or a message saying why this machine cannot build it.
 static-aarch64:

@@ -21,12 +21,19 @@
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
 # target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
-# default auto: musl when installed, else glibc).
+# default auto: musl when installed, else glibc), STATIC_LOCAL_ONLY=1 for the local-only
+# build (`--no-default-features`: no server protocol, no TLS; default STATIC_DIR then
+# target/static-local; `make static-local`).
 set -eu
 
 arch=${1:-x86_64}
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
+features=
+if [ "${STATIC_LOCAL_ONLY:-}" = 1 ]; then
+    features=--no-default-features
+    STATIC_DIR=${STATIC_DIR:-target/static-local}
+fi
 STATIC_DIR=${STATIC_DIR:-target/static}
 cargo_out=${CARGO_TARGET_DIR:-target}
 
@@ -64,7 +71,7 @@ x86_64)
             fi
         fi
         say "flavour musl ($target)"
-        "$CARGO" build --release --locked --target "$target"
+        "$CARGO" build --release --locked --target "$target" $features
     else
         flavour=glibc-static
         target=x86_64-unknown-linux-gnu
@@ -76,7 +83,7 @@ x86_64)
         # With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
         # macros, which must stay dynamic.
         RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-            "$CARGO" build --release --locked --target "$target"
+            "$CARGO" build --release --locked --target "$target" $features
         say "WARNING: static glibc: only users in /etc/passwd resolve, and on hosts whose"
         say "  nsswitch.conf lists more than 'files' for passwd/group, a task for an unknown"
         say "  user crashes the agent (glibc loads an NSS module into a static binary). Prefer musl."
@@ -104,7 +111,7 @@ aarch64)
     CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-$linker}
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER CC_aarch64_unknown_linux_musl
     say "flavour musl ($target, linked with $linker)"
-    "$CARGO" build --release --locked --target "$target"
+    "$CARGO" build --release --locked --target "$target" $features
     ;;
 *)
     die "unknown architecture '$arch' (x86_64 or aarch64)"
@@ -138,4 +145,4 @@ elif command -v readelf >/dev/null 2>&1; then
     say "readelf: no program interpreter (static)"
 fi
 size=$(wc -c <"$out_dir/assistd" | tr -d ' ')
-say "$out_dir/assistd: $size bytes ($flavour, $target)"
+say "$out_dir/assistd: $size bytes ($flavour, $target${features:+, local-only})"

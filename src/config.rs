@@ -11,6 +11,16 @@ use serde_json::Value;
 pub const DEFAULT_CONFIG: &str = "/etc/assistd/config.json";
 /// Default state directory (journal, boot tracking, scripts).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/assistd";
+/// The largest worker pool (`workers`) the engine accepts: the reference's concurrency hard limit.
+pub const MAX_WORKERS: usize = 500;
+/// Remote mode: where the ECS metadata service answers (spec §2.5); `metadata_url`.
+pub const DEFAULT_METADATA_URL: &str = "http://100.100.100.200";
+/// Remote mode: the reference's RAM flag (spec §1.5); shared with the Go agent on purpose, so
+/// replacing it on a running host is not mistaken for a boot.
+pub const DEFAULT_COLDSTART_FLAG: &str = "/dev/shm/aliyun-assist-agent-coldstarted";
+/// Remote mode: the reference's update check interval (spec §1.1 step 8);
+/// `update_check_interval_secs`.
+pub const DEFAULT_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(1800);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -68,14 +78,14 @@ impl Default for Config {
             instance_id: None,
             ca_file: None,
             proxy: None,
-            metadata_url: crate::transport::DEFAULT_METADATA_URL.to_string(),
+            metadata_url: DEFAULT_METADATA_URL.to_string(),
             poll_interval_secs: 60,
             strict_signatures: false,
-            coldstart_flag: PathBuf::from(crate::source::remote::DEFAULT_COLDSTART_FLAG),
+            coldstart_flag: PathBuf::from(DEFAULT_COLDSTART_FLAG),
             log_file: None,
             log_max_bytes: crate::logging::DEFAULT_LOG_MAX_BYTES,
             log_keep: crate::logging::DEFAULT_LOG_KEEP,
-            update_check_interval_secs: crate::update::DEFAULT_CHECK_INTERVAL.as_secs(),
+            update_check_interval_secs: DEFAULT_UPDATE_CHECK_INTERVAL.as_secs(),
             allow_self_update: true,
         }
     }
@@ -207,7 +217,7 @@ impl Config {
                 "workers" => {
                     cfg.workers = v
                         .as_u64()
-                        .filter(|n| (1..=crate::engine::MAX_WORKERS as u64).contains(n))
+                        .filter(|n| (1..=MAX_WORKERS as u64).contains(n))
                         .ok_or_else(|| bad(key, "a number from 1 to 500"))?
                         as usize
                 }

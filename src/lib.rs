@@ -1,23 +1,22 @@
 //! assistd: a small, synchronous host agent that runs commands for the Cloud Assistant
 //! control plane, or from a local task directory. See ARCHITECTURE.md for the map.
+//!
+//! The core (everything but `remote`) is the local scheduler; the `remote` feature (on by
+//! default) adds the server protocol under `src/remote/`.
 
 pub mod cli;
 pub mod clockwatch;
 pub mod config;
 pub mod engine;
+pub mod error_chain;
 pub mod fsutil;
-pub mod heartbeat;
-pub mod identity;
-pub mod kick;
 pub mod logging;
 pub mod model;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod schedule;
-pub mod sendfile;
 pub mod signals;
-pub mod signature;
 pub mod source;
 pub mod timer;
-pub mod transport;
-pub mod update;

@@ -7,7 +7,7 @@ mod util;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use assistd::update::sha256_hex;
+use assistd::remote::update::sha256_hex;
 use support::server::{
     shell_entry, update_offer, Reply, Server, DOWNLOAD, OUTPUT, TASK_LIST, UPDATE_CHECK,
 };

@@ -39,7 +39,7 @@ impl JobContext {
                 head.task_id,
                 head.invoke_version,
                 report.event(),
-                crate::cli::error_chain(&e)
+                crate::error_chain::error_chain(&e)
             );
         }
     }

@@ -26,8 +26,7 @@ use crate::timer::TimerHandle;
 use invocation::{Done, JobContext};
 use registry::Registry;
 
-/// The largest worker pool the engine accepts (the reference's concurrency hard limit).
-pub const MAX_WORKERS: usize = 500;
+use crate::config::MAX_WORKERS;
 
 /// What the engine needs from the configuration.
 #[derive(Clone, Debug)]

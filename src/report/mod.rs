@@ -5,7 +5,6 @@
 //! to report; the runner and the engine do.
 
 pub mod journal;
-pub mod remote;
 
 use std::fmt;
 use std::sync::Arc;

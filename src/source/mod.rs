@@ -1,9 +1,7 @@
 //! Where tasks come from. The engine receives `SourceEvent`s and never knows whether they
 //! came from a task directory or a server.
 
-pub mod kicks;
 pub mod local;
-pub mod remote;
 
 use crate::model::RunTaskInfo;
 

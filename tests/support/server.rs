@@ -30,13 +30,13 @@ pub const REGISTER: &str = "/luban/api/instance/register";
 pub const DEREGISTER: &str = "/luban/api/instance/deregister";
 /// The certificate endpoint of task signatures. Its real path is unknown (spec §7), so the
 /// double follows the agent's guess rather than repeating it.
-pub const SIGN_CERT: &str = assistd::signature::DEFAULT_CERT_PATH;
+pub const SIGN_CERT: &str = assistd::remote::signature::DEFAULT_CERT_PATH;
 /// What `register` answers by default: the instance id a registration gets.
 pub const REGISTERED_ID: &str = "mi-test";
-/// The RSA test vector of `src/testdata` (see its README): the public key, and the signature of
+/// The RSA test vector of `src/remote/testdata` (see its README): the public key, and the signature of
 /// `userId # instanceId # commandContent` for these values.
-pub const RSA_PUB_PEM: &str = include_str!("../../src/testdata/sign_rsa_pub.pem");
-pub const RSA_SIG_B64: &str = include_str!("../../src/testdata/sign_rsa.sig.b64");
+pub const RSA_PUB_PEM: &str = include_str!("../../src/remote/testdata/sign_rsa_pub.pem");
+pub const RSA_SIG_B64: &str = include_str!("../../src/remote/testdata/sign_rsa.sig.b64");
 pub const VECTOR_USER_ID: &str = "1234567890";
 pub const VECTOR_INSTANCE_ID: &str = "i-test0001";
 /// `echo hello` and a newline, base64.

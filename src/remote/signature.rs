@@ -16,11 +16,10 @@ use rsa::{Pkcs1v15Sign, RsaPublicKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::engine::Verifier;
 use crate::model::RunTaskInfo;
+use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::{decode_base64, Base64Error};
 use crate::runner::Invalid;
-use crate::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 
 /// Where certificates are downloaded from. The reference calls `util.GetSignCertService()`,
 /// whose path is in no available source (spec §2.3 E16 [UNKNOWN]); this default is our guess
@@ -453,11 +452,6 @@ impl SignatureVerifier {
         }
     }
 
-    /// Wraps the verifier for `Engine::set_verifier`.
-    pub fn into_engine_verifier(self) -> Verifier {
-        Box::new(move |task: &RunTaskInfo| self.verify(task))
-    }
-
     fn cert(&self, sig: &ParsedSignature, task_id: &str) -> Result<Cert, SignatureError> {
         let key = sig.cert_key();
         let mut certs = self.certs.borrow_mut();
@@ -590,9 +584,9 @@ pub(crate) mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
 
-    pub(crate) use crate::transport::testing::FakeHttp;
+    use crate::remote::transport::testing::FakeHttp;
 
-    // Test vectors made once with openssl 3.0 (see src/testdata/README.md): the data
+    // Test vectors made once with openssl 3.0 (see src/remote/testdata/README.md): the data
     // `1234567890#i-test0001#ZWNobyBoZWxsbwo=` signed with SHA256WithRSA and SM3WithSM2.
     const RSA_PUB: &str = include_str!("testdata/sign_rsa_pub.pem");
     const RSA_SIG: &str = include_str!("testdata/sign_rsa.sig.b64");
@@ -886,13 +880,5 @@ pub(crate) mod tests {
         assert!(sm2_signature_from_der(&sig[..sig.len() - 1]).is_none());
         assert!(sm2_signature_from_der(&[]).is_none());
         assert!(sm2_signature_from_der(&[0x30, 0x00]).is_none());
-    }
-
-    #[test]
-    fn engine_verifier_wraps_verify() {
-        let dir = TempDir::new("sig-engine");
-        let http = Arc::new(FakeHttp::default());
-        let f = verifier(&dir, http, true).into_engine_verifier();
-        assert!(f(&task("")).is_err());
     }
 }

@@ -73,8 +73,6 @@ pub const RETRY_ATTEMPTS: u32 = 4;
 pub const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// The longest connect phase of any request; the request's own timeout bounds it further.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Where the ECS metadata service answers (spec §2.5); configurable (`metadata_url`).
-pub const DEFAULT_METADATA_URL: &str = "http://100.100.100.200";
 
 /// Extra identity headers for one request, from its method and path (hybrid identity,
 /// spec §2.2). Called once per request, so values such as timestamps can be fresh.

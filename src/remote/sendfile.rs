@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use md5::{Digest, Md5};
 
 use crate::model::SendFileTaskInfo;
+use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::decode_base64;
-use crate::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 
 /// The reference's result codes (`sendfile.go`); 14 and 15 are unused there too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -367,8 +367,8 @@ fn write_file(
 mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
+    use crate::remote::transport::testing::FakeHttp;
     use crate::runner::params::encode_base64;
-    use crate::signature::tests::FakeHttp;
     use std::os::unix::fs::MetadataExt;
 
     fn md5_hex(s: &str) -> String {

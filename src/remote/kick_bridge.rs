@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{after, never, select, Receiver, Sender};
 
-use crate::kick::KickAction;
+use crate::remote::kick::KickAction;
 use crate::signals::Signal;
 
-use super::remote::FetchRequest;
+use crate::remote::fetch::FetchRequest;
 
 /// What the bridge thread is given.
 pub struct BridgeParts {

@@ -16,12 +16,12 @@ use crossbeam_channel::{after, at, never, select_biased, Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::model::{decode_task_list, ModelError, SendFileTaskInfo, SessionTaskInfo, TaskList};
-use crate::schedule::Zone;
-use crate::source::SourceEvent;
-use crate::transport::{
+use crate::remote::transport::{
     query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
     TASK_LIST_TIMEOUT,
 };
+use crate::schedule::Zone;
+use crate::source::SourceEvent;
 
 /// Pause between startup-fetch attempts and before the second kickoff attempt (spec §1.2).
 pub const FETCH_RETRY_INTERVAL: Duration = Duration::from_secs(3);
@@ -29,9 +29,6 @@ pub const FETCH_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 pub const UPDATER_WAIT: Duration = Duration::from_secs(2);
 /// Rounds of `code: 408` answers before the last list is taken as it is (spec §2.4).
 pub const MAX_408_ROUNDS: u32 = 4;
-/// The reference's RAM flag (spec §1.5); shared with the Go agent on purpose, so replacing it
-/// on a running host is not mistaken for a boot.
-pub const DEFAULT_COLDSTART_FLAG: &str = "/dev/shm/aliyun-assist-agent-coldstarted";
 
 const TASK_LIST_PATH: &str = "/luban/api/v1/task/list";
 const SESSION_LIST_PATH: &str = "/luban/api/v1/session/list";
@@ -293,13 +290,13 @@ pub trait ExtraTasks: Send {
 /// are not supported yet and are answered as `Unsupported` does.
 pub struct HostExtras {
     pub http: Arc<dyn Http>,
-    pub send_file: crate::sendfile::SendFileConfig,
+    pub send_file: crate::remote::sendfile::SendFileConfig,
 }
 
 impl ExtraTasks for HostExtras {
     fn send_files(&mut self, files: Vec<SendFileTaskInfo>) {
         for file in files {
-            crate::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
+            crate::remote::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
         }
     }
 
@@ -479,7 +476,7 @@ impl Fetcher {
                 Err(e) => {
                     log::warn!(
                         "phase=fetch startup fetch failed: {}",
-                        crate::cli::error_chain(&e)
+                        crate::error_chain::error_chain(&e)
                     );
                     FetchOutcome::Failed(e)
                 }
@@ -491,7 +488,7 @@ impl Fetcher {
             Ok(_) => {}
             Err(e) => log::warn!(
                 "phase=fetch kickoff fetch failed: {}",
-                crate::cli::error_chain(e)
+                crate::error_chain::error_chain(e)
             ),
         }
         // Nothing came: one more try after 3 s (spec §1.3), unless a new kick arrives first,
@@ -510,7 +507,7 @@ impl Fetcher {
         if let Err(e) = &second {
             log::warn!(
                 "phase=fetch kickoff fetch failed: {}",
-                crate::cli::error_chain(e)
+                crate::error_chain::error_chain(e)
             );
         }
         outcome(second)
@@ -699,7 +696,7 @@ pub fn spawn(parts: FetcherParts, enable: Receiver<()>) -> io::Result<JoinHandle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::HttpResponse;
+    use crate::remote::transport::HttpResponse;
     use chrono::TimeZone;
     use crossbeam_channel::{bounded, unbounded};
 
@@ -783,7 +780,7 @@ mod tests {
         let _ = std::fs::remove_file(&dir);
     }
 
-    use crate::transport::testing::FakeHttp as Scripted;
+    use crate::remote::transport::testing::FakeHttp as Scripted;
 
     fn ok(body: &str) -> Result<HttpResponse, TransportError> {
         Ok(HttpResponse {

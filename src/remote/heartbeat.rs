@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::transport::{query_escape, Http, TransportError, DEFAULT_TIMEOUT};
+use crate::remote::transport::{query_escape, Http, TransportError, DEFAULT_TIMEOUT};
 
 pub const HEARTBEAT_PATH: &str = "/luban/api/heart-beat";
 /// The interval window the server may ask for (spec §1.1 step 11).

@@ -19,8 +19,8 @@ use rsa::{Pkcs1v15Sign, RsaPrivateKey};
 use serde_json::{json, Value};
 
 use crate::fsutil::write_atomic;
+use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::encode_base64;
-use crate::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 
 /// The ECS metadata service.
 pub const DEFAULT_METADATA_BASE: &str = "http://100.100.100.200";
@@ -523,8 +523,8 @@ pub fn default_machine_id() -> String {
 mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
+    use crate::remote::transport::testing::FakeHttp;
     use crate::runner::params::decode_base64;
-    use crate::signature::tests::FakeHttp;
     use rsa::pkcs8::DecodePublicKey;
     use rsa::RsaPublicKey;
     use std::net::TcpListener;

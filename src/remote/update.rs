@@ -29,12 +29,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select_biased, Receiver, RecvTimeoutError, TryRecvError};
 
 use crate::engine::registry::Registry;
-use crate::source::remote::{StartupDone, UpdateGate};
-use crate::transport::{with_retries, Http, TransportError, UreqHttp, DEFAULT_TIMEOUT};
+use crate::remote::fetch::{StartupDone, UpdateGate};
+use crate::remote::transport::{with_retries, Http, TransportError, UreqHttp, DEFAULT_TIMEOUT};
 
 pub const UPDATE_CHECK_PATH: &str = "/luban/api/v1/update/update_check";
-/// The reference's check interval (spec §1.1 step 8); `update_check_interval_secs`.
-pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1800);
 /// Pause between the updater's looks at the gate and the registry (spec §1.6).
 pub const BUSY_PAUSE: Duration = Duration::from_secs(5);
 /// Periodic invocations are waited for this long at most; after that they get the ordinary
@@ -556,7 +554,7 @@ impl Updater {
                     continue;
                 }
                 Err(e) => {
-                    log::warn!("phase=update {}", crate::cli::error_chain(&e));
+                    log::warn!("phase=update {}", crate::error_chain::error_chain(&e));
                     continue;
                 }
             };
@@ -574,7 +572,7 @@ impl Updater {
                 Err(UpdateError::Stopped) => return None,
                 Err(e) => log::error!(
                     "phase=update not updated, the agent keeps running as it is: {}",
-                    crate::cli::error_chain(&e)
+                    crate::error_chain::error_chain(&e)
                 ),
             }
         }

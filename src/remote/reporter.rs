@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::report::{Report, ReportError, ReportHead, Reporter, Span, Verdict, WallClock};
-use crate::transport::{
+use crate::remote::transport::{
     query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
 };
+use crate::report::{Report, ReportError, ReportHead, Reporter, Span, Verdict, WallClock};
 
 /// The body type of every report: the output text (spec §2.2, contentType `text`).
 pub const REPORT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -223,8 +223,8 @@ impl Reporter for RemoteReporter {
 mod tests {
     use super::*;
     use crate::model::RepeatType;
+    use crate::remote::transport::HttpResponse;
     use crate::report::StopResult;
-    use crate::transport::HttpResponse;
 
     fn head(wall_clock: WallClock) -> ReportHead {
         ReportHead {
@@ -386,7 +386,7 @@ mod tests {
         );
     }
 
-    use crate::transport::testing::FakeHttp as Scripted;
+    use crate::remote::transport::testing::FakeHttp as Scripted;
 
     fn reporter(
         answers: Vec<Result<HttpResponse, TransportError>>,

@@ -1,0 +1,498 @@
+//! The remote-mode commands (built with the `remote` feature): the agent's remote wiring
+//! (server discovery, transport, identity, reporter, signatures, the fetch, heartbeat, kick
+//! and updater threads), and `update`, `register`, `deregister`. It builds handles and passes
+//! them down; the protocol itself lives in `src/remote/`.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::agent::{engine_config, ConfigReload};
+use super::args::Args;
+use super::{create_state_dir, io_err, load_config, CliError};
+use crate::config::{Config, ConfigWatch};
+use crate::engine::{Engine, Reload};
+use crate::error_chain::error_chain;
+use crate::fsutil::StateDir;
+use crate::remote::fetch::{self, FetchRequest};
+use crate::remote::reporter::RemoteReporter;
+use crate::remote::transport::{self, Http, TransportConfig, UreqHttp};
+use crate::remote::update::{self, Restart};
+use crate::remote::{heartbeat, identity, kick, signature};
+use crate::schedule;
+use crate::source::SourceEvent;
+use crate::{signals, timer};
+
+/// The server base URL and instance id: `--server`/config, else `ALIYUN_ASSIST_SERVER_HOST`,
+/// else metadata discovery, retried 3 s, doubling, capped at 180 s (spec §1.1 step 4) until
+/// it works or a signal ends the agent. `None` when a signal came first.
+fn resolve_server(
+    cfg: &Config,
+    probe: &UreqHttp,
+    signals: &crossbeam_channel::Receiver<signals::Signal>,
+) -> Option<(String, String)> {
+    let instance_id = cfg.instance_id.clone().unwrap_or_default();
+    if let Some(base) = configured_server(cfg) {
+        return Some((base, instance_id));
+    }
+    let mut pause = Duration::from_secs(3);
+    loop {
+        match transport::discover_server(&cfg.metadata_url, probe) {
+            Ok((base, found_id)) => {
+                let id = if instance_id.is_empty() {
+                    found_id
+                } else {
+                    instance_id
+                };
+                return Some((base, id));
+            }
+            Err(e) => log::warn!(
+                "phase=startup cannot find the server through {} ({}); retrying in {} s",
+                cfg.metadata_url,
+                error_chain(&e),
+                pause.as_secs()
+            ),
+        }
+        match signals.recv_timeout(pause) {
+            Ok(signals::Signal::Reload) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(180));
+    }
+}
+
+/// The server from `--server`/config, else `ALIYUN_ASSIST_SERVER_HOST`, as a base URL.
+fn configured_server(cfg: &Config) -> Option<String> {
+    let host = cfg.server.clone().or_else(|| {
+        std::env::var("ALIYUN_ASSIST_SERVER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+    })?;
+    Some(transport::server_base_url(&host))
+}
+
+/// The transport settings of remote mode, without the server yet.
+fn transport_config(cfg: &Config) -> TransportConfig {
+    let proxy = cfg.proxy.clone().or_else(|| {
+        std::env::var("ALIYUN_ASSIST_PROXY")
+            .ok()
+            .filter(|p| !p.trim().is_empty())
+    });
+    TransportConfig {
+        base_url: String::new(),
+        instance_id: String::new(),
+        ca_file: cfg.ca_file.clone(),
+        proxy,
+    }
+}
+
+/// `assistd agent` in remote mode: runs until shutdown, and when the updater installed a new
+/// binary, closes the state-dir lock and execs it (an error only if the exec fails).
+pub(super) fn run_remote_and_restart(
+    cfg: &Config,
+    state: &StateDir,
+    pending_old: Option<PathBuf>,
+    watch: ConfigWatch,
+    lock: std::fs::File,
+) -> Result<ExitCode, CliError> {
+    let Some(restart) = run_remote(cfg, state, pending_old, watch)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Every thread but the signal thread has ended. The lock is closed here (it is
+    // O_CLOEXEC as well), so the new image takes it as any fresh start would.
+    drop(lock);
+    let source = restart.exec();
+    Err(CliError::Io {
+        what: "cannot restart into the updated agent".to_string(),
+        source,
+    })
+}
+
+/// Remote mode until shutdown. `Some(Restart)` when the updater installed a new binary and
+/// the caller should exec it.
+fn run_remote(
+    cfg: &Config,
+    state: &StateDir,
+    pending_old: Option<PathBuf>,
+    watch: ConfigWatch,
+) -> Result<Option<Restart>, CliError> {
+    // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
+    let (signal_tx, signals) = crossbeam_channel::unbounded();
+    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    let mut tcfg = transport_config(cfg);
+    let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {
+        log::info!("phase=shutdown stopped before a server was found");
+        return Ok(None);
+    };
+    tcfg.base_url = base_url;
+    tcfg.instance_id = instance_id;
+    // A hybrid (non-ECS) instance signs every request with its registered key (spec §2.2),
+    // and its instance id is the one the server gave at registration.
+    let hybrid = identity::HybridDir::new(state.root.join("hybrid"));
+    let identity =
+        identity::Identity::load(&hybrid, Some(tcfg.instance_id.clone())).map_err(|source| {
+            CliError::Identity {
+                what: "cannot load the hybrid identity",
+                source,
+            }
+        })?;
+    if let identity::Identity::Hybrid(h) = &identity {
+        if tcfg.instance_id.is_empty() {
+            tcfg.instance_id = h.instance_id().to_string();
+        }
+    }
+    let mut http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    let header_hook: Option<kick::HeaderHook> = match identity {
+        identity::Identity::Hybrid(_) => {
+            log::info!("phase=startup hybrid instance: requests carry signed x-acs-* headers");
+            let hook = Arc::new(identity::identity_headers(identity));
+            let for_http = hook.clone();
+            http.set_identity_headers(Box::new(move |m: &str, p: &str| for_http(m, p)));
+            Some(hook)
+        }
+        identity::Identity::Ecs { .. } => None,
+    };
+    // The updater downloads from absolute URLs through the same agent (one pool).
+    let download = http.clone();
+    let http: Arc<dyn Http> = Arc::new(http);
+    log::info!(
+        "phase=startup assistd {} remote mode, server {}",
+        env!("CARGO_PKG_VERSION"),
+        tcfg.base_url
+    );
+    let cold_start = fetch::detect_cold_start(&cfg.coldstart_flag);
+
+    let (timer, timer_join) = timer::spawn(timer::SystemClock);
+    let reporter = Arc::new(RemoteReporter::new(http.clone()));
+    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
+    // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
+    // request timeout, once per certificate.
+    let verifier = signature::SignatureVerifier::new(
+        http.clone(),
+        state.root.join(signature::CACHE_FILE_NAME),
+        tcfg.instance_id.clone(),
+        cfg.strict_signatures,
+    );
+    engine.set_verifier(Box::new(move |task| verifier.verify(task)));
+    let gate = Arc::new(fetch::UpdateGate::new());
+    let startup = Arc::new(fetch::StartupDone::new());
+    let facts = heartbeat::HostFacts::read(cold_start);
+
+    // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
+    // heartbeat threads watches; they end within one HTTP timeout.
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let (kick_tx, kicks) = crossbeam_channel::bounded(16);
+    let heartbeat = heartbeat::spawn(http.clone(), facts.clone(), stop.clone(), enable_tx)
+        .map_err(io_err("cannot start the heartbeat thread"))?;
+    // Kicks arrive on the notify websocket; while it is down, the bridge polls instead.
+    let poll = (cfg.poll_interval_secs > 0).then(|| Duration::from_secs(cfg.poll_interval_secs));
+    let (action_tx, actions) = crossbeam_channel::unbounded();
+    // Set by the updater while it installs (spec §1.6); kicks are answered `reject:` meanwhile.
+    let critical = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = match kick_config(&tcfg, header_hook, critical.clone()) {
+        Ok(kcfg) => match kick::spawn_listener(kcfg, action_tx) {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                log::warn!("phase=kick cannot start the kick listener ({e}); polling only");
+                None
+            }
+        },
+        Err(e) => {
+            log::warn!(
+                "phase=kick no kick channel ({}); polling only",
+                error_chain(&e)
+            );
+            None
+        }
+    };
+    let bridge = crate::remote::kick_bridge::spawn(crate::remote::kick_bridge::BridgeParts {
+        actions,
+        fetch: kick_tx.clone(),
+        signals: signal_tx,
+        poll,
+        stop: stop.clone(),
+    })
+    .map_err(io_err("cannot start the kick bridge"))?;
+    let fetch = fetch::spawn(
+        fetch::FetcherParts {
+            http: http.clone(),
+            gate: gate.clone(),
+            startup: startup.clone(),
+            events: events_tx,
+            extra: Box::new(fetch::HostExtras {
+                http: http.clone(),
+                send_file: crate::remote::sendfile::SendFileConfig::default(),
+            }),
+            // Polling is the kick bridge's job (only while the kick channel is down).
+            cfg: fetch::FetchConfig::new(cold_start, None, schedule::tz::system_zone()),
+            stop: stop.clone(),
+            requests: kicks,
+        },
+        enable,
+    )
+    .map_err(io_err("cannot start the fetch thread"))?;
+    let interval = (cfg.update_check_interval_secs > 0)
+        .then(|| Duration::from_secs(cfg.update_check_interval_secs));
+    let updater = if interval.is_some() || pending_old.is_some() {
+        // Resolved now: once the file is replaced, /proc/self/exe names a deleted file.
+        let exe = std::env::current_exe().map_err(io_err("cannot find the agent executable"))?;
+        Some(
+            update::spawn(update::UpdaterParts {
+                http: http.clone(),
+                download,
+                gate,
+                registry: engine.registry(),
+                startup,
+                stop,
+                critical,
+                cfg: update::UpdaterConfig {
+                    interval,
+                    apply: cfg.allow_self_update,
+                    exe,
+                    os_version: facts.os_version,
+                    pending_old,
+                },
+            })
+            .map_err(io_err("cannot start the updater thread"))?,
+        )
+    } else {
+        None
+    };
+
+    let mut reload = ConfigReload::new(
+        watch,
+        KickOnReload {
+            kicks: kick_tx,
+            started: false,
+        },
+    );
+    // The fetch and heartbeat threads stop as soon as shutdown begins, not after the grace
+    // period: no new work is fetched while running invocations drain.
+    engine.on_shutdown(move || drop(stop_tx));
+    let result = engine.run(&mut reload, events, signals);
+    if let Some(listener) = listener {
+        listener.shutdown();
+    }
+    let _ = timer_join.join();
+    let _ = fetch.join();
+    let _ = heartbeat.join();
+    let _ = bridge.join();
+    let restart = updater.and_then(|u| u.join().ok().flatten());
+    result.map_err(CliError::Engine)?;
+    Ok(restart)
+}
+
+/// The kick channel's settings: the notify URL of the server, its TLS roots and identity.
+fn kick_config(
+    tcfg: &TransportConfig,
+    hybrid: Option<kick::HeaderHook>,
+    critical: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<kick::KickConfig, CliError> {
+    let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
+    let mut kcfg = kick::KickConfig::new(url);
+    // The upgrade carries the same identity as every HTTP request (spec §2.5): the instance id
+    // and User-Agent, plus the signed x-acs-* headers of a hybrid instance.
+    let instance_id = tcfg.instance_id.clone();
+    let user_agent = transport::user_agent();
+    kcfg.headers = Some(Arc::new(move |method: &str, path: &str| {
+        let mut headers = vec![
+            ("X-Client-Instance-ID".to_string(), instance_id.clone()),
+            ("User-Agent".to_string(), user_agent.clone()),
+        ];
+        if let Some(hybrid) = &hybrid {
+            headers.extend(hybrid(method, path));
+        }
+        headers
+    }));
+    kcfg.critical_action = Some(critical);
+    if kcfg.url.starts_with("wss://") {
+        kcfg.tls = Some(
+            crate::remote::transport::kick_tls_config(tcfg.ca_file.as_deref())
+                .map_err(CliError::Transport)?,
+        );
+    }
+    Ok(kcfg)
+}
+
+/// Remote mode's reload hook: SIGHUP asks the fetch thread for a kickoff fetch, as a
+/// `kick_vm` would. The engine's first call, at start, is skipped: the fetch thread does the
+/// startup fetch on its own.
+struct KickOnReload {
+    kicks: crossbeam_channel::Sender<FetchRequest>,
+    started: bool,
+}
+
+impl Reload for KickOnReload {
+    fn reload(&mut self) -> Vec<SourceEvent> {
+        if std::mem::replace(&mut self.started, true) {
+            log::info!("phase=fetch SIGHUP: asking for the task list");
+            if self.kicks.try_send(FetchRequest::kick()).is_err() {
+                log::warn!("phase=fetch SIGHUP: a fetch is already queued");
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// `assistd update --check | --apply`: the updater's check and install, by hand. It never
+/// touches a running agent: after `--apply` the service must be restarted.
+pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
+    let mut cfg = load_config(&mut args)?;
+    if let Some(server) = args.value("--server")? {
+        cfg.server = Some(server);
+    }
+    if let Some(id) = args.value("--instance-id")? {
+        cfg.instance_id = Some(id);
+    }
+    let check = args.flag("--check");
+    let apply = args.flag("--apply");
+    args.finish()?;
+    if let Some(extra) = args.positionals.first() {
+        return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    if check == apply {
+        return Err(CliError::Usage(
+            "update takes one of --check and --apply".to_string(),
+        ));
+    }
+    let mut tcfg = transport_config(&cfg);
+    let (base_url, instance_id) = match configured_server(&cfg) {
+        Some(base) => (base, cfg.instance_id.clone().unwrap_or_default()),
+        None => {
+            let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+            let (base, found) = transport::discover_server(&cfg.metadata_url, &probe)
+                .map_err(|e| CliError::Update(update::UpdateError::Check(e)))?;
+            (base, cfg.instance_id.clone().unwrap_or(found))
+        }
+    };
+    tcfg.base_url = base_url;
+    tcfg.instance_id = instance_id;
+    let http = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
+    let os_version = heartbeat::HostFacts::read(false).os_version;
+    let offer = update::check(&http, &os_version, None).map_err(CliError::Update)?;
+    let mut out = io::stdout().lock();
+    let Some(offer) = offer else {
+        writeln!(out, "no update offered").map_err(io_err("cannot write"))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    writeln!(
+        out,
+        "update offered: {} from {} (sha256 {})",
+        offer.version,
+        offer.url,
+        update::hex(&offer.sha256)
+    )
+    .map_err(io_err("cannot write"))?;
+    if apply {
+        let exe = std::env::current_exe().map_err(io_err("cannot find this executable"))?;
+        let old =
+            update::download_and_install(&http, &offer, &exe, None).map_err(CliError::Update)?;
+        writeln!(
+            out,
+            "installed at {} (previous binary kept as {}); restart the running assistd service to use it",
+            exe.display(),
+            old.display()
+        )
+        .map_err(io_err("cannot write"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server client for `register`/`deregister`: `--server` (or the config's `server`).
+fn hybrid_http(args: &mut Args, cfg: &Config) -> Result<UreqHttp, CliError> {
+    let server = args
+        .value("--server")?
+        .or_else(|| cfg.server.clone())
+        .ok_or_else(|| CliError::Usage("--server URL is required".to_string()))?;
+    let tcfg = TransportConfig {
+        base_url: transport::server_base_url(&server),
+        ..transport_config(cfg)
+    };
+    UreqHttp::new(&tcfg).map_err(CliError::Transport)
+}
+
+pub(super) fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let http = hybrid_http(&mut args, &cfg)?;
+    let activation_id = args
+        .value("--activation-id")?
+        .ok_or_else(|| CliError::Usage("--activation-id is required".to_string()))?;
+    let region_id = args.value("--region")?.unwrap_or_default();
+    let instance_name = args.value("--name")?.unwrap_or_default();
+    args.finish()?;
+    // A secret on the command line is visible to every user in `ps`: the environment only.
+    let activation_code = std::env::var("ASSISTD_ACTIVATION_CODE")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| {
+            CliError::Usage("set ASSISTD_ACTIVATION_CODE to the activation code".to_string())
+        })?;
+    let state = create_state_dir(&cfg)?;
+    let dir = identity::HybridDir::new(state.root.join("hybrid"));
+    let req = identity::RegisterRequest {
+        activation_code,
+        activation_id,
+        region_id,
+        instance_name,
+        machine_id: identity::default_machine_id(),
+        hostname: read_first_line("/proc/sys/kernel/hostname"),
+        intranet_ip: String::new(),
+        os_version: format!("Linux_{}", read_first_line("/proc/sys/kernel/osrelease")),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        network_mode: String::new(),
+    };
+    let instance_id =
+        identity::register(&http, &req, &dir).map_err(|source| CliError::Identity {
+            what: "registration failed",
+            source,
+        })?;
+    println!(
+        "registered as {instance_id}; keys in {}",
+        state.root.join("hybrid").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_deregister(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let mut http = hybrid_http(&mut args, &cfg)?;
+    args.finish()?;
+    let dir = identity::HybridDir::new(StateDir::new(cfg.state_dir.clone()).root.join("hybrid"));
+    match identity::Identity::load(&dir, None).map_err(|source| CliError::Identity {
+        what: "cannot load the hybrid identity",
+        source,
+    })? {
+        identity::Identity::Hybrid(h) => {
+            let instance_id = h.instance_id().to_string();
+            let hook = identity::identity_headers(identity::Identity::Hybrid(h));
+            http.set_identity_headers(Box::new(hook));
+            identity::deregister(&http, &dir).map_err(|source| CliError::Identity {
+                what: "deregistration failed",
+                source,
+            })?;
+            println!("deregistered {instance_id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        identity::Identity::Ecs { .. } => Err(CliError::Usage(format!(
+            "this machine is not registered (no keys in {})",
+            dir.instance_id()
+                .parent()
+                .unwrap_or(Path::new(""))
+                .display()
+        ))),
+    }
+}
+
+/// The first line of a small system file, or empty.
+fn read_first_line(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().next().map(str::to_string))
+        .unwrap_or_default()
+}

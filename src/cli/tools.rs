@@ -1,0 +1,184 @@
+//! The tool commands that need no running agent: `next`, `check`, `journal`. They read files and
+//! print; they never start a thread or change the state dir.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use super::args::Args;
+use super::{io_err, load_config, CliError};
+use crate::error_chain::error_chain;
+use crate::fsutil::StateDir;
+use crate::report::journal;
+use crate::runner;
+use crate::schedule::{self, Schedule, ScheduleKind};
+use crate::source::local;
+
+/// The grammar an expression looks like: `rate(`, `at(`, else cron.
+fn guess_kind(expr: &str) -> ScheduleKind {
+    let lower = expr.trim_start().to_ascii_lowercase();
+    if lower.starts_with("rate") {
+        ScheduleKind::Rate
+    } else if lower.starts_with("at(") {
+        ScheduleKind::At
+    } else {
+        ScheduleKind::Cron
+    }
+}
+
+pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
+    let from = match args.value("--from")? {
+        Some(text) => DateTime::parse_from_rfc3339(&text)
+            .map_err(|e| CliError::Usage(format!("--from {text:?} is not an RFC 3339 time ({e})")))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let count: usize = match args.value("--count")? {
+        Some(n) => n
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--count must be a number, not {n:?}")))?,
+        None => 5,
+    };
+    let kind = match args.value("--repeat")?.as_deref() {
+        None => None,
+        Some("Period") => Some(ScheduleKind::Cron),
+        Some("Rate") => Some(ScheduleKind::Rate),
+        Some("At") => Some(ScheduleKind::At),
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "--repeat must be Period, Rate or At, not {other:?}"
+            )))
+        }
+    };
+    let creation_ms: i64 = match args.value("--creation-time")? {
+        Some(n) => n.parse().map_err(|_| {
+            CliError::Usage(format!("--creation-time must be milliseconds, not {n:?}"))
+        })?,
+        None => 0,
+    };
+    args.finish()?;
+    let [expr] = args.positionals.as_slice() else {
+        return Err(CliError::Usage(
+            "next takes exactly one expression (quote it)".to_string(),
+        ));
+    };
+    let kind = kind.unwrap_or_else(|| guess_kind(expr));
+    let zone = schedule::tz::system_zone();
+    let schedule = Schedule::parse(expr, kind, creation_ms, &zone).map_err(CliError::Schedule)?;
+    let mut next = schedule.first_after(from).map_err(CliError::Schedule)?;
+    let mut out = io::stdout().lock();
+    for i in 0..count {
+        writeln!(out, "{}", next.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .map_err(io_err("cannot write"))?;
+        if i + 1 == count {
+            break;
+        }
+        match schedule.next_after(next) {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
+    args.finish()?;
+    let [target] = args.positionals.as_slice() else {
+        return Err(CliError::Usage(
+            "check takes one task file or directory".to_string(),
+        ));
+    };
+    let target = PathBuf::from(target);
+    let files = if target.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
+            .map_err(io_err(format!("cannot read {}", target.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![target]
+    };
+    let zone = schedule::tz::system_zone();
+    let mut problems = 0;
+    let mut out = io::stdout().lock();
+    for file in &files {
+        for problem in check_file(file, &zone) {
+            problems += 1;
+            writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+        }
+    }
+    if problems > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    writeln!(out, "{} task file(s) OK", files.len()).map_err(io_err("cannot write"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every problem of one task file, each as one line naming the file.
+fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
+    let info = match local::load_file(path) {
+        Ok(info) => info,
+        Err(e) => return vec![error_chain(&e)],
+    };
+    let mut problems = Vec::new();
+    if info.repeat.is_periodic() {
+        let kind = match info.repeat {
+            crate::model::RepeatType::Rate => ScheduleKind::Rate,
+            crate::model::RepeatType::At => ScheduleKind::At,
+            _ => ScheduleKind::Cron,
+        };
+        if let Err(e) = Schedule::parse(&info.cron, kind, info.creation_time, zone)
+            .and_then(|s| s.first_after(Utc::now()))
+        {
+            problems.push(format!("{}: cron: {e}", path.display()));
+        }
+    }
+    if let Err(invalid) = runner::precheck(&info) {
+        problems.push(format!(
+            "{}: {}: {}",
+            path.display(),
+            invalid.param,
+            invalid.value
+        ));
+    }
+    problems
+}
+
+pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
+    let cfg = load_config(&mut args)?;
+    let task = args.value("--task")?;
+    let follow = args.flag("--follow") || args.flag("-f");
+    args.finish()?;
+    if let Some(extra) = args.positionals.first() {
+        return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
+    }
+    let dir = StateDir::new(cfg.state_dir.clone()).journal_dir();
+    let mut out = io::stdout().lock();
+    journal::print(&dir, task.as_deref(), follow, &mut out).map_err(io_err(format!(
+        "cannot print the journal in {}",
+        dir.display()
+    )))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expressions_are_recognised_by_their_look() {
+        assert_eq!(guess_kind("rate(5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("RATE (5m)"), ScheduleKind::Rate);
+        assert_eq!(guess_kind("at(2030-01-01T00:00:00)"), ScheduleKind::At);
+        assert_eq!(guess_kind("0 0 * * * ?"), ScheduleKind::Cron);
+    }
+}

@@ -1,0 +1,21 @@
+//! Remote mode: everything of the Cloud Assistant server protocol, built only with the `remote`
+//! feature. Tasks come in through the fetch thread as `SourceEvent`s and results leave through
+//! the server `Reporter`, so the core (engine, timer, runner, journal) never knows this module
+//! exists. Nothing outside `remote` and `cli` imports it.
+//!
+//! - `transport`: the one HTTP client (ureq + rustls); the only importer of `ureq`.
+//! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
+//! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
+//! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
+//! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
+
+pub mod fetch;
+pub mod heartbeat;
+pub mod identity;
+pub mod kick;
+pub mod kick_bridge;
+pub mod reporter;
+pub mod sendfile;
+pub mod signature;
+pub mod transport;
+pub mod update;
