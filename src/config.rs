@@ -61,6 +61,9 @@ pub struct Config {
     pub update_check_interval_secs: u64,
     /// Remote mode: install an offered update and restart into it; false only logs offers.
     pub allow_self_update: bool,
+    /// Remote mode: the report spool's bounds (past either, the oldest report is dropped).
+    pub spool_max_reports: usize,
+    pub spool_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -87,6 +90,8 @@ impl Default for Config {
             log_keep: crate::logging::DEFAULT_LOG_KEEP,
             update_check_interval_secs: DEFAULT_UPDATE_CHECK_INTERVAL.as_secs(),
             allow_self_update: true,
+            spool_max_reports: 10_000,
+            spool_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -301,6 +306,19 @@ impl Config {
                     cfg.update_check_interval_secs = v
                         .as_u64()
                         .ok_or_else(|| bad(key, "a whole number of seconds (0: off)"))?
+                }
+                "spool_max_reports" => {
+                    cfg.spool_max_reports = v
+                        .as_u64()
+                        .filter(|n| (1..=1_000_000).contains(n))
+                        .ok_or_else(|| bad(key, "a number from 1 to 1000000"))?
+                        as usize
+                }
+                "spool_max_bytes" => {
+                    cfg.spool_max_bytes = v
+                        .as_u64()
+                        .filter(|n| *n >= 65_536)
+                        .ok_or_else(|| bad(key, "a number of bytes of at least 65536"))?
                 }
                 "allow_self_update" => {
                     cfg.allow_self_update = v.as_bool().ok_or_else(|| bad(key, "true or false"))?

@@ -106,20 +106,37 @@ impl StateDir {
         self.root.join("reboot-tasks.json")
     }
 
+    /// Final reports the server did not take yet (remote mode), one file each, 0700: they hold
+    /// task output.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+
+    /// One record per invocation whose child runs (or ran when the agent died), 0700; read
+    /// at startup to kill what a crashed agent left and report it.
+    pub fn running_dir(&self) -> PathBuf {
+        self.root.join("running")
+    }
+
     /// The single-instance lock.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("assistd.lock")
     }
 
-    /// Creates the directories (`mkdir -p`): the root 0755, the journal 0700 (outputs may
-    /// hold secrets) and the scripts 0711 (not listable; the files in it are 0700). An existing
-    /// journal or scripts directory is set to exactly that mode.
+    /// Creates the directories (`mkdir -p`): the root 0755, the journal, spool and running
+    /// records 0700 (outputs may hold secrets) and the scripts 0711 (not listable; the files in
+    /// it are 0700). An existing subdirectory is set to exactly that mode.
     pub fn create(&self) -> io::Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&self.root)?;
-        for (dir, mode) in [(self.journal_dir(), 0o700), (self.script_dir(), 0o711)] {
+        for (dir, mode) in [
+            (self.journal_dir(), 0o700),
+            (self.spool_dir(), 0o700),
+            (self.running_dir(), 0o700),
+            (self.script_dir(), 0o711),
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(mode)

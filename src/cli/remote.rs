@@ -20,7 +20,7 @@ use crate::remote::fetch::{self, FetchRequest};
 use crate::remote::reporter::RemoteReporter;
 use crate::remote::transport::{self, Http, TransportConfig, UreqHttp};
 use crate::remote::update::{self, Restart};
-use crate::remote::{heartbeat, identity, kick, signature};
+use crate::remote::{heartbeat, identity, kick, signature, spool};
 use crate::schedule;
 use crate::source::SourceEvent;
 use crate::{signals, timer};
@@ -165,8 +165,29 @@ fn run_remote(
     );
     let cold_start = fetch::detect_cold_start(&cfg.coldstart_flag);
 
+    // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch,
+    // heartbeat and spool threads watches; they end within one HTTP timeout. The fetch thread
+    // starts once every `enable` sender is gone: the heartbeat's after the first heartbeat, the
+    // spool's after it sent what the last run left.
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+    let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
+    let spool = spool::spawn(
+        state.spool_dir(),
+        spool::SpoolConfig {
+            max_reports: cfg.spool_max_reports,
+            max_bytes: cfg.spool_max_bytes,
+            first_resend_delay: spool::FIRST_RESEND_DELAY,
+        },
+        http.clone(),
+        stop.clone(),
+        enable_tx.clone(),
+    )
+    .map_err(io_err("cannot start the spool thread"))?;
+    // Every request that gets an answer tells the spool the server is back.
+    let http = spool.writer.observe(http);
+
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
-    let reporter = Arc::new(RemoteReporter::new(http.clone()));
+    let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
     // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
     // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
@@ -182,10 +203,6 @@ fn run_remote(
     let startup = Arc::new(fetch::StartupDone::new());
     let facts = heartbeat::HostFacts::read(cold_start);
 
-    // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch and
-    // heartbeat threads watches; they end within one HTTP timeout.
-    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
-    let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
     let (events_tx, events) = crossbeam_channel::unbounded();
     let (kick_tx, kicks) = crossbeam_channel::bounded(16);
     let heartbeat = heartbeat::spawn(http.clone(), facts.clone(), stop.clone(), enable_tx)
@@ -228,6 +245,7 @@ fn run_remote(
             extra: Box::new(fetch::HostExtras {
                 http: http.clone(),
                 send_file: crate::remote::sendfile::SendFileConfig::default(),
+                spool: Some(spool.writer.clone()),
             }),
             // Polling is the kick bridge's job (only while the kick channel is down).
             cfg: fetch::FetchConfig::new(cold_start, None, schedule::tz::system_zone()),
@@ -283,6 +301,8 @@ fn run_remote(
     let _ = fetch.join();
     let _ = heartbeat.join();
     let _ = bridge.join();
+    drop(spool.writer);
+    let _ = spool.join.join();
     let restart = updater.and_then(|u| u.join().ok().flatten());
     result.map_err(CliError::Engine)?;
     Ok(restart)

@@ -291,12 +291,33 @@ pub trait ExtraTasks: Send {
 pub struct HostExtras {
     pub http: Arc<dyn Http>,
     pub send_file: crate::remote::sendfile::SendFileConfig,
+    /// Where a send-file report the server did not take goes, to be re-sent.
+    pub spool: Option<crate::remote::spool::SpoolWriter>,
 }
 
 impl ExtraTasks for HostExtras {
     fn send_files(&mut self, files: Vec<SendFileTaskInfo>) {
         for file in files {
-            crate::remote::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
+            let result =
+                crate::remote::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
+            if let (Err(_), Some(spool)) = (&result.report, &self.spool) {
+                let req = crate::remote::spool::SpooledRequest {
+                    path_and_query: crate::remote::sendfile::report_path(&file, result.code),
+                    content_type: String::new(),
+                    body: Vec::new(),
+                    label: format!("task={} invoke_version=0 sendfile", file.task_id),
+                };
+                match spool.push(&req) {
+                    Ok(name) => log::info!(
+                        "task={} phase=sendfile report spooled as {name} for re-sending",
+                        file.task_id
+                    ),
+                    Err(e) => log::error!(
+                        "task={} phase=sendfile cannot spool the report ({e}); it is lost",
+                        file.task_id
+                    ),
+                }
+            }
         }
     }
 

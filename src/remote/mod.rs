@@ -17,5 +17,6 @@ pub mod kick_bridge;
 pub mod reporter;
 pub mod sendfile;
 pub mod signature;
+pub mod spool;
 pub mod transport;
 pub mod update;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::remote::spool::{SpoolWriter, SpooledRequest};
 use crate::remote::transport::{
     query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
 };
@@ -21,6 +22,8 @@ pub struct RemoteReporter {
     http: Arc<dyn Http>,
     retry_pause: Duration,
     now_ms: fn() -> i64,
+    /// Where a final report goes when its burst failed; `None`: it is only logged.
+    spool: Option<SpoolWriter>,
 }
 
 fn wall_now_ms() -> i64 {
@@ -33,7 +36,14 @@ impl RemoteReporter {
             http,
             retry_pause: RETRY_PAUSE,
             now_ms: wall_now_ms,
+            spool: None,
         }
+    }
+
+    /// Final reports that the burst could not deliver are spooled and re-sent from there.
+    pub fn with_spool(mut self, spool: SpoolWriter) -> RemoteReporter {
+        self.spool = Some(spool);
+        self
     }
 
     /// The pause between retries of final reports (2 s in production; tests shorten it).
@@ -188,13 +198,17 @@ impl Reporter for RemoteReporter {
         let attempts = if retried(report) { RETRY_ATTEMPTS } else { 1 };
         let head = report.head();
         let mut attempt = 0;
-        let resp = with_retries(attempts, self.retry_pause, None, || {
+        let mut last_target = String::new();
+        let sent = with_retries(attempts, self.retry_pause, None, || {
             attempt += 1;
             // `currentTime` is the time of this attempt (spec §5.8).
-            let target = path_and_query(report, (self.now_ms)());
-            let r = self
-                .http
-                .post(&target, report.output(), REPORT_CONTENT_TYPE, DEFAULT_TIMEOUT);
+            last_target = path_and_query(report, (self.now_ms)());
+            let r = self.http.post(
+                &last_target,
+                report.output(),
+                REPORT_CONTENT_TYPE,
+                DEFAULT_TIMEOUT,
+            );
             if let Err(e) = &r {
                 log::debug!(
                     "task={} invoke_version={} phase=report {} attempt {attempt}/{attempts} failed: {e}",
@@ -204,8 +218,45 @@ impl Reporter for RemoteReporter {
                 );
             }
             r
-        })
-        .map_err(report_error)?;
+        });
+        let resp = match (sent, &self.spool) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(spool)) if report.is_final() => {
+                // The exact request of the last attempt, so the re-send is byte-identical.
+                let req = SpooledRequest {
+                    path_and_query: last_target,
+                    content_type: REPORT_CONTENT_TYPE.to_string(),
+                    body: report.output().to_vec(),
+                    label: format!(
+                        "task={} invoke_version={} {}",
+                        head.task_id,
+                        head.invoke_version,
+                        report.event()
+                    ),
+                };
+                return match spool.push(&req) {
+                    Ok(name) => {
+                        log::warn!(
+                            "task={} invoke_version={} phase=report {} report not delivered after {attempts} attempt(s) ({e}); spooled as {name}",
+                            head.task_id,
+                            head.invoke_version,
+                            report.event()
+                        );
+                        Ok(Verdict::Accepted)
+                    }
+                    Err(io) => {
+                        log::error!(
+                            "task={} invoke_version={} phase=report {} report not delivered ({e}) and cannot be spooled ({io})",
+                            head.task_id,
+                            head.invoke_version,
+                            report.event()
+                        );
+                        Err(report_error(e))
+                    }
+                };
+            }
+            (Err(e), _) => return Err(report_error(e)),
+        };
         let verdict = parse_verdict(&resp.body);
         if let Verdict::TaskError { code, status } = &verdict {
             log::warn!(
