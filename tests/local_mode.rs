@@ -339,3 +339,28 @@ fn sighup_rereads_the_config_file() {
     agent.signal(libc::SIGHUP);
     agent.expect_line("keeping the running configuration");
 }
+
+#[test]
+fn a_task_left_by_a_killed_agent_is_killed_and_journaled_as_an_error_at_restart() {
+    let dir = TestDir::new("recover-local");
+    let pidfile = dir.path("bg.pid");
+    dir.task(
+        "orphan",
+        &json!({"command": format!("sleep 300 & echo $! > {}; wait", pidfile.display())}),
+    );
+    let mut first = Agent::start(&dir, &[]);
+    let bg = read_pid(&first, &pidfile);
+    first.signal(libc::SIGKILL);
+    first.wait_exit("the agent did not die of SIGKILL");
+    assert!(util::alive(bg), "SIGKILL of the agent alone must not end the task");
+
+    let second = Agent::start(&dir, &[]);
+    let records = second.wait_journal(&dir, "orphan error", |r| count(r, "orphan", "error") == 1);
+    let rec = records
+        .iter()
+        .find(|r| r["task"] == "orphan" && r["event"] == "error")
+        .expect("error record");
+    assert_eq!(rec["err_code"], "AgentRestarted");
+    assert_eq!(rec["exit_code"], -1);
+    wait_gone(&second, bg);
+}

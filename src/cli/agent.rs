@@ -113,12 +113,35 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     }
 }
 
+/// What an agent that died left running: killed, reported as errors, and the once-invocations
+/// among them returned so the engine never runs them again. Before any invocation starts.
+pub(super) fn recover_interrupted(
+    state: &StateDir,
+    reporter: &dyn crate::report::Reporter,
+) -> std::collections::HashSet<(String, i64)> {
+    let recovery = crate::runner::record::recover(
+        &crate::runner::record::RecordDir::new(state.running_dir()),
+        Path::new("/proc"),
+        reporter,
+        chrono::Utc::now().timestamp_millis(),
+    );
+    if recovery.reported > 0 {
+        log::warn!(
+            "phase=recover {} invocation(s) were running when the last agent stopped: {} process group(s) killed, each reported as error",
+            recovery.reported,
+            recovery.killed
+        );
+    }
+    recovery.interrupted
+}
+
 pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
     EngineConfig {
         workers: cfg.workers,
         runner: RunnerConfig {
             script_dir: state.script_dir(),
             allow_power_actions: cfg.allow_power_actions,
+            records: Some(crate::runner::record::RecordDir::new(state.running_dir())),
         },
         system_zone: schedule::tz::system_zone(),
         shutdown_grace: cfg.shutdown_grace,
@@ -158,7 +181,9 @@ fn run_local(
 
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
-    let engine = Engine::new(engine_config(cfg, state), Arc::new(journal), timer);
+    let journal = Arc::new(journal);
+    let mut engine = Engine::new(engine_config(cfg, state), journal.clone(), timer);
+    engine.set_interrupted(recover_interrupted(state, &*journal));
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::agent::{engine_config, ConfigReload};
+use super::agent::{engine_config, recover_interrupted, ConfigReload};
 use super::args::Args;
 use super::{create_state_dir, io_err, load_config, CliError};
 use crate::config::{Config, ConfigWatch};
@@ -188,7 +188,8 @@ fn run_remote(
 
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
-    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    let mut engine = Engine::new(engine_config(cfg, state), reporter.clone(), timer);
+    engine.set_interrupted(recover_interrupted(state, &*reporter));
     // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
     // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
     // request timeout, once per certificate.

@@ -40,6 +40,12 @@ impl Engine {
     pub fn dispatch_run(&mut self, info: RunTaskInfo) {
         let id = info.task_id.clone();
         let version = info.invoke_version;
+        if !info.repeat.is_periodic() && self.interrupted.contains(&(id.clone(), version)) {
+            log::info!(
+                "task={id} invoke_version={version} phase=dispatch skipped: this invocation was running when an earlier agent stopped, and was reported as error AgentRestarted; it never runs twice"
+            );
+            return;
+        }
         if let Some(known) = self.ctx.registry.known(&id) {
             if known.invoke_version() == version {
                 log::debug!("task={id} invoke_version={version} phase=dispatch ignored duplicately fetched task");

@@ -8,6 +8,7 @@ pub mod registry;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,6 +105,9 @@ pub struct Engine {
     defer_new_versions: bool,
     /// Run first thing at shutdown: stops the threads that feed the engine (fetch, heartbeat).
     on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
+    /// (task id, invoke version) of once-invocations that were running when an earlier agent
+    /// died; they were reported as errors and never run again (`runner::record`).
+    interrupted: HashSet<(String, i64)>,
 }
 
 impl Engine {
@@ -134,6 +138,7 @@ impl Engine {
             pending: std::collections::HashMap::new(),
             defer_new_versions: cfg.defer_new_versions,
             on_shutdown: Vec::new(),
+            interrupted: HashSet::new(),
         }
     }
 
@@ -141,6 +146,12 @@ impl Engine {
     /// so that sources stop fetching new work while old work drains.
     pub fn on_shutdown(&mut self, f: impl FnOnce() + Send + 'static) {
         self.on_shutdown.push(Box::new(f));
+    }
+
+    /// Once-invocations that must not run again: an earlier agent died while they ran, and
+    /// they were reported as errors at this start.
+    pub fn set_interrupted(&mut self, interrupted: HashSet<(String, i64)>) {
+        self.interrupted = interrupted;
     }
 
     pub fn set_verifier(&mut self, verifier: Verifier) {

@@ -39,6 +39,7 @@ impl Harness {
             runner: RunnerConfig {
                 script_dir: script_dir.clone(),
                 allow_power_actions: false,
+                records: None,
             },
             system_zone: Zone::utc(),
             shutdown_grace: Duration::from_secs(0),

@@ -5,6 +5,7 @@
 pub mod output;
 pub mod params;
 pub mod precheck;
+pub mod record;
 pub mod script;
 pub mod spawn;
 
@@ -30,6 +31,9 @@ pub struct RunnerConfig {
     pub script_dir: PathBuf,
     /// Act on exit codes 193 (power off) and 194 (reboot); otherwise only log them.
     pub allow_power_actions: bool,
+    /// Where each running child is recorded until its final report is sent (`<state>/running`);
+    /// `None` keeps no records (tests).
+    pub records: Option<record::RecordDir>,
 }
 
 /// A request to end a running invocation.
@@ -360,7 +364,14 @@ pub fn run(
         }
     );
 
-    // A timeout past the end of `Instant` (`timeOut` "9223372036854775807") is no deadline.
+    // Removed (dropped) when this function returns: after the final report, or on a path that
+    // sends none. Left behind only when the agent dies meanwhile; the next start recovers it.
+    let _record = cfg
+        .records
+        .as_ref()
+        .and_then(|dir| write_record(dir, &inv, child.pid(), start_ms));
+
+    // A timeout past the end of `Instant` (`timeout` "9223372036854775807") is no deadline.
     let deadline = parse_timeout(&task.timeout)
         .and_then(|d| started.checked_add(d))
         .map_or_else(never, at);
@@ -477,6 +488,42 @@ pub fn run(
         power_action(&inv, exit.code(), cfg);
     }
     inv.outcome(ending)
+}
+
+/// The crash record of a child just spawned; a failure is logged and the invocation goes on
+/// without one.
+fn write_record(
+    dir: &record::RecordDir,
+    inv: &Invocation<'_>,
+    pid: libc::pid_t,
+    start_ms: i64,
+) -> Option<record::RecordGuard> {
+    let leader_start = record::leader_start_time(std::path::Path::new("/proc"), pid)
+        .unwrap_or_else(|e| {
+            log::warn!(
+                "{} cannot read the start time of pid {pid} ({e}); after a crash its group is not killed",
+                inv.tag(Phase::Spawn)
+            );
+            0
+        });
+    let rec = record::RunRecord {
+        head: inv.head.clone(),
+        pgid: pid,
+        leader_start,
+        start_ms,
+        reported: false,
+    };
+    match dir.write(&rec) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            log::warn!(
+                "{} cannot write the run record in {} ({e}); a crash of the agent now would leave this child unreported",
+                inv.tag(Phase::Spawn),
+                dir.dir.display()
+            );
+            None
+        }
+    }
 }
 
 /// Exit code 193 powers off and 194 reboots, when the configuration allows it (spec §4.10).

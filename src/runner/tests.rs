@@ -48,6 +48,7 @@ impl TestDir {
         RunnerConfig {
             script_dir: self.0.join("scripts"),
             allow_power_actions: false,
+            records: None,
         }
     }
 
@@ -609,6 +610,7 @@ fn another_user_runs_a_script_file_in_the_state_dir() {
     let cfg = RunnerConfig {
         script_dir: state.script_dir(),
         allow_power_actions: false,
+        records: None,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),
@@ -644,6 +646,7 @@ fn a_closed_state_dir_runs_another_user_inline() {
     let cfg = RunnerConfig {
         script_dir: state.script_dir(),
         allow_power_actions: false,
+        records: None,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),
