@@ -352,7 +352,10 @@ fn a_task_left_by_a_killed_agent_is_killed_and_journaled_as_an_error_at_restart(
     let bg = read_pid(&first, &pidfile);
     first.signal(libc::SIGKILL);
     first.wait_exit("the agent did not die of SIGKILL");
-    assert!(util::alive(bg), "SIGKILL of the agent alone must not end the task");
+    assert!(
+        util::alive(bg),
+        "SIGKILL of the agent alone must not end the task"
+    );
 
     let second = Agent::start(&dir, &[]);
     let records = second.wait_journal(&dir, "orphan error", |r| count(r, "orphan", "error") == 1);
