@@ -1,5 +1,6 @@
 //! The signal thread: blocks TERM, INT and HUP in every thread and turns them into typed
-//! `Signal` messages with `sigwait`. It never handles a signal asynchronously.
+//! `Signal` messages with `sigwait`; blocks SIGCHLD so that no child's exit interrupts a
+//! blocking call. It never handles a signal asynchronously.
 
 use std::io;
 use std::thread;
@@ -14,23 +15,37 @@ pub enum Signal {
     Reload,
 }
 
+/// The signals the signal thread waits for.
 fn signal_set() -> libc::sigset_t {
+    signal_set_with(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+}
+
+fn signal_set_with(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set it is given; sigaddset only adds valid signals.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
+        for sig in signals {
+            libc::sigaddset(&mut set, *sig);
+        }
         set
     }
 }
 
-/// Blocks the signals in the calling thread. Call it in `main` before any thread is spawned,
-/// so every thread inherits the mask and only the signal thread receives them. (std resets the
-/// mask in spawned children.)
+/// Blocks TERM, INT and HUP (taken by the signal thread's `sigwait`) and SIGCHLD (never taken)
+/// in the calling thread. Call it in `main` before any thread is spawned, so every thread
+/// inherits the mask. (std resets the mask in spawned children.)
+///
+/// Why SIGCHLD: its default action is to ignore it, but Linux discards an ignored signal only
+/// when the thread it is sent to (the one that forked the child) does not block it. A worker
+/// that is spawning another child blocks every signal around the fork; a child exiting at that
+/// moment leaves SIGCHLD pending on the process, and the kernel wakes some other thread for
+/// it. A socket read with a timeout (`SO_RCVTIMEO`, the kick listener's, ureq's) is never
+/// restarted: it fails with EINTR. Under a flood of short tasks that happened every few
+/// seconds. Blocked in every thread, SIGCHLD wakes none; children are reaped with `waitid`,
+/// which needs no signal.
 pub fn block() -> io::Result<()> {
-    let set = signal_set();
+    let set = signal_set_with(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
     // SAFETY: `set` is a valid, initialised signal set.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {

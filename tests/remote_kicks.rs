@@ -8,7 +8,9 @@ mod util;
 use std::time::{Duration, Instant};
 
 use support::server::{shell_entry, task_list, Request, Server, NOTIFY, OUTPUT, TASK_LIST};
-use support::{about, expect, expect_kick_channel, expect_kick_reply, start_remote, wait_exit};
+use support::{
+    about, expect, expect_kick_channel, expect_kick_reply, expect_n, start_remote, wait_exit,
+};
 use util::{TestDir, DEADLINE};
 
 const FINISH: &str = "/luban/api/v1/task/finish";
@@ -214,4 +216,30 @@ fn the_kick_upgrade_carries_the_same_headers_as_http() {
     let upgrade = expect(&agent, &server, "upgrade", |r| r.path == NOTIFY);
     assert_eq!(upgrade.header("X-Client-Instance-ID"), Some("i-test"));
     assert_eq!(upgrade.header("User-Agent"), list.header("User-Agent"));
+}
+
+#[test]
+fn a_flood_of_child_exits_leaves_the_kick_channel_up_and_answering() {
+    let dir = TestDir::new("kick-flood");
+    let server = Server::start();
+    let agent = start_remote(&dir, &server, &["--workers", "16"]);
+    expect_kick_channel(&agent, &server, 1);
+    agent.expect_line("startup fetch done");
+    let tasks: Vec<String> = (0..2000).map(|i| once(&format!("f-{i}"), "true")).collect();
+    server.push(TASK_LIST, task_list(&tasks, &[], &[], &[]));
+    assert_eq!(server.push_kick("kick_vm"), 1);
+    expect_kick_reply(&agent, &server, "accept:kick_vm");
+    expect_n(&agent, &server, "2000 finish reports", 2000, |r| {
+        r.path == FINISH
+    });
+    // Still the first connection: no read on it failed while children exited.
+    server.push_kick("kick_vm noop");
+    expect_kick_reply(&agent, &server, "accept:kick_vm noop");
+    let kicks = server.kicks();
+    assert_eq!(kicks.opened, 1, "the kick channel reconnected: {kicks:?}");
+    let log = agent.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+    assert!(
+        !log.contains("Interrupted system call") && !log.contains("os error 4"),
+        "a read failed with EINTR"
+    );
 }

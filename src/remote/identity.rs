@@ -202,7 +202,11 @@ pub fn http_get_plain(url: &str, timeout: Duration) -> io::Result<Vec<u8>> {
     let mut chunk = [0u8; 4096];
     loop {
         tcp.set_read_timeout(Some(remaining()?))?;
-        let n = tcp.read(&mut chunk)?;
+        // A read with a timeout is never restarted after a signal: EINTR is a retry.
+        let n = match tcp.read(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
         if n == 0 {
             break;
         }

@@ -645,16 +645,28 @@ impl Worker {
     }
 
     fn serve(&self, mut ws: WebSocket<Stream>, good: &mut bool) -> Result<(), ConnError> {
-        let mut silent_periods = 0u32;
+        let idle = self.cfg.idle_timeout;
+        let mut quiet = Quiet::new(Instant::now());
+        // The socket's read timeout as last set; it is re-set only when the next deadline is
+        // nearer than a full idle period (after an interrupted read).
+        let mut read_timeout = idle;
         loop {
             if self.stopped() {
                 let _ = ws.close(None);
                 let _ = ws.flush();
                 return Ok(());
             }
+            let wanted = quiet.read_timeout(Instant::now(), idle);
+            if wanted != read_timeout {
+                ws.get_ref()
+                    .tcp()
+                    .set_read_timeout(Some(wanted))
+                    .map_err(ConnError::Io)?;
+                read_timeout = wanted;
+            }
             match ws.read() {
                 Ok(Message::Text(msg)) => {
-                    silent_periods = 0;
+                    quiet.heard(Instant::now());
                     *good = true;
                     let critical = self
                         .cfg
@@ -676,24 +688,91 @@ impl Worker {
                     let _ = ws.flush();
                     return Err(ConnError::Closed);
                 }
-                Ok(_) => silent_periods = 0, // ping (answered by tungstenite), pong, binary
+                // A ping (answered by tungstenite), a pong, a binary frame: the peer is there.
+                Ok(_) => quiet.heard(Instant::now()),
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
-                    silent_periods += 1;
-                    if silent_periods >= 2 {
-                        return Err(ConnError::Silent);
+                    // EINTR is a retry, never a failure; the silence is measured by the clock,
+                    // not by counting timeouts, so interrupted reads cannot stretch the bound.
+                    match quiet.after_empty_read(Instant::now(), idle) {
+                        QuietStep::Wait => {}
+                        QuietStep::Ping => ws
+                            .send(Message::Ping(Vec::new()))
+                            .map_err(|e| ConnError::Websocket(Box::new(e)))?,
+                        QuietStep::GiveUp => return Err(ConnError::Silent),
                     }
-                    ws.send(Message::Ping(Vec::new()))
-                        .map_err(|e| ConnError::Websocket(Box::new(e)))?;
                 }
                 Err(tungstenite::Error::ConnectionClosed) => return Err(ConnError::Closed),
                 Err(e) => return Err(ConnError::Websocket(Box::new(e))),
             }
         }
+    }
+}
+
+/// The keepalive rule of a connected kick channel: after `idle` with nothing heard, send a
+/// ping; after `2 × idle`, the channel is dead (the server stopped reading or answering, or the
+/// network dropped the connection silently). Time is passed in, so the rule is tested without
+/// a socket or a clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Quiet {
+    last_heard: Instant,
+    pinged: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum QuietStep {
+    /// Read again: nothing is due yet.
+    Wait,
+    Ping,
+    GiveUp,
+}
+
+impl Quiet {
+    fn new(now: Instant) -> Quiet {
+        Quiet {
+            last_heard: now,
+            pinged: false,
+        }
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.pinged = false;
+    }
+
+    /// The next thing due: the ping at `idle`, the end at `2 × idle`.
+    fn deadline(&self, idle: Duration) -> Instant {
+        if self.pinged {
+            self.last_heard + idle * 2
+        } else {
+            self.last_heard + idle
+        }
+    }
+
+    /// How long the next read may block: until the next deadline, at least 1 ms (a zero
+    /// socket timeout means "forever").
+    fn read_timeout(&self, now: Instant, idle: Duration) -> Duration {
+        self.deadline(idle)
+            .saturating_duration_since(now)
+            .clamp(Duration::from_millis(1), idle)
+    }
+
+    /// A read ended with nothing: timed out, or interrupted by a signal.
+    fn after_empty_read(&mut self, now: Instant, idle: Duration) -> QuietStep {
+        if now < self.deadline(idle) {
+            return QuietStep::Wait;
+        }
+        if self.pinged {
+            return QuietStep::GiveUp;
+        }
+        self.pinged = true;
+        QuietStep::Ping
     }
 }
 
@@ -1043,6 +1122,74 @@ mod tests {
             "accept:kick_vm noop"
         );
         listener.shutdown();
+        server.join().expect("server thread");
+    }
+
+    #[test]
+    fn the_keepalive_rule_pings_then_gives_up_by_the_clock() {
+        let idle = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut q = Quiet::new(t0);
+        // An interrupted read before the idle period is only a retry.
+        assert_eq!(
+            q.after_empty_read(t0 + Duration::from_secs(1), idle),
+            QuietStep::Wait
+        );
+        assert_eq!(
+            q.read_timeout(t0 + Duration::from_secs(1), idle),
+            Duration::from_secs(29)
+        );
+        assert_eq!(q.after_empty_read(t0 + idle, idle), QuietStep::Ping);
+        // Interrupted again and again after the ping: still bounded by 2 × idle.
+        assert_eq!(
+            q.after_empty_read(t0 + idle + Duration::from_secs(5), idle),
+            QuietStep::Wait
+        );
+        assert_eq!(
+            q.read_timeout(t0 + idle + Duration::from_secs(5), idle),
+            Duration::from_secs(25)
+        );
+        assert_eq!(q.after_empty_read(t0 + idle * 2, idle), QuietStep::GiveUp);
+        // Anything heard starts over.
+        q.heard(t0 + idle * 2);
+        assert_eq!(
+            q.after_empty_read(t0 + idle * 2 + Duration::from_secs(1), idle),
+            QuietStep::Wait
+        );
+        assert_eq!(
+            q.read_timeout(t0 + idle * 10, idle),
+            Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn a_server_that_stops_reading_is_given_up_and_the_channel_reported_down() {
+        let listener_sock = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "ws://{}{}",
+            listener_sock.local_addr().expect("addr"),
+            NOTIFY_PATH
+        );
+        let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+        let server = thread::spawn(move || {
+            let (tcp, _) = listener_sock.accept().expect("accept");
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut ws = tungstenite::accept(tcp).expect("upgrade");
+            ws.send(Message::Text("kick_vm noop".into())).expect("send");
+            let _ = ws.read();
+            // Keeps the socket open and reads nothing more (no pong) until the test ends.
+            let _ = hold_rx.recv_timeout(Duration::from_secs(60));
+            drop(ws);
+        });
+        let (tx, actions) = crossbeam_channel::unbounded();
+        let mut cfg = KickConfig::new(url);
+        cfg.idle_timeout = Duration::from_millis(200);
+        cfg.backoff_initial = Duration::from_secs(30);
+        let listener = spawn_listener(cfg, tx).expect("spawn");
+        assert_eq!(next_kick(&actions), KickAction::ChannelUp);
+        assert_eq!(next_kick(&actions), KickAction::ChannelDown);
+        listener.shutdown();
+        drop(hold_tx);
         server.join().expect("server thread");
     }
 }
