@@ -9,6 +9,9 @@ use serde_json::Value;
 
 /// Default location of the config file.
 pub const DEFAULT_CONFIG: &str = "/etc/assistd/config.json";
+/// Default of `max_log_quota`: 4 MiB, 700 times the reference's default quota and still a
+/// bounded share of a small host's memory per running task.
+pub const DEFAULT_MAX_LOG_QUOTA: usize = 4 * 1024 * 1024;
 /// Default state directory (journal, boot tracking, scripts).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/assistd";
 /// The largest worker pool (`workers`) the engine accepts: the reference's concurrency hard limit.
@@ -64,6 +67,10 @@ pub struct Config {
     /// Remote mode: the report spool's bounds (past either, the oldest report is dropped).
     pub spool_max_reports: usize,
     pub spool_max_bytes: u64,
+    /// The largest output a task's `logQuota` may make the agent keep, in bytes.
+    pub max_log_quota: usize,
+    /// Give tasks run as root the clean environment of tasks run as another user.
+    pub clean_task_env: bool,
 }
 
 impl Default for Config {
@@ -92,6 +99,8 @@ impl Default for Config {
             allow_self_update: true,
             spool_max_reports: 10_000,
             spool_max_bytes: 64 * 1024 * 1024,
+            max_log_quota: DEFAULT_MAX_LOG_QUOTA,
+            clean_task_env: false,
         }
     }
 }
@@ -319,6 +328,16 @@ impl Config {
                         .as_u64()
                         .filter(|n| *n >= 65_536)
                         .ok_or_else(|| bad(key, "a number of bytes of at least 65536"))?
+                }
+                "max_log_quota" => {
+                    cfg.max_log_quota = v
+                        .as_u64()
+                        .filter(|n| (12_000..=1 << 30).contains(n))
+                        .ok_or_else(|| bad(key, "a number of bytes from 12000 to 1073741824"))?
+                        as usize
+                }
+                "clean_task_env" => {
+                    cfg.clean_task_env = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
                 "allow_self_update" => {
                     cfg.allow_self_update = v.as_bool().ok_or_else(|| bad(key, "true or false"))?

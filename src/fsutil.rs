@@ -64,6 +64,31 @@ pub fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, Fi
     }
 }
 
+/// Marks every descriptor above 2 close-on-exec, so nothing the agent inherited from whoever
+/// started it (a launcher's stray pipe, a log file) reaches a task. Everything the agent opens
+/// itself is close-on-exec already (std's default). Call it before any thread exists.
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // Collected first: the directory's own descriptor is among the entries while it is read.
+    let fds: Vec<libc::c_int> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD on a number that is, or was a moment ago, a descriptor of
+        // ours; a closed one just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// The id of the current boot: `/proc/sys/kernel/random/boot_id` on Linux, an error elsewhere.
 pub fn boot_id() -> io::Result<String> {
     boot_id_from(Path::new("/proc/sys/kernel/random/boot_id"))

@@ -350,6 +350,7 @@ fn a_task_left_by_a_killed_agent_is_killed_and_journaled_as_an_error_at_restart(
     );
     let mut first = Agent::start(&dir, &[]);
     let bg = read_pid(&first, &pidfile);
+    util::wait_run_record(&first, &dir);
     first.signal(libc::SIGKILL);
     first.wait_exit("the agent did not die of SIGKILL");
     assert!(

@@ -37,6 +37,7 @@ fn a_task_left_by_a_killed_agent_is_killed_reported_and_never_run_again() {
     server.set_default(TASK_LIST, list(&[task]));
     let mut first = start_remote(&dir, &server, &[]);
     let bg = read_pid(&first, &pid_file);
+    util::wait_run_record(&first, &dir);
     assert!(alive(bg));
     first.signal(libc::SIGKILL);
     first.wait_exit("the agent did not die of SIGKILL");

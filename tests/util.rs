@@ -306,6 +306,29 @@ pub fn read_pid(agent: &Agent, path: &Path) -> i32 {
     }
 }
 
+/// Waits until the agent has recorded a running child in `<state>/running/` (the record is
+/// written right after the spawn, so a test that kills the agent must wait for it).
+pub fn wait_run_record(agent: &Agent, dir: &TestDir) {
+    let deadline = Instant::now() + DEADLINE;
+    let running = dir.state().join("running");
+    loop {
+        let recorded = std::fs::read_dir(&running)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .unwrap_or(false);
+        if recorded {
+            return;
+        }
+        if Instant::now() > deadline {
+            agent.fail(&format!("no run record in {}", running.display()));
+        }
+        // The record is a file the agent writes; no event tells the test when. Short poll.
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits until `pid` is gone (the agent reaps its children; grandchildren are reaped by init).
 pub fn wait_gone(agent: &Agent, pid: i32) {
     let deadline = Instant::now() + DEADLINE;

@@ -78,6 +78,12 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         return Err(super::no_remote("`agent` without --local"));
     }
 
+    // A fixed umask: every file and directory the agent creates gets the mode its code names,
+    // whatever the starting shell's umask (000 made the hybrid key dir world-writable).
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(0o022) };
+    // Descriptors the launcher left open (not close-on-exec) would reach every task.
+    crate::fsutil::cloexec_inherited_fds();
     // Block the signals before any thread exists, so every thread inherits the mask.
     signals::block().map_err(io_err("cannot block signals"))?;
     // Only opening the log file can fail; stderr is still where the error goes.
@@ -142,6 +148,8 @@ pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
             script_dir: state.script_dir(),
             allow_power_actions: cfg.allow_power_actions,
             records: Some(crate::runner::record::RecordDir::new(state.running_dir())),
+            max_log_quota: cfg.max_log_quota,
+            clean_task_env: cfg.clean_task_env,
         },
         system_zone: schedule::tz::system_zone(),
         shutdown_grace: cfg.shutdown_grace,

@@ -40,6 +40,8 @@ impl Harness {
                 script_dir: script_dir.clone(),
                 allow_power_actions: false,
                 records: None,
+                max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+                clean_task_env: false,
             },
             system_zone: Zone::utc(),
             shutdown_grace: Duration::from_secs(0),

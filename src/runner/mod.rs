@@ -34,6 +34,10 @@ pub struct RunnerConfig {
     /// Where each running child is recorded until its final report is sent (`<state>/running`);
     /// `None` keeps no records (tests).
     pub records: Option<record::RecordDir>,
+    /// The largest output ring a task's `logQuota` may ask for, in bytes.
+    pub max_log_quota: usize,
+    /// Give root tasks the clean environment that tasks run as another user always get.
+    pub clean_task_env: bool,
 }
 
 /// A request to end a running invocation.
@@ -317,7 +321,10 @@ pub fn run(
         }
     }
 
-    let ring = Arc::new(Mutex::new(OutputRing::for_log_quota(task.output.log_quota)));
+    let ring = Arc::new(Mutex::new(OutputRing::for_log_quota(
+        task.output.log_quota,
+        cfg.max_log_quota,
+    )));
     let (read_end, write_end) = match spawn::output_pipe() {
         Ok(p) => p,
         Err(e) => {
@@ -343,6 +350,7 @@ pub fn run(
         user: checked.user.as_ref(),
         cwd: checked.cwd.as_deref(),
         home: checked.home.as_deref(),
+        clean_env: cfg.clean_task_env,
     };
     // On failure `write_end` is dropped inside `spawn`, so the reader ends at EOF by itself.
     let mut child = match spawn::spawn(&launch, write_end) {
@@ -354,6 +362,13 @@ pub fn run(
             return inv.error(span_now(1, 0), code, format!("ExecuteScriptFailed: {e}"));
         }
     };
+    // Removed (dropped) when this function returns: after the final report, or on a path that
+    // sends none. Left behind only when the agent dies meanwhile; the next start recovers it.
+    let _record = cfg
+        .records
+        .as_ref()
+        .and_then(|dir| write_record(dir, &inv, child.pid(), start_ms));
+
     log::info!(
         "{} started pid={} script={}",
         inv.tag(Phase::Spawn),
@@ -363,13 +378,6 @@ pub fn run(
             ScriptCmd::Inline(_) => "inline".to_string(),
         }
     );
-
-    // Removed (dropped) when this function returns: after the final report, or on a path that
-    // sends none. Left behind only when the agent dies meanwhile; the next start recovers it.
-    let _record = cfg
-        .records
-        .as_ref()
-        .and_then(|dir| write_record(dir, &inv, child.pid(), start_ms));
 
     // A timeout past the end of `Instant` (`timeout` "9223372036854775807") is no deadline.
     let deadline = parse_timeout(&task.timeout)
@@ -430,7 +438,7 @@ pub fn run(
     if !drained {
         log::warn!(
             "{} output pipe still open {}s after the end (a background process holds it); \
-             reporting what was read",
+             reporting what was read and closing the pipe",
             inv.tag(Phase::Wait),
             DRAIN_AFTER_EXIT.as_secs()
         );
@@ -485,7 +493,10 @@ pub fn run(
     };
     inv.send(&report);
     if matches!(end, End::Exited) {
-        power_action(&inv, exit.code(), cfg);
+        // Only a task that ran as root may ask for a power action: an unprivileged task (or
+        // any program it ran) exiting 193 must not power the host off.
+        let as_root = !checked.user.as_ref().is_some_and(|u| u.uid != 0);
+        power_action(&inv, exit.code(), cfg, as_root);
     }
     inv.outcome(ending)
 }
@@ -527,7 +538,7 @@ fn write_record(
 }
 
 /// Exit code 193 powers off and 194 reboots, when the configuration allows it (spec §4.10).
-fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig) {
+fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig, as_root: bool) {
     let (program, what) = match code {
         EXIT_POWEROFF => ("/sbin/poweroff", "power off"),
         EXIT_REBOOT => ("/sbin/reboot", "reboot"),
@@ -536,6 +547,10 @@ fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig) {
     let tag = inv.tag(Phase::Report);
     if !cfg.allow_power_actions {
         log::info!("{tag} exit code {code} asks to {what}; ignored by configuration");
+        return;
+    }
+    if !as_root {
+        log::warn!("{tag} exit code {code} asks to {what}; ignored: the task did not run as root");
         return;
     }
     log::warn!("{tag} exit code {code}: running {program}");

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -41,9 +42,14 @@ impl OutputRing {
         }
     }
 
-    /// The quotas of spec §4.8: pre 6000, post `max(log_quota, 12000) - 6000`.
-    pub fn for_log_quota(log_quota: i64) -> OutputRing {
-        let total = usize::try_from(log_quota).unwrap_or(0).max(MIN_TOTAL_QUOTA);
+    /// The quotas of spec §4.8: pre 6000, post `max(log_quota, 12000) - 6000`, with the total
+    /// clamped to `max_total` (the reference has no upper bound: a `logQuota` of 4e9 held
+    /// gigabytes of output in memory).
+    pub fn for_log_quota(log_quota: i64, max_total: usize) -> OutputRing {
+        let total = usize::try_from(log_quota)
+            .unwrap_or(0)
+            .min(max_total)
+            .max(MIN_TOTAL_QUOTA);
         OutputRing::new(PRE_QUOTA, total - PRE_QUOTA)
     }
 
@@ -129,54 +135,98 @@ impl Tail {
     }
 }
 
-/// The thread that copies a pipe into a shared `OutputRing` until EOF.
+/// The thread that copies a pipe into a shared `OutputRing` until EOF, or until `finish` gives
+/// up on it.
 pub struct Reader {
     /// Disconnected when the thread ends (it never sends).
     done: Receiver<()>,
     handle: JoinHandle<()>,
+    /// Closing it (dropping) wakes the thread's `poll` and ends it.
+    stop: OwnedFd,
 }
 
 impl Reader {
     /// Starts the reader. The thread ends at EOF, i.e. when every write end of the pipe is
-    /// closed (the child and anything it left behind), or on a read error.
-    /// `log_tag` prefixes the thread's log lines (task, invoke version, phase).
-    pub fn spawn(
-        mut pipe: File,
-        ring: Arc<Mutex<OutputRing>>,
-        log_tag: String,
-    ) -> io::Result<Reader> {
+    /// closed (the child and anything it left behind), on a read error, or when `finish`
+    /// stops it. `log_tag` prefixes the thread's log lines (task, invoke version, phase).
+    pub fn spawn(pipe: File, ring: Arc<Mutex<OutputRing>>, log_tag: String) -> io::Result<Reader> {
+        let (stop_read, stop) = stop_pipe()?;
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let handle = thread::Builder::new()
             .name("runner-output".into())
             .spawn(move || {
                 let _done = done_tx;
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    match pipe.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => ring.lock().put(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            log::warn!("{log_tag} output pipe read failed: {e}");
-                            break;
-                        }
-                    }
-                }
+                copy_until_eof_or_stop(pipe, &stop_read, &ring, &log_tag);
             })?;
-        Ok(Reader { done, handle })
+        Ok(Reader { done, handle, stop })
     }
 
     /// Waits for EOF until `deadline`. Returns true when the whole output was read; false when
-    /// something still holds the pipe open, in which case the thread is detached: it keeps
-    /// draining into the (bounded) ring and ends when the last write end closes.
+    /// something (a background process the task left) still holds the pipe open: the thread is
+    /// then stopped and joined, so no reader outlives its invocation, and whatever the
+    /// lingering process writes next finds the pipe closed.
     pub fn finish(self, deadline: Instant) -> bool {
-        match self.done.recv_deadline(deadline) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
-                // The thread dropped its sender as its last act; the join returns at once.
-                let _ = self.handle.join();
-                true
-            }
+        let complete = match self.done.recv_deadline(deadline) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
             Err(RecvTimeoutError::Timeout) => false,
+        };
+        // Closing the stop pipe wakes the thread's poll; it ends at once.
+        drop(self.stop);
+        let _ = self.handle.join();
+        complete
+    }
+}
+
+/// A close-on-exec pipe whose write end is only ever closed, never written.
+fn stop_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds` on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn copy_until_eof_or_stop(mut pipe: File, stop: &OwnedFd, ring: &Mutex<OutputRing>, log_tag: &str) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pipe.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs for the call's duration.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::warn!("{log_tag} output pipe poll failed: {e}");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => ring.lock().put(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("{log_tag} output pipe read failed: {e}");
+                return;
+            }
         }
     }
 }
@@ -293,15 +343,27 @@ mod tests {
 
     #[test]
     fn quotas_follow_log_quota() {
-        let mut ring = OutputRing::for_log_quota(0);
+        let mut ring = OutputRing::for_log_quota(0, usize::MAX);
         ring.put(&pattern(20_000));
         assert_eq!(ring.dropped(), 8000);
-        let mut ring = OutputRing::for_log_quota(20_000);
+        let mut ring = OutputRing::for_log_quota(20_000, usize::MAX);
         ring.put(&pattern(20_000));
         assert_eq!(ring.dropped(), 0);
-        let mut ring = OutputRing::for_log_quota(-5);
+        let mut ring = OutputRing::for_log_quota(-5, usize::MAX);
         ring.put(&pattern(12_001));
         assert_eq!(ring.dropped(), 1);
+    }
+
+    #[test]
+    fn a_huge_log_quota_is_clamped_to_the_maximum() {
+        let mut ring = OutputRing::for_log_quota(4_000_000_000, 100_000);
+        ring.put(&pattern(300_000));
+        assert_eq!(ring.dropped(), 200_000);
+        assert_eq!(ring.read_all().len(), 100_000);
+        // The minimum of the spec holds even under a smaller maximum.
+        let mut ring = OutputRing::for_log_quota(4_000_000_000, 10);
+        ring.put(&pattern(12_000));
+        assert_eq!(ring.dropped(), 0);
     }
 
     #[test]
@@ -334,5 +396,19 @@ mod tests {
         let mut ring = ring.lock();
         assert_eq!(ring.read_all(), b"helloworld".to_vec());
         assert_eq!(ring.dropped(), 2);
+    }
+
+    #[test]
+    fn finish_stops_a_reader_whose_pipe_a_lingering_process_holds() {
+        let (read, write) = crate::runner::spawn::output_pipe().expect("pipe");
+        let mut write = File::from(write);
+        let ring = Arc::new(Mutex::new(OutputRing::new(100, 100)));
+        let reader = Reader::spawn(read, ring, "test".into()).expect("spawn");
+        // The write end stays open (as a background child would keep it): no EOF comes.
+        let complete = reader.finish(Instant::now() + std::time::Duration::from_millis(200));
+        assert!(!complete);
+        // The reader is gone and its end closed: a lingering writer finds a broken pipe.
+        let err = std::io::Write::write_all(&mut write, b"after").expect_err("pipe closed");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 }

@@ -1,6 +1,7 @@
-//! Starting `/bin/sh` in its own process group with the task's user, directory and one pipe for
-//! stdout and stderr, watching its exit, and killing its group; it must never signal a process
-//! group whose leader has been reaped, and never leave a zombie behind.
+//! Starting `/bin/sh` in a new session (its own process group, no controlling terminal) with
+//! the task's user, directory, environment and one pipe for stdout and stderr, watching its
+//! exit, and killing its group; it must never signal a process group whose leader has been
+//! reaped, and never leave a zombie behind.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -37,6 +38,42 @@ pub struct Launch<'a> {
     pub user: Option<&'a UserInfo>,
     pub cwd: Option<&'a Path>,
     pub home: Option<&'a Path>,
+    /// Start from an empty environment even when the task runs as the agent's own user
+    /// (`clean_task_env`); a task run as another user always does.
+    pub clean_env: bool,
+}
+
+/// `PATH` of a task that runs with a clean environment (sudo's `secure_path` shape).
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The clean environment of a task (like `su -` or sudo's `env_reset`): a fixed safe `PATH`,
+/// `HOME`, `USER`, `LOGNAME` and `SHELL` of the user it runs as, and `LANG` (and `LC_ALL`, `TZ`)
+/// from the agent, so output keeps its encoding and local times their zone. Nothing else of
+/// the agent's environment (proxy credentials, the service's secrets, root's `PATH`) reaches it.
+pub fn clean_env(
+    user: Option<&UserInfo>,
+    home: Option<&Path>,
+    agent_env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(String, std::ffi::OsString)> {
+    let mut env = vec![("PATH".to_string(), SAFE_PATH.into())];
+    let name = user
+        .map(|u| u.name.clone())
+        .unwrap_or_else(|| "root".to_string());
+    if let Some(home) = home
+        .map(Path::as_os_str)
+        .or(user.map(|u| u.home.as_os_str()))
+    {
+        env.push(("HOME".to_string(), home.to_os_string()));
+    }
+    env.push(("USER".to_string(), name.clone().into()));
+    env.push(("LOGNAME".to_string(), name.into()));
+    env.push(("SHELL".to_string(), SHELL.into()));
+    for key in ["LANG", "LC_ALL", "TZ"] {
+        if let Some(v) = agent_env(key) {
+            env.push((key.to_string(), v));
+        }
+    }
+    env
 }
 
 /// How the child ended, as `waitid`/`waitpid` saw it.
@@ -87,10 +124,25 @@ pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .process_group(0);
-    if let Some(home) = launch.home {
+        .stderr(Stdio::from(err));
+    let switch_user = launch.user.is_some_and(needs_switch);
+    if switch_user || launch.clean_env {
+        cmd.env_clear();
+        cmd.envs(clean_env(launch.user, launch.home, |k| std::env::var_os(k)));
+    } else if let Some(home) = launch.home {
         cmd.env("HOME", home);
+    }
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new session
+    // makes the child the leader of a new process group (pgid = pid, so the group kill works
+    // as with `process_group(0)`) with no controlling terminal: a task cannot open the
+    // agent's `/dev/tty` and push input into it with TIOCSTI.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     match launch.user {
         Some(user) if needs_switch(user) => {
@@ -246,6 +298,7 @@ impl Drop for Running {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::path::PathBuf;
 
     fn run_inline(script: &str) -> (ChildExit, Vec<u8>) {
         let (mut read, write) = output_pipe().expect("pipe");
@@ -255,6 +308,7 @@ mod tests {
             user: None,
             cwd: Some(Path::new("/")),
             home: None,
+            clean_env: false,
         };
         let running = spawn(&launch, write).expect("spawn");
         let mut out = Vec::new();
@@ -285,6 +339,7 @@ mod tests {
             user: None,
             cwd: None,
             home: None,
+            clean_env: false,
         };
         let running = spawn(&launch, write).expect("spawn");
         let pid = running.pid();
@@ -308,8 +363,74 @@ mod tests {
             user: None,
             cwd: Some(Path::new("/no/such/dir/assistd")),
             home: None,
+            clean_env: false,
         };
         let err = spawn(&launch, write).err().expect("must fail");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn the_child_leads_a_new_session_with_no_controlling_terminal() {
+        // `ps -o sid= -p $$` would need procps; /proc says the same: field 6 (session) equals
+        // the pid, field 5 (pgrp) too, and field 7 (tty_nr) is 0.
+        let (exit, out) =
+            run_inline("read -r stat < /proc/$$/stat; set -- ${stat##*) }; echo \"$$ $3 $4 $5\"");
+        assert_eq!(exit, ChildExit::Code(0));
+        let text = String::from_utf8_lossy(&out);
+        let f: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "{text}");
+        assert_eq!(f[1], f[0], "pgrp is the pid: {text}");
+        assert_eq!(f[2], f[0], "a session of its own: {text}");
+        assert_eq!(f[3], "0", "no controlling terminal: {text}");
+    }
+
+    #[test]
+    fn a_clean_environment_holds_only_the_safe_variables() {
+        let user = UserInfo {
+            name: "alice".to_string(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000],
+            home: PathBuf::from("/home/alice"),
+        };
+        let env = clean_env(Some(&user), None, |k| match k {
+            "LANG" => Some("C.UTF-8".into()),
+            _ => None,
+        });
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG"]
+        );
+        assert_eq!(env[0].1, SAFE_PATH);
+        assert_eq!(env[1].1, "/home/alice");
+        assert_eq!(env[2].1, "alice");
+    }
+
+    #[test]
+    fn clean_env_launches_with_nothing_of_the_agent() {
+        let (mut read, write) = output_pipe().expect("pipe");
+        let cmd = ScriptCmd::Inline(b"env".to_vec());
+        let launch = Launch {
+            cmd: &cmd,
+            user: None,
+            cwd: Some(Path::new("/")),
+            home: Some(Path::new("/root")),
+            clean_env: true,
+        };
+        let running = spawn(&launch, write).expect("spawn");
+        let mut out = Vec::new();
+        read.read_to_end(&mut out).expect("read");
+        assert_eq!(running.reap().expect("reap"), ChildExit::Code(0));
+        let text = String::from_utf8_lossy(&out);
+        for line in text.lines() {
+            let key = line.split('=').next().unwrap_or("");
+            assert!(
+                ["PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "PWD"]
+                    .contains(&key),
+                "{line:?} leaked into a clean environment"
+            );
+        }
+        assert!(text.contains(&format!("PATH={SAFE_PATH}\n")), "{text}");
     }
 }

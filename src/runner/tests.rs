@@ -49,6 +49,8 @@ impl TestDir {
             script_dir: self.0.join("scripts"),
             allow_power_actions: false,
             records: None,
+            max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+            clean_task_env: false,
         }
     }
 
@@ -611,6 +613,8 @@ fn another_user_runs_a_script_file_in_the_state_dir() {
         script_dir: state.script_dir(),
         allow_power_actions: false,
         records: None,
+        max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+        clean_task_env: false,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),
@@ -647,6 +651,8 @@ fn a_closed_state_dir_runs_another_user_inline() {
         script_dir: state.script_dir(),
         allow_power_actions: false,
         records: None,
+        max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+        clean_task_env: false,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),

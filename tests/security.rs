@@ -1,0 +1,168 @@
+//! What a task (or the user it runs as) must not be able to do to the host through the agent,
+//! each tried against the real binary: reach the agent's terminal, inherit its environment or
+//! descriptors, make it hold unbounded output.
+
+mod util;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use serde_json::json;
+use util::{bin, Agent, TestDir};
+
+fn output_of(dir: &TestDir, agent: &Agent, task: &str) -> String {
+    let records = agent.wait_journal(dir, &format!("{task} finished"), |r| {
+        r.iter()
+            .any(|r| r["task"] == task && r["event"] == "finished")
+    });
+    records
+        .iter()
+        .find(|r| r["task"] == task && r["event"] == "finished")
+        .and_then(|r| r["output"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn local_args(dir: &TestDir) -> Vec<String> {
+    vec![
+        "agent".to_string(),
+        "--local".to_string(),
+        dir.tasks().display().to_string(),
+        "--state-dir".to_string(),
+        dir.state().display().to_string(),
+    ]
+}
+
+/// A new pseudo-terminal: (master, slave).
+fn pty() -> (OwnedFd, OwnedFd) {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on a fresh descriptor; ptsname's static
+    // buffer is copied at once and this test is its only user in this process.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(master >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(master)).to_owned();
+        let slave = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        assert!(slave >= 0, "open the pty slave");
+        (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave))
+    }
+}
+
+#[test]
+fn a_task_cannot_reach_the_terminal_the_agent_was_started_from() {
+    let dir = TestDir::new("sec-tty");
+    dir.task(
+        "tty",
+        &json!({"command": "if (exec 3</dev/tty) 2>/dev/null; then echo HAS_TTY; else echo NO_TTY; fi"}),
+    );
+    let (_master, slave) = pty();
+    let slave_fd = slave.as_raw_fd();
+    let args = local_args(&dir);
+    let mut cmd = Command::new(bin());
+    cmd.args(&args).current_dir(&dir.root).env("TZ", "UTC");
+    // SAFETY: setsid and ioctl are async-signal-safe; the agent starts as the leader of a
+    // session whose controlling terminal is the pty, as from an admin's interactive shell.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let agent = Agent::from_command(cmd, args);
+    assert_eq!(output_of(&dir, &agent, "tty"), "NO_TTY\n");
+}
+
+#[test]
+fn a_huge_log_quota_keeps_a_bounded_output_and_memory() {
+    let dir = TestDir::new("sec-quota");
+    dir.task(
+        "flood",
+        &json!({
+            "command": "head -c 300000000 /dev/zero | tr '\\0' x",
+            "output": {"logQuota": 4_000_000_000_i64},
+            "timeout": 600
+        }),
+    );
+    let agent = Agent::start(&dir, &[]);
+    let out = output_of(&dir, &agent, "flood");
+    let max = 4 * 1024 * 1024;
+    assert!(out.len() <= max, "kept {} bytes of output", out.len());
+    assert!(out.len() >= 12_000, "kept only {} bytes", out.len());
+    let pid = agent.child.as_ref().expect("running").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    // A bound, not a timing: the reference kept all 300 MB (1.76 GB RSS with 4e9).
+    assert!(hwm_kib < 64 * 1024, "peak RSS {hwm_kib} KiB");
+}
+
+#[test]
+fn a_task_run_as_another_user_gets_a_clean_environment_and_no_stray_descriptor() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: switching to another user needs root");
+        return;
+    }
+    let dir = TestDir::new("sec-env");
+    // The script is read by `daemon` (uid 1 on every Debian and Alpine): the test dir must be
+    // traversable, and so must the state dir's script directory (0711 by the agent).
+    for p in [&dir.root, &dir.state()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    dir.task(
+        "env",
+        &json!({
+            "command": "env | sort; if [ -e /proc/$$/fd/7 ]; then echo FD7_OPEN; else echo FD7_CLOSED; fi",
+            "user": "daemon",
+            "workdir": "/"
+        }),
+    );
+    // A descriptor the launcher leaves open (not close-on-exec) on fd 7.
+    let stray = std::fs::File::open("/dev/null").expect("open");
+    let stray_fd = stray.as_raw_fd();
+    let args = local_args(&dir);
+    let mut cmd = Command::new(bin());
+    cmd.args(&args)
+        .current_dir(&dir.root)
+        .env("TZ", "UTC")
+        .env("ASSISTD_TEST_SECRET", "hunter2")
+        .env("PATH", "/root/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    // SAFETY: dup2 is async-signal-safe; fd 7 is left without close-on-exec on purpose.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(stray_fd, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let agent = Agent::from_command(cmd, args);
+    let out = output_of(&dir, &agent, "env");
+    assert!(
+        !out.contains("hunter2"),
+        "the agent's secret leaked:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l == "USER=daemon"), "{out}");
+    assert!(out.lines().any(|l| l == "LOGNAME=daemon"), "{out}");
+    assert!(
+        out.contains("FD7_CLOSED"),
+        "the stray descriptor reached the task:\n{out}"
+    );
+    drop(stray);
+}
