@@ -708,7 +708,7 @@ mod tests {
 
     #[test]
     fn list_paths() {
-        let shanghai = Zone::parse("Asia/Shanghai").expect("zone");
+        let shanghai = crate::schedule::testing::zone("Asia/Shanghai");
         assert_eq!(
             list_path(Reason::Startup { cold_start: true }, &FetchRequest::kick(), at_2024(), &shanghai),
             "/luban/api/v1/task/list?reason=startup&cold_start=true&currentTime=1704164645000&offset=28800&timeZone=Asia%2FShanghai"
