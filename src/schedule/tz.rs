@@ -147,16 +147,13 @@ impl Zone {
     }
 
     /// The first instant whose wall-clock time is at or after `local` (which lies in a gap):
-    /// a binary search over the 32 hours around it, which covers every UTC offset.
+    /// a binary search over the 54 hours around it. That covers every offset the TZif parser
+    /// accepts (−25 h to +26 h), not only those of real zones (−12 h to +14 h): with the 16
+    /// hours once used, a file with an offset of −18 h made the search end before the gap.
     fn gap_end(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
-        let mut lo = local
-            .checked_sub_signed(Duration::hours(16))?
-            .and_utc()
-            .timestamp();
-        let mut hi = local
-            .checked_add_signed(Duration::hours(16))?
-            .and_utc()
-            .timestamp();
+        let reach = Duration::hours(27);
+        let mut lo = local.checked_sub_signed(reach)?.and_utc().timestamp();
+        let mut hi = local.checked_add_signed(reach)?.and_utc().timestamp();
         // Invariant: the wall clock at `lo` is before `local`, at `hi` it is not.
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
@@ -609,6 +606,61 @@ mod tests {
         };
         assert_eq!(got, Some(expected));
     }
+    /// A version-1 TZif file: `types` are UTC offsets, `transitions` `(utc_secs, type)`.
+    fn tzif_v1(types: &[i32], transitions: &[(i32, u8)]) -> TzData {
+        let mut out = b"TZif".to_vec();
+        out.extend([0; 16]);
+        for count in [0, 0, 0, transitions.len(), types.len(), 1] {
+            out.extend((count as u32).to_be_bytes());
+        }
+        out.extend(transitions.iter().flat_map(|&(at, _)| at.to_be_bytes()));
+        out.extend(transitions.iter().map(|&(_, ty)| ty));
+        for &offset in types {
+            out.extend(offset.to_be_bytes());
+            out.extend([0, 0]);
+        }
+        out.push(0);
+        tzif::parse(&out).expect("valid TZif")
+    }
+
+    /// Found by the tzif fuzz target: offsets beyond ±16 h (valid TZif, no real zone) put the
+    /// gap's end outside the search window, and the "next valid" instant came before the gap.
+    #[test]
+    fn gap_end_is_found_for_offsets_beyond_16_hours() {
+        let data = tzif_v1(&[-65_536, -42_392], &[(65_457, 1)]);
+        let zone = Zone::Named(Arc::new(NamedZone::new("Test/Far", data)));
+        // Local times from 65457 - 65536 = -79 up to 65457 - 42392 = 23065 are skipped.
+        let local = DateTime::from_timestamp(-1, 0)
+            .expect("in range")
+            .naive_utc();
+        assert_eq!(
+            zone.resolve_local(local),
+            Some(LocalInstant::Gap {
+                next_valid: DateTime::from_timestamp(65_457, 0).expect("in range")
+            })
+        );
+        // The far ends of the accepted range, both ways.
+        for (before, after) in [
+            (-89_999, 93_599),
+            (93_599 - 7200, 93_599),
+            (-89_999, -89_999 + 3600),
+        ] {
+            let data = tzif_v1(&[before, after], &[(1_000_000, 1)]);
+            let zone = Zone::Named(Arc::new(NamedZone::new("Test/Far", data)));
+            let local = DateTime::from_timestamp(1_000_000 + i64::from(before) + 1, 0)
+                .expect("in range")
+                .naive_utc();
+            let got = zone.resolve_local(local);
+            assert_eq!(
+                got,
+                Some(LocalInstant::Gap {
+                    next_valid: DateTime::from_timestamp(1_000_000, 0).expect("in range")
+                }),
+                "{before} -> {after}"
+            );
+        }
+    }
+
     #[test]
     fn resolve_fixed() {
         let zone = Zone::parse("GMT-14:00").expect("valid zone");
