@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_STATE ?= target/run-state
 
-.PHONY: all build release run test lint bench clean static static-local static-aarch64 install uninstall deb
+.PHONY: all build release run test lint bench fuzz clean static static-local static-aarch64 install uninstall deb
 
 all: build
 
@@ -34,6 +34,11 @@ bench: release
 	$(CARGO) build --release --example bench-timer --example bench-remote
 	-$(MAKE) static
 	./benches/run.sh
+
+# Every fuzz target (fuzz/README.md) for FUZZ_SECS seconds each (default 60); installs
+# cargo-fuzz when missing. A crash or a slow input fails the target.
+fuzz:
+	FUZZ_SECS=$(or $(FUZZ_SECS),60) ./fuzz/run.sh
 
 clean:
 	$(CARGO) clean

@@ -23,6 +23,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_assistd")
 }
 
+/// `assistd` started with the host's zone settings replaced: `TZ=UTC`, and `$ZONEINFO` (searched
+/// before the system directories) at the TZif files the repository carries, so a test that
+/// names a zone does not depend on the host's tzdata.
+pub fn assistd() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("TZ", "UTC").env(
+        "ZONEINFO",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/schedule/testdata/zoneinfo"),
+    );
+    cmd
+}
+
 /// A fresh directory for one test, kept on failure for inspection.
 pub struct TestDir {
     pub root: PathBuf,
@@ -126,8 +138,8 @@ impl Agent {
 
     /// Starts `assistd <args>` in `cwd`.
     pub fn spawn(args: Vec<String>, cwd: &Path) -> Agent {
-        let mut cmd = Command::new(bin());
-        cmd.args(&args).current_dir(cwd).env("TZ", "UTC");
+        let mut cmd = assistd();
+        cmd.args(&args).current_dir(cwd);
         Agent::from_command(cmd, args)
     }
 
@@ -266,11 +278,7 @@ impl Drop for Agent {
 
 /// Runs `assistd <args>` to completion.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("TZ", "UTC")
-        .output()
-        .expect("run assistd")
+    assistd().args(args).output().expect("run assistd")
 }
 
 /// True while a process with this pid exists and is not a zombie. (A killed grandchild is

@@ -17,8 +17,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::model::{decode_task_list, ModelError, SendFileTaskInfo, SessionTaskInfo, TaskList};
 use crate::remote::transport::{
-    query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
-    TASK_LIST_TIMEOUT,
+    query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, MAX_BODY_LEN,
+    RETRY_ATTEMPTS, RETRY_PAUSE, TASK_LIST_TIMEOUT,
 };
 use crate::schedule::Zone;
 use crate::source::SourceEvent;
@@ -29,6 +29,10 @@ pub const FETCH_RETRY_INTERVAL: Duration = Duration::from_secs(3);
 pub const UPDATER_WAIT: Duration = Duration::from_secs(2);
 /// Rounds of `code: 408` answers before the last list is taken as it is (spec §2.4).
 pub const MAX_408_ROUNDS: u32 = 4;
+/// The largest task list decoded (16 MiB); a longer answer is refused unread past this size,
+/// since decoding it could take memory far beyond its length. The transport reads no more
+/// than this plus one byte (`transport::MAX_BODY_LEN`).
+pub const MAX_TASK_LIST_LEN: usize = MAX_BODY_LEN;
 
 const TASK_LIST_PATH: &str = "/luban/api/v1/task/list";
 const SESSION_LIST_PATH: &str = "/luban/api/v1/session/list";
@@ -213,6 +217,9 @@ pub enum FetchError {
     Transport(TransportError),
     /// Answered, but not a task list: logged; the next fetch may do better.
     Decode(ModelError),
+    /// Answered with more than `MAX_TASK_LIST_LEN` bytes: refused before decoding and
+    /// logged, as a decode error is; the next fetch asks again.
+    TooLarge,
 }
 
 impl fmt::Display for FetchError {
@@ -220,6 +227,10 @@ impl fmt::Display for FetchError {
         match self {
             FetchError::Transport(_) => f.write_str("task list request failed"),
             FetchError::Decode(_) => f.write_str("task list is not valid"),
+            FetchError::TooLarge => write!(
+                f,
+                "task list is larger than {MAX_TASK_LIST_LEN} bytes; refused without decoding"
+            ),
         }
     }
 }
@@ -229,6 +240,7 @@ impl std::error::Error for FetchError {
         match self {
             FetchError::Transport(e) => Some(e),
             FetchError::Decode(e) => Some(e),
+            FetchError::TooLarge => None,
         }
     }
 }
@@ -609,6 +621,9 @@ impl Fetcher {
                 },
             )
             .map_err(FetchError::Transport)?;
+            if resp.is_cut() || resp.body.len() > MAX_TASK_LIST_LEN {
+                return Err(FetchError::TooLarge);
+            }
             let list = decode_task_list(&resp.body).map_err(FetchError::Decode)?;
             if list.code != 408 || round >= MAX_408_ROUNDS {
                 return Ok(list);
@@ -729,7 +744,7 @@ mod tests {
 
     #[test]
     fn list_paths() {
-        let shanghai = Zone::parse("Asia/Shanghai").expect("zone");
+        let shanghai = crate::schedule::testing::zone("Asia/Shanghai");
         assert_eq!(
             list_path(Reason::Startup { cold_start: true }, &FetchRequest::kick(), at_2024(), &shanghai),
             "/luban/api/v1/task/list?reason=startup&cold_start=true&currentTime=1704164645000&offset=28800&timeZone=Asia%2FShanghai"
@@ -1021,6 +1036,36 @@ mod tests {
             FetchOutcome::Fetched(0)
         ));
         assert_eq!(h.http.paths().len(), 4);
+    }
+
+    #[test]
+    fn a_task_list_over_16_mib_is_refused_before_decoding() {
+        // Valid JSON with one run entry, padded past the limit: decoding it would succeed, so
+        // only the size check can refuse it.
+        let entry = r#"{"code":200,"run":[{"task":{"taskID":"t-big","commandId":"c","type":"RunShellScript","command":"ZWNobw=="}}]}"#;
+        let mut body = entry.as_bytes().to_vec();
+        body.resize(MAX_TASK_LIST_LEN + 1, b' ');
+        let big = Ok(HttpResponse { status: 200, body });
+        let mut h = harness(vec![big]);
+        assert!(matches!(
+            h.fetcher.fetch(&FetchRequest::kick()),
+            FetchOutcome::Failed(FetchError::TooLarge)
+        ));
+        assert!(h.events.try_recv().is_err(), "nothing was handed on");
+        assert!(!h.startup.is_done());
+        assert_eq!(
+            FetchError::TooLarge.to_string(),
+            "task list is larger than 16777216 bytes; refused without decoding"
+        );
+
+        // Exactly at the limit it is decoded.
+        let mut body = entry.as_bytes().to_vec();
+        body.resize(MAX_TASK_LIST_LEN, b' ');
+        let mut h = harness(vec![Ok(HttpResponse { status: 200, body })]);
+        assert!(matches!(
+            h.fetcher.fetch(&FetchRequest::kick()),
+            FetchOutcome::Fetched(1)
+        ));
     }
 
     #[test]

@@ -24,6 +24,33 @@ pub const RETRY_PAUSE: Duration = Duration::from_secs(3);
 /// Extra attempts allowed per hour after a failed heartbeat (spec appendix A).
 const RETRIES_PER_HOUR: u32 = 3;
 
+/// What a heartbeat answer asks of the agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// `errMsg` says a required request parameter is missing: send the full parameter set.
+    pub wants_full_form: bool,
+    /// `nextInterval` (milliseconds) as asked, before `Heartbeat::next_interval` bounds it.
+    pub next_interval: Option<Duration>,
+}
+
+/// Reads a heartbeat answer. Lenient: an answer that is not a JSON object, or lacks a key,
+/// asks nothing of that key (the heartbeat itself still counts as acknowledged).
+pub fn parse_answer(body: &[u8]) -> Answer {
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let wants_full_form = body
+        .get("errMsg")
+        .and_then(|m| m.as_str())
+        .is_some_and(|msg| msg.contains("Required request parameter"));
+    let next_interval = body
+        .get("nextInterval")
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis);
+    Answer {
+        wants_full_form,
+        next_interval,
+    }
+}
+
 /// What the heartbeat says about this host, read once at start.
 #[derive(Clone, Debug, Default)]
 pub struct HostFacts {
@@ -115,18 +142,12 @@ impl Heartbeat {
         self.sent += 1;
         let resp = http.get(&target, DEFAULT_TIMEOUT)?;
         self.acked += 1;
-        let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
-        if let Some(msg) = body.get("errMsg").and_then(|m| m.as_str()) {
-            if msg.contains("Required request parameter") && !self.full_form {
-                log::info!("phase=heartbeat server asks for the full parameter set; switching");
-                self.full_form = true;
-            }
+        let answer = parse_answer(&resp.body);
+        if answer.wants_full_form && !self.full_form {
+            log::info!("phase=heartbeat server asks for the full parameter set; switching");
+            self.full_form = true;
         }
-        let asked = body
-            .get("nextInterval")
-            .and_then(|v| v.as_u64())
-            .map(Duration::from_millis);
-        Ok(self.next_interval(asked))
+        Ok(self.next_interval(answer.next_interval))
     }
 
     /// The server's `nextInterval` when inside 55–65 s, else a random point of that window.
@@ -242,6 +263,31 @@ mod tests {
         hb.full_form = true;
         let t = hb.target(1000, 2000);
         assert!(t.ends_with(&format!("&virt_type=kvm&lang=golang&os_type=linux&os_version=Linux_6.1&app_version={}&az=cn-hangzhou-h", env!("CARGO_PKG_VERSION"))), "{t}");
+    }
+
+    #[test]
+    fn answers_are_read_leniently() {
+        assert_eq!(
+            parse_answer(br#"{"nextInterval":60000}"#),
+            Answer {
+                wants_full_form: false,
+                next_interval: Some(Duration::from_secs(60)),
+            }
+        );
+        let full =
+            parse_answer(br#"{"errMsg":"Required request parameter 'os_type' is not present"}"#);
+        assert!(full.wants_full_form);
+        assert_eq!(full.next_interval, None);
+        for odd in [
+            &b""[..],
+            b"[]",
+            b"null",
+            b"{\"nextInterval\":-1}",
+            b"{\"errMsg\":7}",
+            b"\xff",
+        ] {
+            assert_eq!(parse_answer(odd), Answer::default(), "{odd:?}");
+        }
     }
 
     #[test]

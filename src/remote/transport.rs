@@ -4,6 +4,7 @@
 //! query string or body format is known here.
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +16,25 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The task-list request's timeout (spec §2.2).
 pub const TASK_LIST_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// The most of an answer's body that is read. Every server answer is far smaller; the largest,
+/// a task list, is refused above this size (`fetch::MAX_TASK_LIST_LEN`). ureq's own default
+/// (`read_to_vec`, 10 MiB) is not used, so the limit is ours and stated once.
+pub const MAX_BODY_LEN: usize = 16 * 1024 * 1024;
+
 /// An answer from the server, whatever its status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpResponse {
     pub status: u16,
+    /// At most `MAX_BODY_LEN + 1` bytes: a longer answer is cut there, so a caller can tell
+    /// an answer that was too long (`is_cut`) without the agent buffering all of it.
     pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// Whether the body was longer than `MAX_BODY_LEN` (and so is not the whole answer).
+    pub fn is_cut(&self) -> bool {
+        self.body.len() > MAX_BODY_LEN
+    }
 }
 
 /// A request that got no usable answer.
@@ -386,9 +401,13 @@ fn classify(
     if status > 400 {
         return Err(TransportError::Status(status));
     }
-    let body = resp
-        .body_mut()
-        .read_to_vec()
+    // One byte past the limit tells the caller the answer was longer; the rest is never read
+    // (ureq then closes the connection instead of reusing it).
+    let mut body = Vec::new();
+    resp.body_mut()
+        .as_reader()
+        .take(MAX_BODY_LEN as u64 + 1)
+        .read_to_end(&mut body)
         .map_err(|e| TransportError::Unreachable(Box::new(e)))?;
     Ok(HttpResponse { status, body })
 }
@@ -568,6 +587,63 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one HTTP/1.1 answer of `len` bytes of `x` on a loopback port; returns its URL.
+    fn serve_once(len: usize) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}/", listener.local_addr().expect("local addr"));
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let mut out = &stream;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = len;
+            // The client stops reading past its limit and closes: write errors end the answer.
+            let _ = out.write_all(head.as_bytes());
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if out.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_the_limit_and_cut_one_byte_past_it() {
+        let http = UreqHttp::new(&TransportConfig {
+            base_url: "http://127.0.0.1".into(),
+            instance_id: String::new(),
+            ca_file: None,
+            proxy: None,
+        })
+        .expect("transport");
+        let timeout = Duration::from_secs(30);
+        let small = http.get_url(&serve_once(1000), timeout).expect("answer");
+        assert_eq!((small.body.len(), small.is_cut()), (1000, false));
+        // Past ureq's own 10 MiB default, still whole.
+        let at_limit = http
+            .get_url(&serve_once(MAX_BODY_LEN), timeout)
+            .expect("answer");
+        assert_eq!(
+            (at_limit.body.len(), at_limit.is_cut()),
+            (MAX_BODY_LEN, false)
+        );
+        let over = http
+            .get_url(&serve_once(MAX_BODY_LEN + 4096), timeout)
+            .expect("answer");
+        assert_eq!((over.body.len(), over.is_cut()), (MAX_BODY_LEN + 1, true));
+    }
 
     #[test]
     fn query_escape_matches_go() {

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, Timelike, Utc};
 
-use super::tz::LocalInstant;
+use super::tz::{LocalInstant, ZoneDb};
 use super::{ErrorCode, ScheduleError, Zone};
 
 const FIRST_YEAR: i32 = 1970;
@@ -23,16 +23,28 @@ pub struct CronSchedule {
 
 impl CronSchedule {
     /// Parses 6 fields (`sec min hour dom month dow`), 7 (plus a year or a zone) or 8 (plus a
-    /// year and a zone). A cron without a zone runs in `system_zone`.
+    /// year and a zone). A cron without a zone runs in `system_zone`; a named zone is loaded
+    /// from the host's zoneinfo database (`ZoneDb::host`).
     pub fn parse(expr: &str, system_zone: &Zone) -> Result<CronSchedule, ScheduleError> {
+        CronSchedule::parse_in(expr, system_zone, &ZoneDb::host())
+    }
+
+    /// `parse`, loading a named zone from `db`.
+    pub fn parse_in(
+        expr: &str,
+        system_zone: &Zone,
+        db: &ZoneDb,
+    ) -> Result<CronSchedule, ScheduleError> {
         let words: Vec<&str> = expr.split_whitespace().collect();
         let (exprs, zone) = match words.as_slice() {
             [_, _, _, _, _, _] => (field_array(&words, "*"), system_zone.clone()),
             [_, _, _, _, _, _, last] if is_year_field(last) => {
                 (field_array(&words, last), system_zone.clone())
             }
-            [_, _, _, _, _, _, last] => (field_array(&words, "*"), Zone::parse(last)?),
-            [_, _, _, _, _, _, year, zone] => (field_array(&words, year), Zone::parse(zone)?),
+            [_, _, _, _, _, _, last] => (field_array(&words, "*"), Zone::parse_in(last, db)?),
+            [_, _, _, _, _, _, year, zone] => {
+                (field_array(&words, year), Zone::parse_in(zone, db)?)
+            }
             // A bare code, as the reference reports it.
             _ => return Err(ScheduleError::new(ErrorCode::InvalidCronExpression)),
         };
@@ -658,13 +670,13 @@ fn nearest_weekday(year: i32, month: u32, day: u32, last: u32) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tz::zone_or_skip;
     use super::super::{Schedule, ScheduleKind};
     use super::*;
-    use crate::schedule::testing::utc;
+    use crate::schedule::testing::{self, fixture_db, utc};
 
     fn parse(expr: &str) -> CronSchedule {
-        CronSchedule::parse(expr, &Zone::utc()).unwrap_or_else(|e| panic!("{expr}: {e}"))
+        CronSchedule::parse_in(expr, &Zone::utc(), &fixture_db())
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
     }
 
     /// The next run after `from` (RFC 3339), compared as instants.
@@ -688,7 +700,7 @@ mod tests {
     }
 
     fn check_err(expr: &str, expected: &str) {
-        let got = CronSchedule::parse(expr, &Zone::utc())
+        let got = CronSchedule::parse_in(expr, &Zone::utc(), &fixture_db())
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert_eq!(got, Err(expected.to_string()), "{expr:?}");
@@ -868,9 +880,6 @@ mod tests {
     }
     #[test]
     fn iana_zone() {
-        if zone_or_skip("iana_zone", "Asia/Shanghai").is_none() {
-            return;
-        }
         check(
             "0 0 8 * * ? Asia/Shanghai",
             "2024-03-15T10:20:30+08:00",
@@ -939,9 +948,6 @@ mod tests {
     }
     #[test]
     fn new_york_mondays() {
-        if zone_or_skip("new_york_mondays", "America/New_York").is_none() {
-            return;
-        }
         let runs = [
             "2030-03-11T09:00:00-04:00",
             "2030-03-18T09:00:00-04:00",
@@ -963,9 +969,6 @@ mod tests {
     }
     #[test]
     fn year_and_zone() {
-        if zone_or_skip("year_and_zone", "Asia/Tokyo").is_none() {
-            return;
-        }
         let runs = [
             "2030-12-31T23:00:00Z",
             "2031-01-01T23:00:00Z",
@@ -1266,10 +1269,9 @@ mod tests {
     }
     #[test]
     fn six_fields_use_system_zone() {
-        let Some(tokyo) = zone_or_skip("six_fields_use_system_zone", "Asia/Tokyo") else {
-            return;
-        };
-        let cron = CronSchedule::parse("0 0 8 * * ?", &tokyo).expect("valid cron");
+        let tokyo = testing::zone("Asia/Tokyo");
+        let cron =
+            CronSchedule::parse_in("0 0 8 * * ?", &tokyo, &fixture_db()).expect("valid cron");
         assert_eq!(cron.zone().name(), "Asia/Tokyo");
         assert_eq!(
             cron.next_after(utc(FROM)),
@@ -1317,9 +1319,6 @@ mod tests {
     // back 2030-11-03 02:00 EDT -> 01:00 EST (06:00Z).
     #[test]
     fn spring_gap_fires_after_the_gap() {
-        if zone_or_skip("spring_gap_fires_after_the_gap", "America/New_York").is_none() {
-            return;
-        }
         check(
             "0 30 2 * * ? America/New_York",
             "2030-03-09T12:00:00Z",
@@ -1333,9 +1332,6 @@ mod tests {
     }
     #[test]
     fn spring_gap_every_minute_fires_once() {
-        if zone_or_skip("spring_gap_every_minute_fires_once", "America/New_York").is_none() {
-            return;
-        }
         let runs = [
             "2030-03-10T06:59:00Z",
             "2030-03-10T07:00:00Z",
@@ -1350,14 +1346,6 @@ mod tests {
     }
     #[test]
     fn spring_gap_every_minute_in_the_gap_hour() {
-        if zone_or_skip(
-            "spring_gap_every_minute_in_the_gap_hour",
-            "America/New_York",
-        )
-        .is_none()
-        {
-            return;
-        }
         // Only the 02:xx minutes: they all collapse into one run at 03:00 EDT.
         let runs = ["2030-03-10T07:00:00Z", "2030-03-11T06:00:00Z"];
         check_runs(
@@ -1368,9 +1356,6 @@ mod tests {
     }
     #[test]
     fn fall_back_fires_once() {
-        if zone_or_skip("fall_back_fires_once", "America/New_York").is_none() {
-            return;
-        }
         let runs = ["2030-11-03T05:30:00Z", "2030-11-04T06:30:00Z"];
         check_runs(
             "0 30 1 * * ? America/New_York",
@@ -1380,9 +1365,6 @@ mod tests {
     }
     #[test]
     fn fall_back_started_in_repeated_hour() {
-        if zone_or_skip("fall_back_started_in_repeated_hour", "America/New_York").is_none() {
-            return;
-        }
         check(
             "0 45 1 * * ? America/New_York",
             "2030-11-03T06:30:00Z",
@@ -1391,9 +1373,6 @@ mod tests {
     }
     #[test]
     fn fall_back_every_minute_continues() {
-        if zone_or_skip("fall_back_every_minute_continues", "America/New_York").is_none() {
-            return;
-        }
         let runs = [
             "2030-11-03T05:59:00Z",
             "2030-11-03T07:00:00Z",
@@ -1407,9 +1386,6 @@ mod tests {
     }
     #[test]
     fn successive_runs_increase_over_a_year() {
-        if zone_or_skip("successive_runs_increase_over_a_year", "America/New_York").is_none() {
-            return;
-        }
         let exprs = [
             "0 */10 * * * ? America/New_York",
             "0 30 1,2 * * ? America/New_York",
@@ -1437,8 +1413,8 @@ mod tests {
 
 #[cfg(test)]
 mod odd_input_tests {
-    use super::super::tz::zone_or_skip;
     use super::*;
+    use crate::schedule::testing::{self, fixture_db};
 
     /// Every odd token in every day and time position parses or fails cleanly, and whatever
     /// parses can be searched without panicking.
@@ -1485,16 +1461,15 @@ mod odd_input_tests {
             "1970-2099/2099",
         ];
         let from = DateTime::from_timestamp(1_900_000_000, 0).expect("valid time");
-        // Without a zoneinfo database the odd tokens are still searched, in UTC.
-        let zone =
-            zone_or_skip("odd_tokens_never_panic", "America/New_York").unwrap_or_else(Zone::utc);
+        let zone = testing::zone("America/New_York");
+        let db = fixture_db();
         for a in tokens {
             for b in tokens {
                 for expr in [
                     format!("{a} {a} {a} {a} * {b}"),
                     format!("0 0 0 {a} {b} {b} {b}"),
                 ] {
-                    if let Ok(cron) = CronSchedule::parse(&expr, &zone) {
+                    if let Ok(cron) = CronSchedule::parse_in(&expr, &zone, &db) {
                         let _ = cron.next_after(from);
                     }
                 }

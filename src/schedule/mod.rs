@@ -143,15 +143,29 @@ impl std::error::Error for ScheduleError {}
 
 impl Schedule {
     /// Parses `expr` with the grammar of `kind`. `creation_ms` anchors rates; `system_zone`
-    /// is used by a cron without a zone suffix. Does not check for expiry (see `first_after`).
+    /// is used by a cron without a zone suffix, and a cron's named zone is loaded from the
+    /// host's zoneinfo database. Does not check for expiry (see `first_after`).
     pub fn parse(
         expr: &str,
         kind: ScheduleKind,
         creation_ms: i64,
         system_zone: &Zone,
     ) -> Result<Schedule, ScheduleError> {
+        Schedule::parse_in(expr, kind, creation_ms, system_zone, &tz::ZoneDb::host())
+    }
+
+    /// `parse`, loading a cron's named zone from `db`.
+    pub fn parse_in(
+        expr: &str,
+        kind: ScheduleKind,
+        creation_ms: i64,
+        system_zone: &Zone,
+        db: &tz::ZoneDb,
+    ) -> Result<Schedule, ScheduleError> {
         match kind {
-            ScheduleKind::Cron => cron::CronSchedule::parse(expr, system_zone).map(Schedule::Cron),
+            ScheduleKind::Cron => {
+                cron::CronSchedule::parse_in(expr, system_zone, db).map(Schedule::Cron)
+            }
             ScheduleKind::Rate => rate::RateSchedule::parse(expr, creation_ms).map(Schedule::Rate),
             ScheduleKind::At => at::AtSchedule::parse(expr).map(Schedule::At),
         }
@@ -185,16 +199,93 @@ impl Schedule {
     }
 }
 
-/// Helpers shared by the schedule modules' tests.
+/// Helpers shared by the schedule modules' tests (and the crate's other tests that name a
+/// zone): the zone fixtures the repository carries, so no test depends on the host's tzdata.
 #[cfg(test)]
 pub(crate) mod testing {
+    use std::path::PathBuf;
+
     use chrono::{DateTime, Utc};
+
+    use super::tz::{Zone, ZoneDb};
 
     /// An RFC 3339 test time as UTC.
     pub fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .expect("test time")
             .with_timezone(&Utc)
+    }
+
+    /// The directory of committed TZif files (`testdata/README.md` lists them).
+    pub fn fixture_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/schedule/testdata/zoneinfo")
+    }
+
+    /// A zoneinfo database holding only the fixtures.
+    pub fn fixture_db() -> ZoneDb {
+        ZoneDb::in_dirs([fixture_dir()])
+    }
+
+    /// The fixture zone `name`; the tests name only zones the repository carries.
+    pub fn zone(name: &str) -> Zone {
+        fixture_db()
+            .load(name)
+            .unwrap_or_else(|e| panic!("fixture zone {name}: {e}"))
+    }
+
+    /// One zone of `testdata/transitions.txt`: what glibc's zdump read from the same file.
+    pub struct Expected {
+        pub zone: String,
+        /// `(utc_secs, offset_secs)`, ascending: from `utc_secs` on (up to the next entry)
+        /// local time is UTC + `offset_secs`.
+        pub changes: Vec<(i64, i32)>,
+    }
+
+    /// `transitions.txt` covers changes up to here (2100-01-01T00:00:00Z): zdump's `-c` end
+    /// year is exclusive.
+    pub const EXPECTED_END: i64 = 4_102_444_800;
+
+    impl Expected {
+        /// The offset at `utc_secs` by these changes; `None` outside the span they cover.
+        pub fn offset_at(&self, utc_secs: i64) -> Option<i32> {
+            if utc_secs >= EXPECTED_END {
+                return None;
+            }
+            let after = self.changes.partition_point(|&(at, _)| at <= utc_secs);
+            after.checked_sub(1).map(|i| self.changes[i].1)
+        }
+
+        /// Where the covered span starts.
+        pub fn start(&self) -> i64 {
+            self.changes.first().map_or(EXPECTED_END, |&(at, _)| at)
+        }
+    }
+
+    /// The expected offsets of every fixture zone, in file order.
+    pub fn expected_offsets() -> Vec<Expected> {
+        let text = include_str!("testdata/transitions.txt");
+        let mut zones: Vec<Expected> = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(name) = line.strip_prefix("zone ") {
+                zones.push(Expected {
+                    zone: name.to_string(),
+                    changes: Vec::new(),
+                });
+                continue;
+            }
+            let mut fields = line.split(' ');
+            let mut number = || fields.next().and_then(|f| f.parse::<i64>().ok());
+            let (Some(at), Some(offset)) = (number(), number()) else {
+                panic!("transitions.txt: bad line {line:?}");
+            };
+            let offset = i32::try_from(offset).expect("offset fits i32");
+            zones
+                .last_mut()
+                .expect("a zone line comes first")
+                .changes
+                .push((at, offset));
+        }
+        zones
     }
 }
 
@@ -204,7 +295,7 @@ mod tests {
 
     fn wire(expr: &str, kind: ScheduleKind) -> String {
         let zone = Zone::utc();
-        match Schedule::parse(expr, kind, 0, &zone) {
+        match Schedule::parse_in(expr, kind, 0, &zone, &testing::fixture_db()) {
             Err(e) => e.wire_value(),
             Ok(_) => panic!("{expr} parses"),
         }

@@ -548,17 +548,12 @@ impl TzParser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
+    use crate::schedule::testing::fixture_dir;
+    use std::path::PathBuf;
 
-    const ZONEINFO: &str = "/usr/share/zoneinfo";
-
-    /// The bytes of a real zone file, or `None` (after printing SKIPPED) on a host without them.
-    fn real_file(test: &str, name: &str) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(Path::new(ZONEINFO).join(name)).ok();
-        if bytes.is_none() {
-            println!("SKIPPED {test}: no {ZONEINFO}/{name}");
-        }
-        bytes
+    /// The bytes of a zone file the repository carries (`testdata/zoneinfo`).
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(fixture_dir().join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
     }
 
     /// A minimal TZif file: `version` 0 gives only a 32-bit block, else both blocks and `footer`.
@@ -616,8 +611,8 @@ mod tests {
     }
 
     #[test]
-    fn every_real_file_parses() {
-        let mut stack = vec![PathBuf::from(ZONEINFO)];
+    fn every_fixture_file_parses() {
+        let mut stack: Vec<PathBuf> = vec![fixture_dir()];
         let mut parsed = 0;
         while let Some(path) = stack.pop() {
             if path.is_dir() {
@@ -625,27 +620,18 @@ mod tests {
                 stack.extend(entries.map(|e| e.expect("dir entry").path()));
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            if !bytes.starts_with(b"TZif") {
-                continue; // zone.tab, tzdata.zi, leap-seconds.list, ...
-            }
+            let bytes = std::fs::read(&path).expect("readable fixture");
             if let Err(e) = parse(&bytes) {
                 panic!("{}: {e}", path.display());
             }
             parsed += 1;
         }
-        if parsed == 0 {
-            println!("SKIPPED every_real_file_parses: no TZif files in {ZONEINFO}");
-        }
+        assert!(parsed >= 10, "only {parsed} fixture files");
     }
 
     #[test]
     fn real_new_york() {
-        let Some(bytes) = real_file("real_new_york", "America/New_York") else {
-            return;
-        };
+        let bytes = fixture("America/New_York");
         let data = parse(&bytes).expect("valid file");
         assert_eq!(data.rule, Some(tz("EST5EDT,M3.2.0,M11.1.0")));
         assert_eq!(data.offset_at(at(2024, 1, 15, 12, 0)), -5 * 3600);
@@ -664,9 +650,7 @@ mod tests {
 
     #[test]
     fn real_file_truncated_at_every_length() {
-        let Some(bytes) = real_file("real_file_truncated_at_every_length", "Europe/Dublin") else {
-            return;
-        };
+        let bytes = fixture("Europe/Dublin");
         let footer_start = bytes[..bytes.len() - 1]
             .iter()
             .rposition(|&b| b == b'\n')

@@ -5,10 +5,10 @@
 
 pub mod server;
 
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Instant;
 
-use crate::util::{bin, Agent, TestDir, DEADLINE};
+use crate::util::{assistd, Agent, TestDir, DEADLINE};
 use server::{Request, Server};
 
 /// The arguments of `start_remote` before its extra flags: the double as server, instance id
@@ -51,9 +51,8 @@ pub fn start_remote(dir: &TestDir, server: &Server, extra: &[&str]) -> Agent {
 
 /// Starts `assistd <args>` with `env` added, reading its stderr into the `Agent`.
 pub fn spawn_remote(args: Vec<String>, env: &[(&str, &str)]) -> Agent {
-    let mut cmd = Command::new(bin());
+    let mut cmd = assistd();
     cmd.args(&args)
-        .env("TZ", "UTC")
         .env_remove("ALIYUN_ASSIST_PROXY")
         .envs(env.iter().copied());
     Agent::from_command(cmd, args)
