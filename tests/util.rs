@@ -157,8 +157,17 @@ impl Agent {
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
         thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+            // Bytes, not `lines()`: one line that is not UTF-8 would end `lines()`, and an
+            // agent whose stderr nobody reads blocks once the pipe is full.
+            let mut reader = BufReader::new(stderr);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&raw).trim_end_matches('\n').to_string();
                 log2.lock().expect("log lock").push(line.clone());
                 let _ = tx.send(line);
             }
