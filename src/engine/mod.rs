@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 pub mod invocation;
+pub mod pool;
 pub mod registry;
 #[cfg(test)]
 mod tests;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{at, never, select_biased, unbounded, Receiver};
-use threadpool::ThreadPool;
 
 use crate::model::RunTaskInfo;
 use crate::report::Reporter;
@@ -24,9 +24,15 @@ use crate::source::SourceEvent;
 use crate::timer::TimerHandle;
 
 use invocation::{Done, JobContext};
+use pool::{Pool, PoolConfig};
 use registry::Registry;
 
 use crate::config::MAX_WORKERS;
+
+/// How long a worker (or the reports thread) waits for a job before it ends. Workers start
+/// on demand, so an idle agent holds none; this only saves restarting threads for tasks that
+/// fire every few seconds. Each idle worker wakes once, at this timeout, and ends.
+const WORKER_IDLE: Duration = Duration::from_secs(10);
 
 /// What the engine needs from the configuration.
 #[derive(Clone, Debug)]
@@ -89,7 +95,7 @@ enum Event {
 
 pub struct Engine {
     ctx: JobContext,
-    pool: ThreadPool,
+    pool: Pool,
     /// `None` once shutdown has begun: dropping it lets the timer thread end.
     timer: Option<TimerHandle>,
     zone: Zone,
@@ -98,7 +104,7 @@ pub struct Engine {
     verifier: Option<Verifier>,
     /// Reports the control loop owes (invalid expressions, stop of an idle task, test-task
     /// verdicts) go out on this one thread, so they never wait behind busy workers.
-    reports: ThreadPool,
+    reports: Pool,
     /// Newer versions of running non-periodic tasks, started when the old one is done.
     pending: std::collections::HashMap<String, RunTaskInfo>,
     defer_new_versions: bool,
@@ -118,19 +124,21 @@ impl Engine {
         };
         Engine {
             ctx,
-            pool: threadpool::Builder::new()
-                .num_threads(workers)
-                .thread_name("worker".to_string())
-                .build(),
+            pool: Pool::new(PoolConfig {
+                name: "worker",
+                max: workers,
+                idle_timeout: WORKER_IDLE,
+            }),
             timer: Some(timer),
             zone: cfg.system_zone,
             grace: cfg.shutdown_grace,
             done_rx,
             verifier: None,
-            reports: threadpool::Builder::new()
-                .num_threads(1)
-                .thread_name("reports".to_string())
-                .build(),
+            reports: Pool::new(PoolConfig {
+                name: "reports",
+                max: 1,
+                idle_timeout: WORKER_IDLE,
+            }),
             pending: std::collections::HashMap::new(),
             defer_new_versions: cfg.defer_new_versions,
             on_shutdown: Vec::new(),
