@@ -96,6 +96,8 @@ enum Event {
 pub struct Engine {
     ctx: JobContext,
     pool: Pool,
+    /// The context and the pool again, in one `Arc` that every timer callback shares.
+    launch: Arc<dispatch::Launch>,
     /// `None` once shutdown has begun: dropping it lets the timer thread end.
     timer: Option<TimerHandle>,
     zone: Zone,
@@ -122,13 +124,19 @@ impl Engine {
             runner: Arc::new(cfg.runner),
             done: done_tx,
         };
+        let pool = Pool::new(PoolConfig {
+            name: "worker",
+            max: workers,
+            idle_timeout: WORKER_IDLE,
+        });
+        let launch = Arc::new(dispatch::Launch {
+            ctx: ctx.clone(),
+            pool: pool.clone(),
+        });
         Engine {
             ctx,
-            pool: Pool::new(PoolConfig {
-                name: "worker",
-                max: workers,
-                idle_timeout: WORKER_IDLE,
-            }),
+            pool,
+            launch,
             timer: Some(timer),
             zone: cfg.system_zone,
             grace: cfg.shutdown_grace,
