@@ -14,7 +14,6 @@ use crate::timer::{Callback, Firing};
 
 use super::invocation::{run_job, stopped_without_run, JobContext};
 use super::pool::Pool;
-use super::registry::Periodic;
 use super::Engine;
 use crate::report::StopResult;
 
@@ -185,11 +184,11 @@ impl Engine {
         let Some(timer) = &self.timer else { return };
         let schedule = Arc::new(schedule);
         let info = Arc::new(info);
-        let periodic = Periodic {
-            info: info.clone(),
-            schedule: schedule.clone(),
-        };
-        if !self.ctx.registry.register_periodic(&info.task_id, periodic) {
+        if !self
+            .ctx
+            .registry
+            .register_periodic(&info.task_id, info.invoke_version)
+        {
             log::debug!("task={} phase=schedule already registered", info.task_id);
             return;
         }

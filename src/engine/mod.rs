@@ -240,11 +240,7 @@ impl Engine {
     fn handle_done(&mut self, done: Done) {
         if let Some(verdict) = &done.outcome.task_error {
             // Only the version the server refused: a newer registration stays.
-            let registered = self
-                .ctx
-                .registry
-                .periodic(&done.task_id)
-                .map(|p| p.info.invoke_version);
+            let registered = self.ctx.registry.periodic(&done.task_id);
             if verdict.drops_periodic() && registered == Some(done.invoke_version) {
                 self.delete_periodic(&done.task_id);
             }
