@@ -29,10 +29,13 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
 
-# Figures for the issues' closing notes (memory, load time, timer lateness, capture).
+# Figures for the issues' closing notes (sizes, idle memory and threads, memory per task,
+# load time, timer lateness, capture, remote mode). busybox crond is measured beside the
+# agent when busybox has it; nothing requires it.
 bench: release
 	$(CARGO) build --release --example bench-timer --example bench-remote
 	-$(MAKE) static
+	-$(MAKE) static-local
 	./benches/run.sh
 
 # Every fuzz target (fuzz/README.md) for FUZZ_SECS seconds each (default 60); installs

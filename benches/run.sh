@@ -23,18 +23,57 @@ wait_log() { # wait_log FILE PATTERN: until the agent logged PATTERN (bounded: 3
 ms_now() { date +%s%3N; }
 
 echo "== binary"
-for b in ./target/release/assistd ./target/static/assistd; do
+for b in ./target/release/assistd ./target/static/assistd ./target/static-local/assistd; do
   [ -x "$b" ] && ls -l "$b" | awk -v b="$b" '{printf "%s: %d bytes (%.2f MiB)\n", b, $5, $5/1048576}'
 done
 
-echo "== idle RSS, 0 tasks"
-mkdir -p "$WORK/empty" "$WORK/s0"
+# Idle figures: RSS 3 s after the (empty) task directory was loaded, then the context
+# switches of every thread over IDLE_WINDOW seconds (default 30). The local-only static
+# binary, the full binary in local mode and, when busybox has crond, busybox crond with an
+# empty crontab directory run side by side through the same window.
+IDLE_WINDOW=${IDLE_WINDOW:-30}
+switches() { # switches PID: voluntary + involuntary context switches of all its threads
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
+}
+threads() { awk '/^Threads/ {print $2}' "/proc/$1/status"; }
+anon_kib() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
+echo "== idle, 0 tasks (RSS after 3 s; wakeups over ${IDLE_WINDOW} s)"
+mkdir -p "$WORK/empty"
+IDLE_NAMES=() IDLE_PIDS=()
+start_idle() { # start_idle NAME BIN
+  mkdir -p "$WORK/idle-$1"
+  "$2" agent --local "$WORK/empty" --state-dir "$WORK/idle-$1" 2>"$WORK/idle-$1.log" &
+  IDLE_PIDS+=($!) IDLE_NAMES+=("$1")
+  wait_log "$WORK/idle-$1.log" "phase=load"
+}
+[ -x ./target/static-local/assistd ] && start_idle "local-only static" ./target/static-local/assistd
+start_idle "full, local mode ($BIN)" "$BIN"
+if command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx crond; then
+  mkdir -p "$WORK/crontabs"
+  busybox crond -f -c "$WORK/crontabs" &
+  IDLE_PIDS+=($!) IDLE_NAMES+=("busybox crond")
+fi
+sleep 3
+declare -A RSS0 ANON0 SW0
+for i in "${!IDLE_PIDS[@]}"; do
+  p=${IDLE_PIDS[$i]}
+  RSS0[$i]=$(rss_kib "$p") ANON0[$i]=$(anon_kib "$p") SW0[$i]=$(switches "$p")
+done
+sleep "$IDLE_WINDOW"
+for i in "${!IDLE_PIDS[@]}"; do
+  p=${IDLE_PIDS[$i]}
+  printf '%s: idle RSS %s KiB (%s KiB anonymous), %s thread(s), %s wakeup(s) in %s s\n' \
+    "${IDLE_NAMES[$i]}" "${RSS0[$i]}" "${ANON0[$i]}" "$(threads "$p")" \
+    "$(( $(switches "$p") - SW0[$i] ))" "$IDLE_WINDOW"
+  kill "$p"; wait "$p" || true
+done
+# The per-task figure below is measured against the full binary's idle RSS.
+mkdir -p "$WORK/s0"
 $BIN agent --local "$WORK/empty" --state-dir "$WORK/s0" 2>"$WORK/log0" &
 PID=$!
 wait_log "$WORK/log0" "phase=load"
-sleep 2
+sleep 3
 R0=$(rss_kib $PID)
-echo "idle RSS with 0 tasks: ${R0} KiB"
 kill $PID; wait $PID || true
 
 echo "== 10,000 periodic tasks"
@@ -52,7 +91,7 @@ $BIN agent --local "$WORK/many" --state-dir "$WORK/s1" --log-level info 2>"$WORK
 PID=$!
 wait_log "$WORK/log1" "phase=load"
 T1=$(ms_now)
-sleep 2
+sleep 3
 R1=$(rss_kib $PID)
 echo "time to load 10,000 tasks (start to scheduled): $((T1 - T0)) ms"
 echo "idle RSS with 10,000 periodic tasks: ${R1} KiB"

@@ -4,6 +4,7 @@
 
 pub mod dispatch;
 pub mod invocation;
+pub mod pool;
 pub mod registry;
 #[cfg(test)]
 mod tests;
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{at, never, select_biased, unbounded, Receiver};
-use threadpool::ThreadPool;
 
 use crate::model::RunTaskInfo;
 use crate::report::Reporter;
@@ -25,9 +25,15 @@ use crate::source::SourceEvent;
 use crate::timer::TimerHandle;
 
 use invocation::{Done, JobContext};
+use pool::{Pool, PoolConfig};
 use registry::Registry;
 
 use crate::config::MAX_WORKERS;
+
+/// How long a worker (or the reports thread) waits for a job before it ends. Workers start
+/// on demand, so an idle agent holds none; this only saves restarting threads for tasks that
+/// fire every few seconds. Each idle worker wakes once, at this timeout, and ends.
+const WORKER_IDLE: Duration = Duration::from_secs(10);
 
 /// What the engine needs from the configuration.
 #[derive(Clone, Debug)]
@@ -90,7 +96,9 @@ enum Event {
 
 pub struct Engine {
     ctx: JobContext,
-    pool: ThreadPool,
+    pool: Pool,
+    /// The context and the pool again, in one `Arc` that every timer callback shares.
+    launch: Arc<dispatch::Launch>,
     /// `None` once shutdown has begun: dropping it lets the timer thread end.
     timer: Option<TimerHandle>,
     zone: Zone,
@@ -99,7 +107,7 @@ pub struct Engine {
     verifier: Option<Verifier>,
     /// Reports the control loop owes (invalid expressions, stop of an idle task, test-task
     /// verdicts) go out on this one thread, so they never wait behind busy workers.
-    reports: ThreadPool,
+    reports: Pool,
     /// Newer versions of running non-periodic tasks, started when the old one is done.
     pending: std::collections::HashMap<String, RunTaskInfo>,
     defer_new_versions: bool,
@@ -120,21 +128,29 @@ impl Engine {
             runner: Arc::new(cfg.runner),
             done: done_tx,
         };
+        let pool = Pool::new(PoolConfig {
+            name: "worker",
+            max: workers,
+            idle_timeout: WORKER_IDLE,
+        });
+        let launch = Arc::new(dispatch::Launch {
+            ctx: ctx.clone(),
+            pool: pool.clone(),
+        });
         Engine {
             ctx,
-            pool: threadpool::Builder::new()
-                .num_threads(workers)
-                .thread_name("worker".to_string())
-                .build(),
+            pool,
+            launch,
             timer: Some(timer),
             zone: cfg.system_zone,
             grace: cfg.shutdown_grace,
             done_rx,
             verifier: None,
-            reports: threadpool::Builder::new()
-                .num_threads(1)
-                .thread_name("reports".to_string())
-                .build(),
+            reports: Pool::new(PoolConfig {
+                name: "reports",
+                max: 1,
+                idle_timeout: WORKER_IDLE,
+            }),
             pending: std::collections::HashMap::new(),
             defer_new_versions: cfg.defer_new_versions,
             on_shutdown: Vec::new(),
@@ -235,11 +251,7 @@ impl Engine {
     fn handle_done(&mut self, done: Done) {
         if let Some(verdict) = &done.outcome.task_error {
             // Only the version the server refused: a newer registration stays.
-            let registered = self
-                .ctx
-                .registry
-                .periodic(&done.task_id)
-                .map(|p| p.info.invoke_version);
+            let registered = self.ctx.registry.periodic(&done.task_id);
             if verdict.drops_periodic() && registered == Some(done.invoke_version) {
                 self.delete_periodic(&done.task_id);
             }

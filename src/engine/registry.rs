@@ -5,15 +5,11 @@
 //! callbacks and the workers), behind one short `parking_lot` lock that is never held across
 //! I/O.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
+use std::collections::HashMap;
 
-use crate::model::RunTaskInfo;
 use crate::runner::Cancel;
-use crate::schedule::Schedule;
 
 /// A queued or running invocation.
 struct Live {
@@ -26,13 +22,6 @@ struct Live {
     cancel: Sender<Cancel>,
 }
 
-/// A registered periodic task.
-#[derive(Clone)]
-pub struct Periodic {
-    pub info: Arc<RunTaskInfo>,
-    pub schedule: Arc<Schedule>,
-}
-
 #[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
@@ -41,7 +30,10 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     live: HashMap<String, Live>,
-    periodic: HashMap<String, Periodic>,
+    /// Registered periodic tasks and their invoke versions. The task itself and its schedule
+    /// live in the timer's callback; this map only answers "which version is registered",
+    /// so it costs a few dozen bytes a task.
+    periodic: HashMap<Box<str>, i64>,
     /// Set at shutdown: no invocation is added after it.
     closed: bool,
 }
@@ -74,10 +66,7 @@ impl Registry {
         if let Some(live) = inner.live.get(task_id) {
             return Some(Known::Live(live.invoke_version));
         }
-        inner
-            .periodic
-            .get(task_id)
-            .map(|p| Known::Periodic(p.info.invoke_version))
+        inner.periodic.get(task_id).map(|&v| Known::Periodic(v))
     }
 
     pub fn has_live(&self, task_id: &str) -> bool {
@@ -107,7 +96,7 @@ impl Registry {
         invoke_version: i64,
     ) -> Option<Receiver<Cancel>> {
         let mut inner = self.inner.lock();
-        let registered = inner.periodic.get(task_id).map(|p| p.info.invoke_version);
+        let registered = inner.periodic.get(task_id).copied();
         if inner.closed || registered != Some(invoke_version) || inner.live.contains_key(task_id) {
             return None;
         }
@@ -179,21 +168,24 @@ impl Registry {
         n
     }
 
-    pub fn register_periodic(&self, task_id: &str, periodic: Periodic) -> bool {
+    /// Registers a periodic task's version; false when the id is registered already.
+    pub fn register_periodic(&self, task_id: &str, invoke_version: i64) -> bool {
         let mut inner = self.inner.lock();
         if inner.periodic.contains_key(task_id) {
             return false;
         }
-        inner.periodic.insert(task_id.to_string(), periodic);
+        inner.periodic.insert(task_id.into(), invoke_version);
         true
     }
 
-    pub fn take_periodic(&self, task_id: &str) -> Option<Periodic> {
+    /// Unregisters a periodic task; returns the version that was registered.
+    pub fn take_periodic(&self, task_id: &str) -> Option<i64> {
         self.inner.lock().periodic.remove(task_id)
     }
 
-    pub fn periodic(&self, task_id: &str) -> Option<Periodic> {
-        self.inner.lock().periodic.get(task_id).cloned()
+    /// The registered version of a periodic task.
+    pub fn periodic(&self, task_id: &str) -> Option<i64> {
+        self.inner.lock().periodic.get(task_id).copied()
     }
 
     /// The updater's question (spec §1.6): is a non-periodic invocation queued or running?

@@ -11,10 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsa::pkcs8::DecodePublicKey;
-use rsa::{Pkcs1v15Sign, RsaPublicKey};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::model::RunTaskInfo;
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
@@ -187,7 +184,9 @@ struct Cert {
 
 #[derive(Clone)]
 enum PublicKey {
-    Rsa(RsaPublicKey),
+    /// The DER `RSAPublicKey` (PKCS#1) inside the PEM's `SubjectPublicKeyInfo`, which ring
+    /// verifies (the same ring rustls uses for TLS, so RSA adds no bignum code of its own).
+    Rsa(Vec<u8>),
     Sm2(Box<sm2::dsa::VerifyingKey>),
 }
 
@@ -239,9 +238,9 @@ impl Cert {
 
 fn parse_public_key(algorithm: Algorithm, pem: &str) -> Result<PublicKey, SignatureError> {
     match algorithm {
-        Algorithm::Sha256WithRsa => RsaPublicKey::from_public_key_pem(pem.trim())
+        Algorithm::Sha256WithRsa => rsa_public_key_from_pem(pem)
             .map(PublicKey::Rsa)
-            .map_err(|_| SignatureError::PublicKey(algorithm)),
+            .ok_or(SignatureError::PublicKey(algorithm)),
         Algorithm::Sm3WithSm2 => {
             let pk =
                 <sm2::PublicKey as sm2::pkcs8::DecodePublicKey>::from_public_key_pem(pem.trim())
@@ -257,9 +256,12 @@ fn parse_public_key(algorithm: Algorithm, pem: &str) -> Result<PublicKey, Signat
 /// signature that is not DER `(r, s)` (the reference's `Verify` returns false for it too).
 fn verify_with(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<(), SignatureError> {
     let ok = match &cert.key {
-        PublicKey::Rsa(key) => key
-            .verify(Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(data), sig)
-            .is_ok(),
+        PublicKey::Rsa(key) => {
+            use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key)
+                .verify(data, sig)
+                .is_ok()
+        }
         PublicKey::Sm2(key) => match sm2_signature_from_der(sig) {
             Some(sig) => sm2::dsa::signature::Verifier::verify(key.as_ref(), data, &sig).is_ok(),
             None => false,
@@ -270,6 +272,60 @@ fn verify_with(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<(), SignatureErro
     } else {
         Err(SignatureError::Mismatch(cert.algorithm))
     }
+}
+
+/// The `RSAPublicKey` of a `-----BEGIN PUBLIC KEY-----` PEM: its `SubjectPublicKeyInfo` is
+/// `SEQUENCE { SEQUENCE { OID rsaEncryption, NULL }, BIT STRING { 0x00, RSAPublicKey } }`.
+/// `None` for anything else, an RSA key in another wrapping included. The key itself (modulus
+/// size, exponent) is checked by ring when it verifies.
+fn rsa_public_key_from_pem(pem: &str) -> Option<Vec<u8>> {
+    const RSA_ENCRYPTION: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
+        .strip_suffix("-----END PUBLIC KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    let der = decode_base64(b64.as_bytes()).ok()?;
+    let (spki, rest) = der_take(&der, 0x30)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (alg, rest) = der_take(spki, 0x30)?;
+    // The parameters must be NULL (RFC 3279 §2.3.1), and nothing else may follow.
+    if alg != [RSA_ENCRYPTION, &[0x05, 0x00]].concat() {
+        return None;
+    }
+    let (bits, rest) = der_take(rest, 0x03)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    match bits.split_first() {
+        Some((0, key)) if !key.is_empty() => Some(key.to_vec()),
+        _ => None,
+    }
+}
+
+/// Splits one DER element with tag `tag` off the front of `buf`: (its contents, the rest).
+/// Short-form and one- to three-byte long-form lengths.
+fn der_take(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = buf.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x83 => {
+            let n = usize::from(first & 0x7f);
+            let bytes = rest.get(..n)?;
+            let len = bytes.iter().fold(0usize, |l, &b| (l << 8) | usize::from(b));
+            (len, &rest[n..])
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// Decodes a DER `SEQUENCE { INTEGER r, INTEGER s }` into an SM2 signature. Short-form and
@@ -657,6 +713,20 @@ pub(crate) mod tests {
             Err(SignatureError::Base64(_))
         ));
         assert!(format!("{p:?}").contains("signature_len"));
+    }
+
+    #[test]
+    fn only_an_rsa_subject_public_key_info_is_an_rsa_key() {
+        let key = rsa_public_key_from_pem(RSA_PUB).expect("the test key");
+        assert_eq!(key.first(), Some(&0x30), "an RSAPublicKey SEQUENCE");
+        assert!(
+            rsa_public_key_from_pem(SM2_PUB).is_none(),
+            "not rsaEncryption"
+        );
+        let truncated = RSA_PUB.replacen("MII", "MIJ", 1);
+        assert!(rsa_public_key_from_pem(&truncated).is_none());
+        assert!(rsa_public_key_from_pem("garbage").is_none());
+        assert!(der_take(&[0x30, 0x85, 0, 0, 0, 0, 1], 0x30).is_none());
     }
 
     #[test]

@@ -16,7 +16,7 @@ const LAST_YEAR: i32 = 2099;
 /// A parsed cron expression and the zone it is evaluated in.
 #[derive(Clone, Debug)]
 pub struct CronSchedule {
-    /// Boxed: the bit sets are a few hundred bytes and `Schedule` is passed around by value.
+    /// Boxed: the bit sets are over a hundred bytes and `Schedule` is passed around by value.
     fields: Box<Fields>,
     zone: Zone,
 }
@@ -112,11 +112,19 @@ fn is_year_field(text: &str) -> bool {
     })
 }
 
-/// A set of small numbers (at most 192), one bit each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Bits([u64; 3]);
+/// A set of small numbers below `64 * W`, one bit each. Every field but the year fits one
+/// word; the year (`year - 1970`, up to 2099) takes three. Each registered cron keeps one set
+/// per field, so the words count: with three words everywhere a schedule was 344 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bits<const W: usize = 1>([u64; W]);
 
-impl Bits {
+impl<const W: usize> Default for Bits<W> {
+    fn default() -> Self {
+        Bits([0; W])
+    }
+}
+
+impl<const W: usize> Bits<W> {
     fn set(&mut self, i: u32) {
         if let Some(word) = self.0.get_mut((i / 64) as usize) {
             *word |= 1 << (i % 64);
@@ -135,7 +143,7 @@ impl Bits {
     }
 
     fn is_empty(&self) -> bool {
-        self.0 == [0; 3]
+        self.0 == [0; W]
     }
 }
 
@@ -249,7 +257,7 @@ struct Fields {
     minutes: Bits,
     hours: Bits,
     months: Bits,
-    years: Bits,
+    years: Bits<3>,
     /// False for `*` and `?`; when both day fields are restricted a day matches either (union).
     dom_restricted: bool,
     days_of_month: Bits,
@@ -336,6 +344,7 @@ impl Fields {
             _ => {}
         }
         let (first, last, step) = parse_range(kind, entry)?;
+        let values = (first..=last).step_by(step as usize);
         let bits = match kind {
             FieldKind::Second => &mut self.seconds,
             FieldKind::Minute => &mut self.minutes,
@@ -343,16 +352,12 @@ impl Fields {
             FieldKind::DayOfMonth => &mut self.days_of_month,
             FieldKind::Month => &mut self.months,
             FieldKind::DayOfWeek => &mut self.weekdays,
-            FieldKind::Year => &mut self.years,
+            FieldKind::Year => {
+                values.for_each(|v| self.years.set(v - FIRST_YEAR as u32));
+                return Ok(());
+            }
         };
-        let offset = if kind == FieldKind::Year {
-            FIRST_YEAR as u32
-        } else {
-            0
-        };
-        for v in (first..=last).step_by(step as usize) {
-            bits.set(v - offset);
-        }
+        values.for_each(|v| bits.set(v));
         Ok(())
     }
 
