@@ -382,8 +382,8 @@ impl<V> Wheel<V> {
         )
     }
 
-    /// Advances the wheel to `now` and calls `fire` for every entry whose deadline is at or
-    /// before `now`, with its key, deadline and value. `fire` returns the entry's next
+    /// Advances the wheel to `now` and calls `fire` for every entry whose deadline, rounded up
+    /// to the millisecond, is at or before `now`, with its key, deadline and value. `fire` returns the entry's next
     /// deadline, or `None` to remove it. A `now` before the wheel's time (the clock went
     /// back) rebuilds the wheel first, so nothing fires early.
     fn pop_due<F>(&mut self, now: DateTime<Utc>, mut fire: F)
