@@ -167,7 +167,9 @@ impl Agent {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                let line = String::from_utf8_lossy(&raw).trim_end_matches('\n').to_string();
+                let line = String::from_utf8_lossy(&raw)
+                    .trim_end_matches('\n')
+                    .to_string();
                 log2.lock().expect("log lock").push(line.clone());
                 let _ = tx.send(line);
             }
