@@ -10,7 +10,7 @@
 #   /usr/bin/assistd                          0755  from target/static/assistd or --binary
 #   /etc/assistd/config.json                  0644  never overwritten: an edited config stays
 #                                                   and the new default goes to config.json.new
-#   /etc/assistd/tasks/                       0755  local-mode task directory
+#   /etc/assistd/tasks/                       0700  local-mode task directory (root-only: task files may hold secrets, and the agent refuses files others can write)
 #   /var/lib/assistd/                         0711  state (journal 0700, scripts 0711, lock 0600)
 #   /var/log/assistd/                         0750  log files (inits without journald)
 #   systemd  /usr/lib/systemd/system/assistd.service
@@ -172,7 +172,7 @@ install_config() {
         chmod 0644 "$dest.new"
         say "kept your /etc/assistd/config.json; the new default is /etc/assistd/config.json.new"
     fi
-    mkdir_mode /etc/assistd/tasks 0755
+    mkdir_mode /etc/assistd/tasks 0700
 }
 
 inittab_line() {

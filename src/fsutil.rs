@@ -64,6 +64,114 @@ pub fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, Fi
     }
 }
 
+/// Why a file or directory may not be trusted by a root agent: someone other than root or the
+/// agent could change what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Distrust {
+    /// Owned by a uid that is neither root nor the agent's.
+    Owner { path: PathBuf, uid: u32 },
+    /// Writable by group or others (`mode` is the permission bits).
+    Writable { path: PathBuf, mode: u32 },
+    /// A symbolic link where a real file or directory is required.
+    Symlink { path: PathBuf },
+    /// Not there or unreadable; the cause as text.
+    Unreadable { path: PathBuf, cause: String },
+}
+
+impl std::fmt::Display for Distrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Distrust::Owner { path, uid } => {
+                write!(
+                    f,
+                    "{} is owned by uid {uid}, not by root or this agent",
+                    path.display()
+                )
+            }
+            Distrust::Writable { path, mode } => write!(
+                f,
+                "{} is writable by group or others (mode {mode:04o})",
+                path.display()
+            ),
+            Distrust::Symlink { path } => write!(f, "{} is a symbolic link", path.display()),
+            Distrust::Unreadable { path, cause } => {
+                write!(f, "cannot check {}: {cause}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Distrust {}
+
+/// `meta` (of `path`, not followed) may be trusted: owned by root or `uid`, not writable by
+/// group or others, not a symlink. A directory with the sticky bit may be writable by others
+/// (`/tmp`) when `sticky_ok`: nobody can rename or remove what others put in it.
+pub fn trusted_meta(
+    path: &Path,
+    meta: &fs::Metadata,
+    uid: u32,
+    sticky_ok: bool,
+) -> Result<(), Distrust> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.file_type().is_symlink() {
+        return Err(Distrust::Symlink {
+            path: path.to_path_buf(),
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != uid {
+        return Err(Distrust::Owner {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !(sticky_ok && sticky_dir) {
+        return Err(Distrust::Writable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// `path` (not followed) may be trusted; see `trusted_meta`.
+pub fn trusted(path: &Path, uid: u32) -> Result<(), Distrust> {
+    let meta = fs::symlink_metadata(path).map_err(|e| Distrust::Unreadable {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    trusted_meta(path, &meta, uid, false)
+}
+
+/// Every ancestor of the (absolute) directory `dir` may be trusted: owned by root or `uid`,
+/// and not writable by others unless sticky. Otherwise whoever may write there could swap
+/// `dir` for one of their own between two of the agent's uses of it.
+pub fn trusted_ancestors(dir: &Path, uid: u32) -> Result<(), Distrust> {
+    let abs = std::path::absolute(dir).map_err(|e| Distrust::Unreadable {
+        path: dir.to_path_buf(),
+        cause: e.to_string(),
+    })?;
+    let mut cur = abs.parent();
+    while let Some(p) = cur {
+        // Followed: a symlinked ancestor (/var/run -> /run) is judged by what it points to,
+        // and the link itself lives in a directory this loop checks too.
+        let meta = fs::metadata(p).map_err(|e| Distrust::Unreadable {
+            path: p.to_path_buf(),
+            cause: e.to_string(),
+        })?;
+        trusted_meta(p, &meta, uid, true)?;
+        cur = p.parent();
+    }
+    Ok(())
+}
+
+/// The agent's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Marks every descriptor above 2 close-on-exec, so nothing the agent inherited from whoever
 /// started it (a launcher's stray pipe, a log file) reaches a task. Everything the agent opens
 /// itself is close-on-exec already (std's default). Call it before any thread exists.
@@ -141,6 +249,35 @@ impl StateDir {
     /// at startup to kill what a crashed agent left and report it.
     pub fn running_dir(&self) -> PathBuf {
         self.root.join("running")
+    }
+
+    /// Refuses a state dir that someone else could change under the agent: the root and its
+    /// subdirectories must be real directories owned by root or `uid` and not writable by
+    /// group or others, and every ancestor must be owned by root or `uid` and not writable by
+    /// others unless sticky. Otherwise a local user could swap `scripts/` and have root run
+    /// their file, or plant a symlink where the journal is written. Call after `create`.
+    pub fn check_trust(&self, uid: u32) -> Result<(), Distrust> {
+        trusted_ancestors(&self.root, uid)?;
+        trusted(&self.root, uid)?;
+        for dir in [
+            self.journal_dir(),
+            self.spool_dir(),
+            self.running_dir(),
+            self.script_dir(),
+            self.root.join("hybrid"),
+        ] {
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) => trusted_meta(&dir, &meta, uid, false)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Distrust::Unreadable {
+                        path: dir,
+                        cause: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The single-instance lock.
@@ -282,5 +419,45 @@ pub(crate) mod tests {
             dir.path().join("a/b/reboot-tasks.json")
         );
         assert_eq!(state.lock_file(), dir.path().join("a/b/assistd.lock"));
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_state_dir_is_trusted_only_when_nobody_else_can_change_it() {
+        let dir = TempDir::new("trust");
+        let state = StateDir::new(dir.path().join("state"));
+        state.create().expect("create");
+        let uid = euid();
+        assert_eq!(state.check_trust(uid), Ok(()));
+        chmod(&state.script_dir(), 0o777);
+        assert!(matches!(
+            state.check_trust(uid),
+            Err(Distrust::Writable { mode: 0o777, .. })
+        ));
+        chmod(&state.script_dir(), 0o711);
+        // A planted symlink in place of a subdirectory.
+        fs::remove_dir(state.spool_dir()).expect("rmdir");
+        std::os::unix::fs::symlink("/", state.spool_dir()).expect("symlink");
+        assert!(matches!(
+            state.check_trust(uid),
+            Err(Distrust::Symlink { .. })
+        ));
+        fs::remove_file(state.spool_dir()).expect("unlink");
+        // A writable ancestor without the sticky bit lets others swap the whole dir.
+        chmod(dir.path(), 0o777);
+        assert!(matches!(
+            state.check_trust(uid),
+            Err(Distrust::Writable { .. })
+        ));
+        chmod(dir.path(), 0o1777);
+        assert_eq!(
+            state.check_trust(uid),
+            Ok(()),
+            "a sticky ancestor is fine (/tmp)"
+        );
+        chmod(dir.path(), 0o755);
     }
 }

@@ -219,7 +219,7 @@ fn assert_common_layout(sb: &Sandbox) {
         sb.read("etc/assistd/config.json"),
         fs::read_to_string(packaging("config.example.json")).expect("example")
     );
-    assert_eq!(sb.mode("etc/assistd/tasks"), 0o755);
+    assert_eq!(sb.mode("etc/assistd/tasks"), 0o700);
     assert_eq!(sb.mode("var/lib/assistd"), 0o711);
     assert_eq!(sb.mode("var/log/assistd"), 0o750);
     sb.assert_no_service_calls();

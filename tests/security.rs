@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use serde_json::json;
-use util::{bin, Agent, TestDir};
+use util::{bin, set_mode, Agent, TestDir};
 
 fn output_of(dir: &TestDir, agent: &Agent, task: &str) -> String {
     let records = agent.wait_journal(dir, &format!("{task} finished"), |r| {
@@ -165,4 +165,88 @@ fn a_task_run_as_another_user_gets_a_clean_environment_and_no_stray_descriptor()
         "the stray descriptor reached the task:\n{out}"
     );
     drop(stray);
+}
+
+#[test]
+fn a_task_file_others_can_write_is_refused_until_it_is_fixed() {
+    let dir = TestDir::new("sec-taskfile");
+    dir.task("open", &json!({"command": "echo ran"}));
+    set_mode(&dir.tasks().join("open.json"), 0o666);
+    // A symlink out of the task directory, to a file nobody else can write.
+    let outside = dir.path("outside.json");
+    std::fs::write(&outside, r#"{"command": "echo outside"}"#).expect("write");
+    set_mode(&outside, 0o644);
+    std::os::unix::fs::symlink(&outside, dir.tasks().join("link.json")).expect("symlink");
+
+    let check = util::run(&["check", dir.tasks().to_str().expect("utf-8")]);
+    let said = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("open.json: refused:") && said.contains("writable by group or others"),
+        "{said}"
+    );
+    assert!(
+        said.contains("link.json: refused:") && said.contains("symbolic link"),
+        "{said}"
+    );
+
+    let agent = Agent::start(&dir, &[]);
+    // Files are read in name order.
+    agent.expect_line("link.json: refused:");
+    agent.expect_line("open.json: refused:");
+    set_mode(&dir.tasks().join("open.json"), 0o644);
+    agent.signal(libc::SIGHUP);
+    assert_eq!(output_of(&dir, &agent, "open"), "ran\n");
+    assert!(
+        dir.journal().iter().all(|r| r["task"] != "link"),
+        "the symlinked task ran"
+    );
+}
+
+#[test]
+fn a_state_dir_others_can_write_is_refused_in_one_line() {
+    let dir = TestDir::new("sec-statedir");
+    let state = dir.path("shared-state");
+    std::fs::create_dir_all(state.join("scripts")).expect("mkdir");
+    set_mode(&state, 0o755);
+    // A scripts directory another user could swap files in.
+    set_mode(&state.join("scripts"), 0o777);
+    let out = util::run(&[
+        "agent",
+        "--local",
+        dir.tasks().to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        line.contains("refusing the state dir") && line.contains("scripts"),
+        "{line}"
+    );
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: a state dir owned by another user needs root to create");
+        return;
+    }
+    set_mode(&state.join("scripts"), 0o711);
+    // Owned by `daemon` (uid 1): a user who created the directory before the agent did.
+    std::os::unix::fs::chown(&state, Some(1), Some(1)).expect("chown");
+    let out = util::run(&[
+        "agent",
+        "--local",
+        dir.tasks().to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is owned by uid 1, not by root or this agent"),
+        "{err}"
+    );
 }

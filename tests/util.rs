@@ -35,6 +35,11 @@ pub fn assistd() -> Command {
     cmd
 }
 
+pub fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .expect("chmod");
+}
+
 /// A fresh directory for one test, kept on failure for inspection.
 pub struct TestDir {
     pub root: PathBuf,
@@ -48,6 +53,11 @@ impl TestDir {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("tasks")).expect("create test dir");
         std::fs::create_dir_all(root.join("state")).expect("create test dir");
+        // Explicit modes: the agent refuses task files and state dirs others can write, so a
+        // test must not depend on the umask it was started with.
+        for dir in [root.clone(), root.join("tasks"), root.join("state")] {
+            set_mode(&dir, 0o755);
+        }
         TestDir { root }
     }
 
@@ -68,6 +78,7 @@ impl TestDir {
         let path = self.tasks().join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(json).expect("json"))
             .expect("write task file");
+        set_mode(&path, 0o644);
     }
 
     pub fn remove_task(&self, name: &str) {

@@ -136,6 +136,8 @@ pub enum CliError {
         source: io::Error,
     },
     Engine(crate::engine::EngineError),
+    /// A state dir (or an ancestor) that someone else could change.
+    Untrusted(crate::fsutil::Distrust),
     Load(local::LoadError),
     #[cfg(feature = "remote")]
     Transport(crate::remote::transport::SetupError),
@@ -156,6 +158,7 @@ impl fmt::Display for CliError {
             CliError::Schedule(e) => e.fmt(f),
             CliError::Io { what, .. } => f.write_str(what),
             CliError::Engine(e) => e.fmt(f),
+            CliError::Untrusted(e) => write!(f, "refusing the state dir: {e}"),
             CliError::Load(e) => e.fmt(f),
             #[cfg(feature = "remote")]
             CliError::Transport(e) => e.fmt(f),
@@ -254,11 +257,18 @@ fn load_config_watched(args: &mut Args) -> Result<(Config, ConfigWatch), CliErro
 }
 
 /// The state dir of `cfg`, created with its layout and modes.
+/// The state dir is checked before anything in it is touched (a planted symlink must not be
+/// chmodded through) and again after it is created.
 fn create_state_dir(cfg: &Config) -> Result<StateDir, CliError> {
     let state = StateDir::new(cfg.state_dir.clone());
+    let uid = crate::fsutil::euid();
+    if std::fs::symlink_metadata(&state.root).is_ok() {
+        state.check_trust(uid).map_err(CliError::Untrusted)?;
+    }
     state.create().map_err(io_err(format!(
         "cannot create state dir {}",
         cfg.state_dir.display()
     )))?;
+    state.check_trust(uid).map_err(CliError::Untrusted)?;
     Ok(state)
 }

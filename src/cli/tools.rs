@@ -105,11 +105,21 @@ pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
         files.sort();
         files
     } else {
-        vec![target]
+        vec![target.clone()]
     };
     let zone = schedule::tz::system_zone();
     let mut problems = 0;
     let mut out = io::stdout().lock();
+    // The agent refuses every file of a directory that others could write to.
+    let dir = if target.is_dir() {
+        Some(target.as_path())
+    } else {
+        target.parent().filter(|p| !p.as_os_str().is_empty())
+    };
+    if let Some(Err(e)) = dir.map(local::check_dir_trust) {
+        problems += 1;
+        writeln!(out, "{}", error_chain(&e)).map_err(io_err("cannot write"))?;
+    }
     for file in &files {
         for problem in check_file(file, &zone) {
             problems += 1;

@@ -468,7 +468,15 @@ fn register_with_bits(
     if instance_id.is_empty() {
         return Err(IdentityError::BadAnswer);
     }
-    fs::create_dir_all(&dir.root).map_err(file_err(&dir.root))?;
+    // 0700 whatever the umask: the keys and the instance id in it decide who this host is.
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir.root)
+        .map_err(file_err(&dir.root))?;
+    fs::set_permissions(
+        &dir.root,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(file_err(&dir.root))?;
     let files: [(PathBuf, &[u8]); 6] = [
         (dir.network_mode(), req.network_mode.as_bytes()),
         (dir.public_key(), public_pem.as_bytes()),

@@ -17,6 +17,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::Value;
 
+use crate::fsutil::{self, Distrust};
 use crate::model::{self, key_eq, ModelError, Obj, RepeatType, RunTaskInfo};
 use crate::source::SourceEvent;
 
@@ -105,6 +106,10 @@ pub enum LoadErrorKind {
     },
     /// The reboot state could not be saved.
     SaveState(io::Error),
+    /// Someone other than root or the agent could change the file (or its directory), or it
+    /// is a symlink out of the task directory: a root agent does not run it (sshd's
+    /// StrictModes, cron's rule for crontabs).
+    Untrusted(Distrust),
 }
 
 impl fmt::Display for LoadError {
@@ -134,6 +139,7 @@ impl fmt::Display for LoadError {
                 write!(f, "id \"{id}\" is already used by {}", first.display())
             }
             LoadErrorKind::SaveState(_) => f.write_str("cannot save the reboot state"),
+            LoadErrorKind::Untrusted(d) => write!(f, "refused: {d}"),
         }
     }
 }
@@ -161,11 +167,49 @@ pub fn load_file(path: &Path) -> Result<RunTaskInfo, LoadError> {
     read_task(path).map(|(_, task)| task)
 }
 
+/// The task directory may be trusted: owned by root or the agent, not writable by group or
+/// others, and so are its ancestors (sticky ones excepted). `check` and every scan ask.
+pub fn check_dir_trust(dir: &Path) -> Result<(), LoadError> {
+    let uid = fsutil::euid();
+    let untrusted = |d| err(dir, LoadErrorKind::Untrusted(d));
+    let meta = fs::metadata(dir).map_err(|e| err(dir, LoadErrorKind::Read(e)))?;
+    fsutil::trusted_meta(dir, &meta, uid, false).map_err(untrusted)?;
+    let real = fs::canonicalize(dir).map_err(|e| err(dir, LoadErrorKind::Read(e)))?;
+    fsutil::trusted_ancestors(&real, uid).map_err(untrusted)
+}
+
+/// A symlink may only point at a file in the same directory.
+fn check_link(path: &Path) -> Result<(), LoadError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    if !meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    let target = fs::canonicalize(path).map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    let dir = path
+        .parent()
+        .map(fs::canonicalize)
+        .transpose()
+        .map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    if target.parent() != dir.as_deref() {
+        return Err(err(
+            path,
+            LoadErrorKind::Untrusted(Distrust::Symlink {
+                path: path.to_path_buf(),
+            }),
+        ));
+    }
+    Ok(())
+}
+
 fn read_task(path: &Path) -> Result<(Vec<u8>, RunTaskInfo), LoadError> {
+    check_link(path)?;
     let file = fs::File::open(path).map_err(|e| err(path, LoadErrorKind::Read(e)))?;
     let meta = file
         .metadata()
         .map_err(|e| err(path, LoadErrorKind::Read(e)))?;
+    // Judged on the open file, so a rename between the check and the read changes nothing.
+    fsutil::trusted_meta(path, &meta, fsutil::euid(), false)
+        .map_err(|d| err(path, LoadErrorKind::Untrusted(d)))?;
     if meta.len() > MAX_FILE_SIZE {
         return Err(err(path, LoadErrorKind::TooLarge(meta.len())));
     }
@@ -650,6 +694,11 @@ impl LocalSource {
     /// a transient failure must not stop every task.
     pub fn scan(&mut self) -> Scan {
         let mut scan = Scan::default();
+        if let Err(e) = check_dir_trust(&self.dir) {
+            // Like an unreadable directory: nothing new runs, nothing running is stopped.
+            scan.errors.push(e);
+            return scan;
+        }
         let paths = match task_files(&self.dir) {
             Ok(p) => p,
             Err(e) => {
