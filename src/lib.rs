@@ -9,6 +9,7 @@ pub mod clockwatch;
 pub mod config;
 pub mod engine;
 pub mod error_chain;
+pub mod escape;
 pub mod fsutil;
 pub mod logging;
 pub mod model;

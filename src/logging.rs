@@ -146,7 +146,19 @@ impl<S: LineSink> Write for RecordWriter<S> {
         Ok(buf.len())
     }
 
+    /// The record boundary: what is pending is one record. Control characters in it are made
+    /// visible (`escape`), except its final newline, so a task id or message from outside can
+    /// neither forge a log line nor send escape sequences to whoever reads the log.
     fn flush(&mut self) -> io::Result<()> {
+        if let Some((last, body)) = self.pending.split_last() {
+            if *last == b'\n' {
+                if let std::borrow::Cow::Owned(mut clean) = crate::escape::bytes_for_terminal(body)
+                {
+                    clean.push(b'\n');
+                    self.pending = clean;
+                }
+            }
+        }
         self.emit()
     }
 }
@@ -355,13 +367,14 @@ mod tests {
         let mut w = RecordWriter::new(RotatingFile::open(&path, 10, 3).expect("open"));
         w.write_all(b"first\n").expect("write");
         w.flush().expect("flush");
-        // One record, three writes, two lines: it passes the limit in the middle, yet the
-        // whole record goes to the new file.
+        // One record, three writes, with a newline inside: it passes the limit in the middle,
+        // yet the whole record goes to the new file, as one line (the inner newline escaped, so
+        // no record can forge another).
         w.write_all(b"sec").expect("write");
         w.write_all(b"ond\nthi").expect("write");
         w.write_all(b"rd\n").expect("write");
         w.flush().expect("flush");
-        assert_eq!(read(&path), "second\nthird\n");
+        assert_eq!(read(&path), "second\\nthird\n");
         assert_eq!(read(&rotated_path(&path, 1)), "first\n");
         let _ = fs::remove_dir_all(&dir);
     }

@@ -250,3 +250,35 @@ fn a_state_dir_others_can_write_is_refused_in_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn journal_shows_escape_sequences_a_task_printed_as_text() {
+    let dir = TestDir::new("sec-journal");
+    dir.task(
+        "esc",
+        &json!({"command": "printf 'a\\033]0;pwned\\007\\033[2J\\rb\\n2031-01-01T00:00:00Z forged v1 finished\\n'"}),
+    );
+    let agent = Agent::start(&dir, &[]);
+    output_of(&dir, &agent, "esc");
+    let out = util::run(&[
+        "journal",
+        "--state-dir",
+        dir.state().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        !out.stdout
+            .iter()
+            .any(|b| *b == 0x1b || *b == 0x07 || *b == b'\r'),
+        "raw control bytes reached the terminal: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("a\\x1b]0;pwned\\x07\\x1b[2J\\rb"), "{text}");
+    // The forged line stays indented under its record: it cannot pass for a record header.
+    assert!(
+        text.lines()
+            .any(|l| l == "    2031-01-01T00:00:00Z forged v1 finished"),
+        "{text}"
+    );
+}

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::{Report, ReportError, Reporter, Verdict};
+use crate::escape::for_terminal;
 
 /// Name of the live journal file; rotations append `.1`, `.2`, … (`.1` is the newest).
 pub const JOURNAL_FILE: &str = "journal.jsonl";
@@ -407,8 +408,11 @@ impl Printer<'_, '_> {
 }
 
 /// One record for people: a header line, then the output indented by four spaces.
+/// Everything from a task or the server is escaped (`escape::for_terminal`): an escape
+/// sequence in the output must not re-title or clear the reader's terminal, nor a newline in a
+/// field forge a record line.
 pub fn format_record(r: &Value) -> String {
-    let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    let text = |k: &str| for_terminal(r.get(k).and_then(Value::as_str).unwrap_or("")).into_owned();
     let mut s = format!(
         "{} {} v{} {}",
         text("time"),
@@ -421,7 +425,7 @@ pub fn format_record(r: &Value) -> String {
     }
     for key in ["result", "param", "value", "err_code", "err_desc"] {
         if let Some(v) = r.get(key).and_then(Value::as_str) {
-            s.push_str(&format!(" {key}={v}"));
+            s.push_str(&format!(" {key}={}", for_terminal(v)));
         }
     }
     let output = r.get("output").and_then(Value::as_str);
@@ -431,7 +435,7 @@ pub fn format_record(r: &Value) -> String {
     s.push('\n');
     for line in output.unwrap_or("").lines() {
         s.push_str("    ");
-        s.push_str(line);
+        s.push_str(&for_terminal(line));
         s.push('\n');
     }
     s
