@@ -282,3 +282,28 @@ fn journal_shows_escape_sequences_a_task_printed_as_text() {
         "{text}"
     );
 }
+
+#[test]
+fn a_script_that_cannot_be_saved_for_its_user_never_shows_in_ps() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: running a task as another user needs root");
+        return;
+    }
+    let dir = TestDir::new("sec-inline");
+    // A state dir `daemon` cannot traverse: its script file is out of reach, so the agent
+    // runs the script without a file.
+    set_mode(&dir.state(), 0o700);
+    dir.task(
+        "secret",
+        &json!({
+            "command": "DB_PASSWORD=hunter2; tr '\\0' ' ' < /proc/$$/cmdline; echo",
+            "user": "daemon",
+            "workdir": "/"
+        }),
+    );
+    let agent = Agent::start(&dir, &[]);
+    let out = output_of(&dir, &agent, "secret");
+    assert!(out.starts_with("/bin/sh /proc/self/fd/"), "{out}");
+    assert!(!out.contains("hunter2"), "the script was in argv: {out}");
+}

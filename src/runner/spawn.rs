@@ -3,10 +3,10 @@
 //! exit, and killing its group; it must never signal a process group whose leader has been
 //! reaped, and never leave a zombie behind.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -30,6 +30,30 @@ pub fn output_pipe() -> io::Result<(File, OwnedFd)> {
     }
     // SAFETY: both descriptors are new and owned by nobody else.
     Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A close-on-exec memfd holding `content`, sealed against any change.
+fn sealed_memfd(content: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a valid C string; on success the descriptor is new and ours.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"assistd-script".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = File::from(fd);
+    io::Write::write_all(&mut file, content)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: plain fcntl on our own descriptor.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
 }
 
 /// Everything the child is started with.
@@ -117,10 +141,32 @@ pub struct Running {
 /// sees EOF once the child and its descendants close theirs.
 pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
     let mut cmd = Command::new(SHELL);
+    // Held until the spawn returns: the child has its own copy by then.
+    let mut _script_fd = None;
     match launch.cmd {
-        ScriptCmd::File(path) => cmd.arg(path),
-        ScriptCmd::Inline(content) => cmd.arg("-c").arg(OsStr::from_bytes(content)),
-    };
+        ScriptCmd::File(path) => {
+            cmd.arg(path);
+        }
+        ScriptCmd::Inline(content) => {
+            // Never `sh -c <script>`: argv is readable by every user (`ps`), and scripts hold
+            // secrets. The text goes into a sealed memfd that the shell reads as its script
+            // file through /proc/self/fd; only the memfd's number is in argv.
+            let fd = sealed_memfd(content)?;
+            let raw = fd.as_raw_fd();
+            cmd.arg(format!("/proc/self/fd/{raw}"));
+            // SAFETY: fcntl is async-signal-safe; it clears close-on-exec on a descriptor the
+            // child inherited, so the shell can open it after exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(raw, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            _script_fd = Some(fd);
+        }
+    }
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out))
@@ -432,5 +478,19 @@ mod tests {
             );
         }
         assert!(text.contains(&format!("PATH={SAFE_PATH}\n")), "{text}");
+    }
+
+    #[test]
+    fn an_inline_script_never_shows_in_argv() {
+        let (exit, out) = run_inline(
+            "DB_PASSWORD=hunter2; tr '\\0' ' ' < /proc/$$/cmdline; echo; echo \"$DB_PASSWORD\"",
+        );
+        assert_eq!(exit, ChildExit::Code(0));
+        let text = String::from_utf8_lossy(&out);
+        let mut lines = text.lines();
+        let argv = lines.next().unwrap_or_default();
+        assert!(argv.starts_with("/bin/sh /proc/self/fd/"), "{text}");
+        assert!(!argv.contains("hunter2"), "the script is in argv: {argv}");
+        assert_eq!(lines.next(), Some("hunter2"), "the script did not run whole");
     }
 }
