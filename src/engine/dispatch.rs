@@ -53,6 +53,7 @@ impl Engine {
             );
             return;
         }
+        let mut replaces = None;
         if let Some(known) = self.ctx.registry.known(&id) {
             if known.invoke_version() == version {
                 log::debug!("task={id} invoke_version={version} phase=dispatch ignored duplicately fetched task");
@@ -73,14 +74,17 @@ impl Engine {
                 );
                 return;
             }
-            log::info!(
-                "task={id} invoke_version={version} phase=dispatch new invoke version replaces version {}",
-                known.invoke_version()
-            );
-            self.cancel_periodic_quietly(&id);
+            replaces = Some(known.invoke_version());
         }
+        // Verified before anything changes: an entry that is refused must not stop the
+        // verified version it would have replaced.
         if let Some(verify) = &self.verifier {
             if let Err(invalid) = verify(&info) {
+                if let Some(old) = replaces {
+                    log::warn!(
+                        "task={id} invoke_version={version} phase=verify refused; version {old} keeps running"
+                    );
+                }
                 self.report_async(Report::Invalid {
                     head: head_for(&info, None),
                     param: invalid.param,
@@ -88,6 +92,12 @@ impl Engine {
                 });
                 return;
             }
+        }
+        if let Some(old) = replaces {
+            log::info!(
+                "task={id} invoke_version={version} phase=dispatch new invoke version replaces version {old}"
+            );
+            self.cancel_periodic_quietly(&id);
         }
         if info.repeat.is_periodic() {
             self.schedule_periodic(info);

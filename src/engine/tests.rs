@@ -29,6 +29,14 @@ impl Harness {
     }
 
     fn with(name: &str, adjust: impl FnOnce(&mut EngineConfig)) -> Harness {
+        Harness::build(name, adjust, None)
+    }
+
+    fn build(
+        name: &str,
+        adjust: impl FnOnce(&mut EngineConfig),
+        verifier: Option<super::Verifier>,
+    ) -> Harness {
         let script_dir =
             std::env::temp_dir().join(format!("assistd-engine-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&script_dir);
@@ -49,7 +57,10 @@ impl Harness {
         };
         let mut cfg = cfg;
         adjust(&mut cfg);
-        let engine = Engine::new(cfg, reporter.clone(), timer);
+        let mut engine = Engine::new(cfg, reporter.clone(), timer);
+        if let Some(v) = verifier {
+            engine.set_verifier(v);
+        }
         let registry = engine.registry();
         let (source_tx, source_rx) = unbounded();
         let (signals_tx, signals_rx) = unbounded();
@@ -375,4 +386,44 @@ fn an_endless_grace_period_still_ends_on_a_second_signal() {
     h.signals.send(Signal::Terminate).expect("engine running");
     h.signals.send(Signal::Terminate).expect("engine running");
     h.wait("killed", |r| count(r, "t-g", "stopped") == 1);
+}
+
+#[test]
+fn a_refused_new_version_leaves_the_verified_periodic_task_running() {
+    let bad = crate::runner::params::encode_base64(b"echo unsigned");
+    let h = Harness::build(
+        "verify-order",
+        |_| {},
+        Some(Box::new(move |t: &RunTaskInfo| {
+            if t.content == bad {
+                Err(crate::runner::Invalid {
+                    param: "TaskSignatureInvalid".into(),
+                    value: "unsigned".into(),
+                })
+            } else {
+                Ok(())
+            }
+        })),
+    );
+    h.send(SourceEvent::Run(periodic(
+        "p",
+        1,
+        "echo signed",
+        RepeatType::Rate,
+        "rate(1h)",
+    )));
+    h.send(SourceEvent::Run(periodic(
+        "p",
+        2,
+        "echo unsigned",
+        RepeatType::Rate,
+        "rate(1h)",
+    )));
+    h.wait("invalid of v2", |r| count(r, "p", "invalid") == 1);
+    let known = h.registry.known("p").expect("v1 is still registered");
+    assert_eq!(
+        known.invoke_version(),
+        1,
+        "the refused entry replaced the verified one"
+    );
 }

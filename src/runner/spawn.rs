@@ -491,6 +491,10 @@ mod tests {
         let argv = lines.next().unwrap_or_default();
         assert!(argv.starts_with("/bin/sh /proc/self/fd/"), "{text}");
         assert!(!argv.contains("hunter2"), "the script is in argv: {argv}");
-        assert_eq!(lines.next(), Some("hunter2"), "the script did not run whole");
+        assert_eq!(
+            lines.next(),
+            Some("hunter2"),
+            "the script did not run whole"
+        );
     }
 }
