@@ -12,11 +12,14 @@ build:
 release:
 	$(CARGO) build --release
 
-# Local mode on examples/tasks, in the foreground, logging to stderr. Ctrl-C stops it.
-# `assistd journal --state-dir $(RUN_STATE)` (in another terminal) shows the results.
+# Local mode on examples/tasks, in the foreground, logging to stderr, each line a task prints
+# included. Ctrl-C stops it. `assistd journal --state-dir $(RUN_STATE)` shows the results.
+# The task files must not be writable by group or others (the agent refuses them): a
+# checkout made under umask 002 is fixed by the chmod.
 run: release
 	mkdir -p $(RUN_STATE)
-	./target/release/assistd agent --local examples/tasks --state-dir $(RUN_STATE)
+	chmod go-w examples/tasks examples/tasks/*.json
+	./target/release/assistd agent --local examples/tasks --state-dir $(RUN_STATE) --log-task-output
 
 # The README's test command, and what CI runs: both builds, the full one (feature `remote`,
 # the default) and the local-only one (--no-default-features).

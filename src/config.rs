@@ -71,6 +71,8 @@ pub struct Config {
     pub max_log_quota: usize,
     /// Give tasks run as root the clean environment of tasks run as another user.
     pub clean_task_env: bool,
+    /// Every task's output lines go to the agent's log as they arrive.
+    pub log_task_output: bool,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             spool_max_bytes: 64 * 1024 * 1024,
             max_log_quota: DEFAULT_MAX_LOG_QUOTA,
             clean_task_env: false,
+            log_task_output: false,
         }
     }
 }
@@ -335,6 +338,9 @@ impl Config {
                         .filter(|n| (12_000..=1 << 30).contains(n))
                         .ok_or_else(|| bad(key, "a number of bytes from 12000 to 1073741824"))?
                         as usize
+                }
+                "log_task_output" => {
+                    cfg.log_task_output = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
                 "clean_task_env" => {
                     cfg.clean_task_env = v.as_bool().ok_or_else(|| bad(key, "true or false"))?

@@ -102,6 +102,18 @@ pub struct RunTaskInfo {
     pub user_id: String,
     pub output: OutputInfo,
     pub repeat: RepeatType,
+    /// What only a local task file can ask for; the wire never carries it. Boxed, so a task
+    /// without it costs one pointer.
+    pub local: Option<Box<LocalExtras>>,
+}
+
+/// The local task file's own settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalExtras {
+    /// `env`: variables added to the child's environment, in the file's order.
+    pub env: Vec<(String, String)>,
+    /// `logOutput`: every line the task prints goes to the agent's log as it arrives.
+    pub log_output: bool,
 }
 
 impl fmt::Debug for RunTaskInfo {
@@ -317,6 +329,7 @@ pub fn decode_run_task(value: &serde_json::Value) -> Result<RunTaskInfo, ModelEr
         user_id: o.string("userId")?,
         output: OutputInfo::default(),
         repeat: RepeatType::Once,
+        local: None,
     })
 }
 

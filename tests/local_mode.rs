@@ -368,3 +368,48 @@ fn a_task_left_by_a_killed_agent_is_killed_and_journaled_as_an_error_at_restart(
     assert_eq!(rec["exit_code"], -1);
     wait_gone(&second, bg);
 }
+
+#[test]
+fn a_task_gets_its_env_and_its_output_lines_reach_the_log() {
+    let dir = TestDir::new("env-logoutput");
+    dir.task(
+        "envt",
+        &json!({
+            "command": "echo \"greeting=$GREETING id=$ASSISTD_TASK_ID v=$ASSISTD_INVOKE_VERSION user=$USER\"; printf 'second'",
+            "env": {"GREETING": "hello world"},
+            "logOutput": true
+        }),
+    );
+    let agent = Agent::start(&dir, &[]);
+    agent.expect_line(
+        "task=envt invoke_version=1 phase=output | greeting=hello world id=envt v=1 user=",
+    );
+    agent.expect_line("task=envt invoke_version=1 phase=output | second");
+    let records = agent.wait_journal(&dir, "envt finished", |r| count(r, "envt", "finished") == 1);
+    let rec = records
+        .iter()
+        .find(|r| r["task"] == "envt" && r["event"] == "finished")
+        .expect("finished record");
+    assert!(
+        rec["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("greeting=hello world id=envt v=1 user=")),
+        "{rec}"
+    );
+}
+
+#[test]
+fn a_task_file_may_not_set_the_agents_own_variables() {
+    let dir = TestDir::new("env-bad");
+    dir.task(
+        "badenv",
+        &json!({"command": "true", "env": {"ASSISTD_TASK_ID": "x"}}),
+    );
+    let check = util::run(&["check", dir.tasks().to_str().expect("utf-8")]);
+    assert_eq!(check.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        said.contains("env: \"ASSISTD_TASK_ID\" is set by the agent"),
+        "{said}"
+    );
+}

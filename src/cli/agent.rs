@@ -63,6 +63,9 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     if args.flag("--log-stderr") {
         cfg.log_file = None;
     }
+    if args.flag("--log-task-output") {
+        cfg.log_task_output = true;
+    }
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
@@ -150,6 +153,7 @@ pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
             records: Some(crate::runner::record::RecordDir::new(state.running_dir())),
             max_log_quota: cfg.max_log_quota,
             clean_task_env: cfg.clean_task_env,
+            log_task_output: cfg.log_task_output,
         },
         system_zone: schedule::tz::system_zone(),
         shutdown_grace: cfg.shutdown_grace,

@@ -34,7 +34,7 @@ assistd: runs commands for a cloud control plane, or from a local task directory
 
 USAGE:
     assistd agent --local DIR [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
-                  [--log-file FILE | --log-stderr]
+                  [--log-file FILE | --log-stderr] [--log-task-output]
 ",
     );
     #[cfg(feature = "remote")]
@@ -69,6 +69,7 @@ COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
               results go to the journal in the state dir (default /var/lib/assistd).
               SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
+              --log-task-output logs every line tasks print, as it arrives.
 ",
     );
     #[cfg(feature = "remote")]

@@ -50,6 +50,7 @@ impl Harness {
                 records: None,
                 max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
                 clean_task_env: false,
+                log_task_output: false,
             },
             system_zone: Zone::utc(),
             shutdown_grace: Duration::from_secs(0),

@@ -38,6 +38,9 @@ pub struct RunnerConfig {
     pub max_log_quota: usize,
     /// Give root tasks the clean environment that tasks run as another user always get.
     pub clean_task_env: bool,
+    /// Every task's output lines go to the agent's log as they arrive (`log_task_output`);
+    /// a local task file can ask for it alone with `logOutput`.
+    pub log_task_output: bool,
 }
 
 /// A request to end a running invocation.
@@ -335,7 +338,19 @@ pub fn run(
             )
         }
     };
-    let reader = match Reader::spawn(read_end, ring.clone(), inv.tag(Phase::Wait).to_string()) {
+    let log_lines = (cfg.log_task_output || task.local.as_ref().is_some_and(|l| l.log_output))
+        .then(|| {
+            format!(
+                "task={} invoke_version={}",
+                task.task_id, task.invoke_version
+            )
+        });
+    let reader = match Reader::spawn(
+        read_end,
+        ring.clone(),
+        inv.tag(Phase::Wait).to_string(),
+        log_lines,
+    ) {
         Ok(r) => r,
         Err(e) => {
             return inv.error(
@@ -345,12 +360,24 @@ pub fn run(
             )
         }
     };
+    // Every task learns who it is; a task file's `env` comes last (it cannot change these).
+    let mut task_env: Vec<(String, std::ffi::OsString)> = vec![
+        ("ASSISTD_TASK_ID".to_string(), task.task_id.clone().into()),
+        (
+            "ASSISTD_INVOKE_VERSION".to_string(),
+            task.invoke_version.to_string().into(),
+        ),
+    ];
+    if let Some(extras) = &task.local {
+        task_env.extend(extras.env.iter().map(|(k, v)| (k.clone(), v.into())));
+    }
     let launch = Launch {
         cmd: &cmd,
         user: checked.user.as_ref(),
         cwd: checked.cwd.as_deref(),
         home: checked.home.as_deref(),
         clean_env: cfg.clean_task_env,
+        env: &task_env,
     };
     // On failure `write_end` is dropped inside `spawn`, so the reader ends at EOF by itself.
     let mut child = match spawn::spawn(&launch, write_end) {

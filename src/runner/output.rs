@@ -149,14 +149,25 @@ impl Reader {
     /// Starts the reader. The thread ends at EOF, i.e. when every write end of the pipe is
     /// closed (the child and anything it left behind), on a read error, or when `finish`
     /// stops it. `log_tag` prefixes the thread's log lines (task, invoke version, phase).
-    pub fn spawn(pipe: File, ring: Arc<Mutex<OutputRing>>, log_tag: String) -> io::Result<Reader> {
+    /// With `lines_to_log` (the prefix of each line, e.g. `task=t invoke_version=1`), every
+    /// line the task prints also goes to the agent's log as it arrives (`logOutput`).
+    pub fn spawn(
+        pipe: File,
+        ring: Arc<Mutex<OutputRing>>,
+        log_tag: String,
+        lines_to_log: Option<String>,
+    ) -> io::Result<Reader> {
         let (stop_read, stop) = stop_pipe()?;
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let handle = thread::Builder::new()
             .name("runner-output".into())
             .spawn(move || {
                 let _done = done_tx;
-                copy_until_eof_or_stop(pipe, &stop_read, &ring, &log_tag);
+                let mut lines = lines_to_log.map(LineLog::new);
+                copy_until_eof_or_stop(pipe, &stop_read, &ring, &log_tag, lines.as_mut());
+                if let Some(lines) = lines.as_mut() {
+                    lines.finish();
+                }
             })?;
         Ok(Reader { done, handle, stop })
     }
@@ -188,7 +199,13 @@ fn stop_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn copy_until_eof_or_stop(mut pipe: File, stop: &OwnedFd, ring: &Mutex<OutputRing>, log_tag: &str) {
+fn copy_until_eof_or_stop(
+    mut pipe: File,
+    stop: &OwnedFd,
+    ring: &Mutex<OutputRing>,
+    log_tag: &str,
+    mut lines: Option<&mut LineLog>,
+) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let mut fds = [
@@ -221,13 +238,91 @@ fn copy_until_eof_or_stop(mut pipe: File, stop: &OwnedFd, ring: &Mutex<OutputRin
         }
         match pipe.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => ring.lock().put(&buf[..n]),
+            Ok(n) => {
+                ring.lock().put(&buf[..n]);
+                if let Some(lines) = lines.as_deref_mut() {
+                    lines.feed(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 log::warn!("{log_tag} output pipe read failed: {e}");
                 return;
             }
         }
+    }
+}
+
+/// A task's output line is logged up to this many bytes, then marked ` [cut]`; the rest of
+/// the line is skipped. So a task printing a gigabyte on one line costs this much memory.
+pub const MAX_LOGGED_LINE: usize = 1024;
+
+/// Splits output into lines for the agent's log (`logOutput`), like supercronic does: each
+/// line as one record, prefixed with the task and invoke version. Bounded by
+/// `MAX_LOGGED_LINE`; the logger escapes control characters.
+pub struct LineLog {
+    prefix: String,
+    line: Vec<u8>,
+    /// The current line passed the limit: the rest of it is dropped.
+    cut: bool,
+}
+
+impl LineLog {
+    pub fn new(prefix: String) -> LineLog {
+        LineLog {
+            prefix,
+            line: Vec::new(),
+            cut: false,
+        }
+    }
+
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match data.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.take(&data[..i]);
+                    self.emit();
+                    data = &data[i + 1..];
+                }
+                None => {
+                    self.take(data);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The last line, when the output did not end in a newline.
+    pub fn finish(&mut self) {
+        if !self.line.is_empty() || self.cut {
+            self.emit();
+        }
+    }
+
+    fn take(&mut self, part: &[u8]) {
+        if self.cut {
+            return;
+        }
+        let room = MAX_LOGGED_LINE - self.line.len();
+        if part.len() > room {
+            self.line.extend_from_slice(&part[..room]);
+            self.cut = true;
+        } else {
+            self.line.extend_from_slice(part);
+        }
+    }
+
+    fn emit(&mut self) {
+        let text = String::from_utf8_lossy(&self.line);
+        let cut = if self.cut { " [cut]" } else { "" };
+        log::info!("{} phase=output | {text}{cut}", self.prefix);
+        self.line.clear();
+        self.cut = false;
+    }
+
+    #[cfg(test)]
+    fn pending(&self) -> usize {
+        self.line.len()
     }
 }
 
@@ -388,7 +483,8 @@ mod tests {
         // SAFETY: both descriptors were just created and are owned here.
         let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         let ring = Arc::new(Mutex::new(OutputRing::new(5, 5)));
-        let reader = Reader::spawn(r, ring.clone(), "test-reader".into()).expect("spawn reader");
+        let reader =
+            Reader::spawn(r, ring.clone(), "test-reader".into(), None).expect("spawn reader");
         use std::io::Write;
         w.write_all(b"hello, world").expect("write");
         drop(w);
@@ -403,12 +499,31 @@ mod tests {
         let (read, write) = crate::runner::spawn::output_pipe().expect("pipe");
         let mut write = File::from(write);
         let ring = Arc::new(Mutex::new(OutputRing::new(100, 100)));
-        let reader = Reader::spawn(read, ring, "test".into()).expect("spawn");
+        let reader = Reader::spawn(read, ring, "test".into(), None).expect("spawn");
         // The write end stays open (as a background child would keep it): no EOF comes.
         let complete = reader.finish(Instant::now() + std::time::Duration::from_millis(200));
         assert!(!complete);
         // The reader is gone and its end closed: a lingering writer finds a broken pipe.
         let err = std::io::Write::write_all(&mut write, b"after").expect_err("pipe closed");
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn logged_lines_are_bounded_and_cut_lines_marked() {
+        let mut l = LineLog::new("task=t invoke_version=1".into());
+        l.feed(b"one\ntw");
+        assert_eq!(l.pending(), 2);
+        l.feed(b"o\n");
+        assert_eq!(l.pending(), 0);
+        // A line far past the limit keeps only MAX_LOGGED_LINE bytes in memory.
+        let long = vec![b'x'; MAX_LOGGED_LINE * 50];
+        l.feed(&long);
+        assert_eq!(l.pending(), MAX_LOGGED_LINE);
+        assert!(l.cut);
+        l.feed(b"tail\nnext");
+        assert!(!l.cut);
+        assert_eq!(l.pending(), 4);
+        l.finish();
+        assert_eq!(l.pending(), 0);
     }
 }

@@ -32,6 +32,17 @@ pub fn output_pipe() -> io::Result<(File, OwnedFd)> {
     Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The name of the user the agent runs as: `root` for uid 0, else the agent's `USER`, else
+/// the uid as a number.
+fn agent_user() -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return "root".to_string();
+    }
+    std::env::var("USER").unwrap_or_else(|_| uid.to_string())
+}
+
 /// A close-on-exec memfd holding `content`, sealed against any change.
 fn sealed_memfd(content: &[u8]) -> io::Result<OwnedFd> {
     // SAFETY: the name is a valid C string; on success the descriptor is new and ours.
@@ -65,6 +76,9 @@ pub struct Launch<'a> {
     /// Start from an empty environment even when the task runs as the agent's own user
     /// (`clean_task_env`); a task run as another user always does.
     pub clean_env: bool,
+    /// Set last, over whatever the environment holds: the agent's `ASSISTD_*` variables and
+    /// the task file's `env`.
+    pub env: &'a [(String, std::ffi::OsString)],
 }
 
 /// `PATH` of a task that runs with a clean environment (sudo's `secure_path` shape).
@@ -175,9 +189,23 @@ pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
     if switch_user || launch.clean_env {
         cmd.env_clear();
         cmd.envs(clean_env(launch.user, launch.home, |k| std::env::var_os(k)));
-    } else if let Some(home) = launch.home {
-        cmd.env("HOME", home);
+    } else {
+        // The agent's own environment, with the variables every task can rely on.
+        if let Some(home) = launch.home {
+            cmd.env("HOME", home);
+        }
+        let name = launch
+            .user
+            .map(|u| u.name.clone())
+            .unwrap_or_else(agent_user);
+        cmd.env("USER", &name)
+            .env("LOGNAME", &name)
+            .env("SHELL", SHELL);
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", SAFE_PATH);
+        }
     }
+    cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent. A new session
     // makes the child the leader of a new process group (pgid = pid, so the group kill works
     // as with `process_group(0)`) with no controlling terminal: a task cannot open the
@@ -355,6 +383,7 @@ mod tests {
             cwd: Some(Path::new("/")),
             home: None,
             clean_env: false,
+            env: &[],
         };
         let running = spawn(&launch, write).expect("spawn");
         let mut out = Vec::new();
@@ -386,6 +415,7 @@ mod tests {
             cwd: None,
             home: None,
             clean_env: false,
+            env: &[],
         };
         let running = spawn(&launch, write).expect("spawn");
         let pid = running.pid();
@@ -410,6 +440,7 @@ mod tests {
             cwd: Some(Path::new("/no/such/dir/assistd")),
             home: None,
             clean_env: false,
+            env: &[],
         };
         let err = spawn(&launch, write).err().expect("must fail");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
@@ -463,6 +494,7 @@ mod tests {
             cwd: Some(Path::new("/")),
             home: Some(Path::new("/root")),
             clean_env: true,
+            env: &[],
         };
         let running = spawn(&launch, write).expect("spawn");
         let mut out = Vec::new();

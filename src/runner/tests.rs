@@ -51,6 +51,7 @@ impl TestDir {
             records: None,
             max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
             clean_task_env: false,
+            log_task_output: false,
         }
     }
 
@@ -615,6 +616,7 @@ fn another_user_runs_a_script_file_in_the_state_dir() {
         records: None,
         max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
         clean_task_env: false,
+        log_task_output: false,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),
@@ -653,6 +655,7 @@ fn a_closed_state_dir_runs_another_user_inline() {
         records: None,
         max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
         clean_task_env: false,
+        log_task_output: false,
     };
     let t = RunTaskInfo {
         username: "nobody".into(),

@@ -37,6 +37,8 @@ const LOCAL_KEYS: &[(&str, Option<&str>)] = &[
     ("parameters", Some("builtInParameter")),
     ("repeat", None),
     ("output", None),
+    ("env", None),
+    ("logOutput", None),
 ];
 
 /// Every key of a server `RunTaskInfo` (spec §3.4), plus `commandSignature` which the server
@@ -106,6 +108,9 @@ pub enum LoadErrorKind {
     },
     /// The reboot state could not be saved.
     SaveState(io::Error),
+    /// `env` is not an object of strings with shell-variable names, or sets a variable the
+    /// agent owns.
+    BadEnv(String),
     /// Someone other than root or the agent could change the file (or its directory), or it
     /// is a symlink out of the task directory: a root agent does not run it (sshd's
     /// StrictModes, cron's rule for crontabs).
@@ -140,6 +145,7 @@ impl fmt::Display for LoadError {
             }
             LoadErrorKind::SaveState(_) => f.write_str("cannot save the reboot state"),
             LoadErrorKind::Untrusted(d) => write!(f, "refused: {d}"),
+            LoadErrorKind::BadEnv(why) => write!(f, "env: {why}"),
         }
     }
 }
@@ -235,6 +241,54 @@ fn read_task(path: &Path) -> Result<(Vec<u8>, RunTaskInfo), LoadError> {
     Ok((bytes, task))
 }
 
+/// Variables the agent sets for every task; a task file cannot change them.
+pub const AGENT_ENV: &[&str] = &["ASSISTD_TASK_ID", "ASSISTD_INVOKE_VERSION"];
+
+/// `env`: an object of strings whose names are shell variable names, minus the agent's own.
+fn local_env(value: &Value) -> Result<Vec<(String, String)>, LoadErrorKind> {
+    let map = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::Object(map) => map,
+        other => {
+            return Err(LoadErrorKind::BadEnv(format!(
+                "must be an object of strings, not {}",
+                model::json_kind(other)
+            )))
+        }
+    };
+    let mut env = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(LoadErrorKind::BadEnv(format!(
+                "\"{name}\" is not a variable name (A-Z a-z 0-9 _, not starting with a digit)"
+            )));
+        }
+        if AGENT_ENV.contains(&name.as_str()) {
+            return Err(LoadErrorKind::BadEnv(format!(
+                "\"{name}\" is set by the agent"
+            )));
+        }
+        let Value::String(text) = v else {
+            return Err(LoadErrorKind::BadEnv(format!(
+                "\"{name}\" must be a string, not {}",
+                model::json_kind(v)
+            )));
+        };
+        if text.contains('\0') {
+            return Err(LoadErrorKind::BadEnv(format!(
+                "\"{name}\" holds a NUL byte"
+            )));
+        }
+        env.push((name.clone(), text.clone()));
+    }
+    Ok(env)
+}
+
 /// Parses the bytes of a task file; `stem` is the default id, `mtime_ms` the default
 /// creation time.
 pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo, LoadErrorKind> {
@@ -248,17 +302,24 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let mut spelled: BTreeMap<&str, String> = BTreeMap::new();
     let mut repeat = Value::Null;
     let mut output = Value::Null;
+    let mut env = Value::Null;
+    let mut log_output = Value::Null;
     for (key, value) in file {
         let target: &str =
             if let Some((_, target)) = LOCAL_KEYS.iter().find(|(k, _)| key_eq(k, key)) {
                 match target {
                     Some(t) => t,
-                    None if key_eq(key, "repeat") => {
-                        repeat = value.clone();
-                        continue;
-                    }
                     None => {
-                        output = value.clone();
+                        let slot = if key_eq(key, "repeat") {
+                            &mut repeat
+                        } else if key_eq(key, "env") {
+                            &mut env
+                        } else if key_eq(key, "logOutput") {
+                            &mut log_output
+                        } else {
+                            &mut output
+                        };
+                        *slot = value.clone();
                         continue;
                     }
                 }
@@ -309,6 +370,23 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         .and_then(|o| o.string("repeat"))
         .map_err(LoadErrorKind::Field)?;
     task.repeat = local_repeat(&repeat_text, &task.cron)?;
+    let extras = model::LocalExtras {
+        env: local_env(&env)?,
+        log_output: match log_output {
+            Value::Null => false,
+            Value::Bool(b) => b,
+            other => {
+                return Err(LoadErrorKind::Field(ModelError::Type {
+                    key: "logOutput",
+                    expected: "true or false",
+                    found: model::json_kind(&other),
+                }))
+            }
+        },
+    };
+    if extras != model::LocalExtras::default() {
+        task.local = Some(Box::new(extras));
+    }
 
     if task.task_id.is_empty() {
         task.task_id = stem.to_string();
