@@ -64,6 +64,12 @@ pub struct Config {
     pub update_check_interval_secs: u64,
     /// Remote mode: install an offered update and restart into it; false only logs offers.
     pub allow_self_update: bool,
+    /// Remote mode, tests and development only: accept `http://` update downloads from a
+    /// loopback host (127.0.0.0/8, ::1, localhost); any other host still needs `https://`.
+    pub update_allow_insecure_loopback: bool,
+    /// Remote mode: the release key updates must be signed with (base64 of the 32 bytes of an
+    /// Ed25519 public key, or the absolute path of a file holding that).
+    pub update_public_key: Option<String>,
     /// Remote mode: the report spool's bounds (past either, the oldest report is dropped).
     pub spool_max_reports: usize,
     pub spool_max_bytes: u64,
@@ -99,6 +105,8 @@ impl Default for Config {
             log_keep: crate::logging::DEFAULT_LOG_KEEP,
             update_check_interval_secs: DEFAULT_UPDATE_CHECK_INTERVAL.as_secs(),
             allow_self_update: true,
+            update_allow_insecure_loopback: false,
+            update_public_key: None,
             spool_max_reports: 10_000,
             spool_max_bytes: 64 * 1024 * 1024,
             max_log_quota: DEFAULT_MAX_LOG_QUOTA,
@@ -348,6 +356,20 @@ impl Config {
                 "allow_self_update" => {
                     cfg.allow_self_update = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
+                "update_allow_insecure_loopback" => {
+                    cfg.update_allow_insecure_loopback =
+                        v.as_bool().ok_or_else(|| bad(key, "true or false"))?
+                }
+                "update_public_key" => {
+                    cfg.update_public_key = Some(
+                        v.as_str()
+                            .filter(|s| !s.trim().is_empty())
+                            .ok_or_else(|| {
+                                bad(key, "base64 of an Ed25519 public key, or a file path")
+                            })?
+                            .to_string(),
+                    )
+                }
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         path: path.to_path_buf(),
@@ -464,6 +486,14 @@ impl Config {
             self.allow_self_update != other.allow_self_update,
             "allow_self_update",
         );
+        check(
+            self.update_allow_insecure_loopback != other.update_allow_insecure_loopback,
+            "update_allow_insecure_loopback",
+        );
+        check(
+            self.update_public_key != other.update_public_key,
+            "update_public_key",
+        );
         keys
     }
 }
@@ -530,6 +560,19 @@ mod tests {
             .expect("valid config");
         assert_eq!(cfg.update_check_interval_secs, 0);
         assert!(!cfg.allow_self_update);
+        assert!(!Config::default().update_allow_insecure_loopback);
+        assert_eq!(Config::default().update_public_key, None);
+        let cfg = parse(
+            r#"{"update_allow_insecure_loopback": true, "update_public_key": "/etc/assistd/release.pub"}"#,
+        )
+        .expect("valid config");
+        assert!(cfg.update_allow_insecure_loopback);
+        assert_eq!(
+            cfg.update_public_key.as_deref(),
+            Some("/etc/assistd/release.pub")
+        );
+        assert!(parse(r#"{"update_public_key": ""}"#).is_err());
+        assert!(parse(r#"{"update_allow_insecure_loopback": "yes"}"#).is_err());
         assert_eq!(
             parse(r#"{"update_check_interval_secs": -1}"#),
             Err("config c.json: key \"update_check_interval_secs\" must be a whole number of seconds (0: off)".to_string())

@@ -20,9 +20,10 @@ use crate::source::SourceEvent;
 use crate::{signals, timer};
 
 pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
-    // First, while this is the only thread: the previous binary, if an update started us.
+    // First, while this is the only thread and before the config is read (a new binary that
+    // rejects it is rolled back too): the update that started us, if any, and its trial.
     #[cfg(feature = "remote")]
-    let pending_old = crate::remote::update::take_pending();
+    let update_start = super::remote::UpdateStart::take()?;
     let (mut cfg, watch) = load_config_watched(&mut args)?;
     if let Some(dir) = args.value("--local")? {
         cfg.local_dir = Some(PathBuf::from(dir));
@@ -116,7 +117,7 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
             result
         }
         #[cfg(feature = "remote")]
-        None => super::remote::run_remote_and_restart(&cfg, &state, pending_old, watch, lock),
+        None => super::remote::run_remote_and_restart(&cfg, &state, update_start, watch, lock),
         #[cfg(not(feature = "remote"))]
         None => Err(super::no_remote("`agent` without --local")),
     }

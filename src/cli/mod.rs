@@ -58,7 +58,8 @@ USAGE:
     assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
                      (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
     assistd deregister --server URL [--state-dir DIR]
-    assistd update --check | --apply [--server URL] [--instance-id ID] [--config FILE]
+    assistd update --check | --apply [--allow-downgrade] [--server URL] [--instance-id ID]
+                   [--config FILE]
 ",
     );
     text.push_str(
@@ -97,7 +98,8 @@ COMMANDS:
     deregister  undo `register` at the server and remove the keys
     update    --check: ask the server whether a newer agent is offered and print the answer.
               --apply: download, verify and install it over this executable (the previous
-              one is kept as <exe>.old); a running agent must then be restarted.
+              one is kept as <exe>.old); a running agent must then be restarted. Only a
+              version above this one is installed, unless --allow-downgrade is given.
               A remote agent does this on its own (update_check_interval_secs, default
               1800; allow_self_update) and restarts itself into the new binary.
 ",

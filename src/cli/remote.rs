@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::agent::{engine_config, recover_interrupted, ConfigReload};
 use super::args::Args;
@@ -19,6 +19,8 @@ use crate::fsutil::StateDir;
 use crate::remote::fetch::{self, FetchRequest};
 use crate::remote::reporter::RemoteReporter;
 use crate::remote::transport::{self, Http, TransportConfig, UreqHttp};
+use crate::remote::trial;
+use crate::remote::trust::{Policy, ReleaseKeySetting};
 use crate::remote::update::{self, Restart};
 use crate::remote::{heartbeat, identity, kick, signature, spool};
 use crate::schedule;
@@ -88,16 +90,64 @@ fn transport_config(cfg: &Config) -> TransportConfig {
     }
 }
 
+/// What `cmd_agent` found about updates before anything else ran.
+pub(super) struct UpdateStart {
+    /// `ASSISTD_UPDATE_PENDING`: the previous binary, if an update exec'd us.
+    pub pending_old: Option<PathBuf>,
+    /// The trial marker's verdict (`trial::first_start`).
+    pub first: trial::FirstStart,
+    /// This executable, resolved before any rename could make `/proc/self/exe` stale.
+    pub exe: Option<PathBuf>,
+    /// When the process started: the trial window counts from here.
+    pub started: Instant,
+}
+
+impl UpdateStart {
+    /// Reads the environment and makes the first-start check (which may exec the restored
+    /// previous binary). Call it first, while this is the only thread.
+    pub(super) fn take() -> Result<UpdateStart, CliError> {
+        let started = Instant::now();
+        let pending_old = update::take_pending();
+        let exe = std::env::current_exe().ok();
+        let first = match &exe {
+            Some(exe) => trial::first_start(exe),
+            None => trial::FirstStart::None,
+        };
+        if let trial::FirstStart::ExecFailed(source) = first {
+            return Err(CliError::Io {
+                what: "rolled back the update, but cannot start the previous binary".to_string(),
+                source,
+            });
+        }
+        Ok(UpdateStart {
+            pending_old,
+            first,
+            exe,
+            started,
+        })
+    }
+}
+
+/// The trust rules of `cfg`; `allow_downgrade` only from `assistd update --apply`.
+fn update_policy(cfg: &Config, allow_downgrade: bool) -> Policy {
+    Policy {
+        allow_insecure_loopback: cfg.update_allow_insecure_loopback,
+        key: ReleaseKeySetting::from_config(cfg.update_public_key.as_deref()),
+        require_key: cfg.strict_signatures,
+        allow_downgrade,
+    }
+}
+
 /// `assistd agent` in remote mode: runs until shutdown, and when the updater installed a new
 /// binary, closes the state-dir lock and execs it (an error only if the exec fails).
 pub(super) fn run_remote_and_restart(
     cfg: &Config,
     state: &StateDir,
-    pending_old: Option<PathBuf>,
+    start: UpdateStart,
     watch: ConfigWatch,
     lock: std::fs::File,
 ) -> Result<ExitCode, CliError> {
-    let Some(restart) = run_remote(cfg, state, pending_old, watch)? else {
+    let Some(restart) = run_remote(cfg, state, start, watch)? else {
         return Ok(ExitCode::SUCCESS);
     };
     // Every thread but the signal thread has ended. The lock is closed here (it is
@@ -115,9 +165,19 @@ pub(super) fn run_remote_and_restart(
 fn run_remote(
     cfg: &Config,
     state: &StateDir,
-    pending_old: Option<PathBuf>,
+    start: UpdateStart,
     watch: ConfigWatch,
 ) -> Result<Option<Restart>, CliError> {
+    let UpdateStart {
+        pending_old,
+        first,
+        exe,
+        started,
+    } = start;
+    let trial = exe
+        .as_deref()
+        .and_then(|exe| trial::settle(first, exe, &state.root));
+    let exe = exe.as_deref();
     // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
     signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
@@ -164,6 +224,12 @@ fn run_remote(
         tcfg.base_url
     );
     let cold_start = fetch::detect_cold_start(&cfg.coldstart_flag);
+    if let ReleaseKeySetting::Unusable(e) = &update_policy(cfg, false).key {
+        log::error!(
+            "phase=update update_public_key cannot be used ({}); every update is refused",
+            error_chain(&**e)
+        );
+    }
 
     // Shutdown: dropping `stop_tx` disconnects `stop`, which every wait of the fetch,
     // heartbeat and spool threads watches; they end within one HTTP timeout. The fetch thread
@@ -258,9 +324,17 @@ fn run_remote(
     .map_err(io_err("cannot start the fetch thread"))?;
     let interval = (cfg.update_check_interval_secs > 0)
         .then(|| Duration::from_secs(cfg.update_check_interval_secs));
+    // A trial in progress means the previous binary is pending, whatever the environment says.
+    let trial_marker = trial.map(|m| (m, started + trial::TRIAL_WINDOW));
+    let pending_old = match (&trial_marker, exe) {
+        (Some(_), Some(exe)) => Some(update::old_path(exe)),
+        _ => pending_old,
+    };
     let updater = if interval.is_some() || pending_old.is_some() {
-        // Resolved now: once the file is replaced, /proc/self/exe names a deleted file.
-        let exe = std::env::current_exe().map_err(io_err("cannot find the agent executable"))?;
+        // Resolved at start: once the file is replaced, /proc/self/exe names a deleted file.
+        let exe = exe
+            .ok_or_else(|| CliError::Usage("cannot find the agent executable".to_string()))?
+            .to_path_buf();
         Some(
             update::spawn(update::UpdaterParts {
                 http: http.clone(),
@@ -276,6 +350,9 @@ fn run_remote(
                     exe,
                     os_version: facts.os_version,
                     pending_old,
+                    trial: trial_marker,
+                    policy: update_policy(cfg, false),
+                    state_root: state.root.clone(),
                 },
             })
             .map_err(io_err("cannot start the updater thread"))?,
@@ -373,6 +450,7 @@ pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
     }
     let check = args.flag("--check");
     let apply = args.flag("--apply");
+    let allow_downgrade = args.flag("--allow-downgrade");
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
@@ -382,6 +460,12 @@ pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
             "update takes one of --check and --apply".to_string(),
         ));
     }
+    if allow_downgrade && !apply {
+        return Err(CliError::Usage(
+            "--allow-downgrade goes with --apply".to_string(),
+        ));
+    }
+    let policy = update_policy(&cfg, allow_downgrade);
     let mut tcfg = transport_config(&cfg);
     let (base_url, instance_id) = match configured_server(&cfg) {
         Some(base) => (base, cfg.instance_id.clone().unwrap_or_default()),
@@ -406,22 +490,30 @@ pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
         out,
         "update offered: {} from {} (sha256 {})",
         offer.version,
-        offer.url,
+        crate::remote::trust::redact_url(&offer.url),
         update::hex(&offer.sha256)
     )
     .map_err(io_err("cannot write"))?;
-    if apply {
-        let exe = std::env::current_exe().map_err(io_err("cannot find this executable"))?;
-        let old =
-            update::download_and_install(&http, &offer, &exe, None).map_err(CliError::Update)?;
-        writeln!(
-            out,
-            "installed at {} (previous binary kept as {}); restart the running assistd service to use it",
-            exe.display(),
-            old.display()
-        )
-        .map_err(io_err("cannot write"))?;
+    if check {
+        let ours = crate::remote::trust::Version::ours();
+        if let Err(e) = policy.vet(&offer.url, &offer.version, &ours) {
+            writeln!(out, "not installable here: {}", error_chain(&e))
+                .map_err(io_err("cannot write"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
+    // By hand, the versions that failed here before are the operator's call: not checked.
+    let exe = std::env::current_exe().map_err(io_err("cannot find this executable"))?;
+    let installed = update::download_and_install(&http, &offer, &exe, &policy, None)
+        .map_err(CliError::Update)?;
+    writeln!(
+        out,
+        "installed at {} (previous binary kept as {}); restart the running assistd service to use it: its first start is a trial that restores {} if it fails",
+        exe.display(),
+        installed.old.display(),
+        installed.old.display()
+    )
+    .map_err(io_err("cannot write"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,4 +19,6 @@ pub mod sendfile;
 pub mod signature;
 pub mod spool;
 pub mod transport;
+pub mod trial;
+pub mod trust;
 pub mod update;

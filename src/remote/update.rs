@@ -1,8 +1,10 @@
-//! Self-update: asks the server whether a newer agent is offered (`update_check`), downloads it
-//! beside the running executable, verifies its SHA-256 and that it is an executable for this
-//! machine, keeps the old binary as `<exe>.old`, renames the new one over `<exe>` and re-execs.
-//! The updater thread waits for the fetch gate and for running tasks first (spec §1.6). It
-//! never runs, schedules or stops a task and never touches the registry except to read it.
+//! Self-update: asks the server whether a newer agent is offered (`update_check`), holds the
+//! offer to the trust rules (`trust`), downloads it beside the running executable, verifies its
+//! SHA-256, that it is an executable for this machine, its release signature when a key is
+//! configured, and that it runs (`trial`), keeps the old binary as `<exe>.old`, renames the new
+//! one over `<exe>` and re-execs; the new agent confirms the update or rolls it back. The
+//! updater thread waits for the fetch gate and for running tasks first (spec §1.6). It never
+//! runs, schedules or stops a task and never touches the registry except to read it.
 //!
 //! Protocol (field names from the reference's `common/update/api.go`):
 //! `POST /luban/api/v1/update/update_check` with the JSON body
@@ -11,9 +13,9 @@
 //! "update_info":{"file_name":"…","md5":"…","url":"https://…"}}`. The reference's offer is a zip
 //! of the Go agent checked with MD5; assistd installs only a bare binary and requires one
 //! extension field, `update_info.sha256` (64 hex digits): an offer without it is refused, as
-//! is one whose download is not an ELF executable for this machine. `update_info.version` is
-//! an optional extension used in log lines. `app_id` is `assistd`, so a server can tell our
-//! agents from the Go agent.
+//! is one whose download is not an ELF executable for this machine. `update_info.version` (dotted
+//! numbers) is required too: an offer is installed only when it is above ours. `app_id` is
+//! `assistd`, so a server can tell our agents from the Go agent.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
@@ -31,6 +33,8 @@ use crossbeam_channel::{select_biased, Receiver, RecvTimeoutError, TryRecvError}
 use crate::engine::registry::Registry;
 use crate::remote::fetch::{StartupDone, UpdateGate};
 use crate::remote::transport::{with_retries, Http, TransportError, UreqHttp, DEFAULT_TIMEOUT};
+use crate::remote::trial::{self, Marker, TrialError};
+use crate::remote::trust::{self, Policy, TrustError, Version};
 
 pub const UPDATE_CHECK_PATH: &str = "/luban/api/v1/update/update_check";
 /// Pause between the updater's looks at the gate and the registry (spec §1.6).
@@ -71,6 +75,14 @@ pub enum UpdateError {
         actual: String,
     },
     NotExecutable(&'static str),
+    /// The offer breaks a trust rule (URL, version floor, release key, signature).
+    Trust(TrustError),
+    /// The signature file beside the download could not be fetched.
+    SignatureDownload(TransportError),
+    /// The downloaded binary does not run (`<new> --version`).
+    Trial(TrialError),
+    /// This version was installed here before and failed; the updater does not retry it.
+    FailedBefore(String),
     /// Shutdown began; nothing was changed.
     Stopped,
 }
@@ -96,6 +108,16 @@ impl fmt::Display for UpdateError {
                     "download refused: not an executable for this machine ({why})"
                 )
             }
+            UpdateError::Trust(_) => f.write_str("update offer refused"),
+            UpdateError::SignatureDownload(_) => {
+                f.write_str("download of the release signature failed")
+            }
+            UpdateError::Trial(_) => f.write_str("download refused: it failed its trial run"),
+            UpdateError::FailedBefore(v) => write!(
+                f,
+                "update offer refused: {v} failed on this host before (see {})",
+                trial::REFUSED_FILE
+            ),
             UpdateError::Stopped => f.write_str("update abandoned: the agent is stopping"),
         }
     }
@@ -104,7 +126,11 @@ impl fmt::Display for UpdateError {
 impl std::error::Error for UpdateError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            UpdateError::Check(e) | UpdateError::Download(e) => Some(e),
+            UpdateError::Check(e)
+            | UpdateError::Download(e)
+            | UpdateError::SignatureDownload(e) => Some(e),
+            UpdateError::Trust(e) => Some(e),
+            UpdateError::Trial(e) => Some(e),
             UpdateError::Decode(e) => Some(e),
             UpdateError::Io { source, .. } => Some(source),
             _ => None,
@@ -122,7 +148,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpdateError {
 pub struct Offer {
     pub url: String,
     pub sha256: [u8; 32],
-    /// `update_info.version`, else `file_name`, else empty: for log lines only.
+    /// `update_info.version`, or empty (which no policy accepts).
     pub version: String,
 }
 
@@ -175,10 +201,7 @@ pub fn parse_offer(body: &[u8]) -> Result<Option<Offer>, UpdateError> {
     let sha256 = parse_hex32(&sha).ok_or(UpdateError::BadOffer(
         "update_info.sha256 is not 64 hex digits",
     ))?;
-    let version = [text("version"), text("file_name")]
-        .into_iter()
-        .find(|s| !s.is_empty())
-        .unwrap_or_default();
+    let version = text("version");
     Ok(Some(Offer {
         url,
         sha256,
@@ -379,58 +402,131 @@ fn check_elf(new: &[u8], running: &[u8]) -> Result<(), UpdateError> {
     }
 }
 
-/// Downloads, verifies and installs `offer` over `exe`; returns the `.old` path.
+/// What an install did.
+#[derive(Debug)]
+pub struct Installed {
+    /// Where the previous binary is kept.
+    pub old: PathBuf,
+    /// The first line the new binary's `--version` printed.
+    pub reports: String,
+    /// Whether the download's signature was verified with the release key.
+    pub signed: bool,
+}
+
+/// Holds `offer` to `policy` (against this build's version), downloads and verifies it,
+/// checks its release signature when the policy has a key, runs it once (`--version`), leaves
+/// the trial marker for its first start, and installs it over `exe`.
 pub fn download_and_install(
     download: &UreqHttp,
     offer: &Offer,
     exe: &Path,
+    policy: &Policy,
     stop: Option<&Receiver<()>>,
-) -> Result<PathBuf, UpdateError> {
+) -> Result<Installed, UpdateError> {
+    let ours = Version::ours();
+    let (_, key) = policy
+        .vet(&offer.url, &offer.version, &ours)
+        .map_err(UpdateError::Trust)?;
     let mut body = download
         .get_url_reader(&offer.url, DOWNLOAD_TIMEOUT)
         .map_err(UpdateError::Download)?;
-    stage(&mut body, offer, exe, MAX_BINARY_BYTES, stop)?.install()
+    let staged = stage(&mut body, offer, exe, MAX_BINARY_BYTES, stop)?;
+    drop(body);
+    if let Some(key) = key {
+        let mut sig = Vec::new();
+        download
+            .get_url_reader(&trust::signature_url(&offer.url), DEFAULT_TIMEOUT)
+            .map_err(UpdateError::SignatureDownload)?
+            .take(trust::MAX_SIGNATURE_BYTES)
+            .read_to_end(&mut sig)
+            .map_err(io_err("the release signature broke off"))?;
+        trust::verify_signature(key, &offer.version, &offer.sha256, &sig)
+            .map_err(UpdateError::Trust)?;
+    }
+    let reports = trial::trial_run(&staged.tmp).map_err(UpdateError::Trial)?;
+    let marker = Marker {
+        version: offer.version.trim().to_string(),
+        from: ours.to_string(),
+        sha256: offer.sha256,
+        attempts: 0,
+        failed: None,
+    };
+    marker.write(exe).map_err(io_err(format!(
+        "cannot write {}",
+        trial::marker_path(exe).display()
+    )))?;
+    let old = staged.install().inspect_err(|_| {
+        let _ = trial::remove_marker(exe);
+    })?;
+    Ok(Installed {
+        old,
+        reports,
+        signed: key.is_some(),
+    })
 }
 
-/// What `main` does after the agent shut down for an update: exec the new binary.
+/// What `main` does after the agent shut down for an update: exec the new binary, or after
+/// a rollback, the restored one.
 #[derive(Debug)]
 pub struct Restart {
     pub exe: PathBuf,
-    pub old: PathBuf,
+    /// The kept previous binary (an update); `None` after a rollback.
+    pub old: Option<PathBuf>,
 }
 
 impl Restart {
     /// Replaces this process with `exe`, same argv, with `ASSISTD_UPDATE_PENDING=<old>` added
-    /// to the environment. Call it after every thread but the signal thread has ended and the
-    /// state-dir lock is closed (its fd is `O_CLOEXEC` anyway). If the exec fails, the old
-    /// binary is renamed back and exec'd instead. Returns only when that fails too.
+    /// to the environment after an update. Call it after every thread but the signal thread has
+    /// ended and the state-dir lock is closed (its fd is `O_CLOEXEC` anyway). If the exec of a
+    /// new binary fails, the old one is renamed back (the trial marker says why) and exec'd
+    /// instead. Returns only when that fails too.
     pub fn exec(self) -> io::Error {
-        let args: Vec<OsString> = std::env::args_os().collect();
-        let base: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(k, _)| k != PENDING_ENV)
-            .collect();
-        let mut env = base.clone();
-        env.push((PENDING_ENV.into(), self.old.clone().into_os_string()));
+        let Some(old) = self.old else {
+            log::info!(
+                "phase=update re-executing the restored binary {}",
+                self.exe.display()
+            );
+            log::logger().flush();
+            return reexec(&self.exe, None);
+        };
         log::info!(
             "phase=update re-executing {} (previous binary kept as {})",
             self.exe.display(),
-            self.old.display()
+            old.display()
         );
         log::logger().flush();
-        let e = execve(&self.exe, &args, &env);
+        let e = reexec(&self.exe, Some(&old));
         log::error!(
             "phase=update cannot execute the new binary {} ({e}); restoring {}",
             self.exe.display(),
-            self.old.display()
+            old.display()
         );
-        if let Err(e) = fs::rename(&self.old, &self.exe) {
+        let reason = format!("the new binary cannot be executed ({e})");
+        let restored = match Marker::read(&self.exe) {
+            Ok(Some(marker)) => trial::roll_back(&self.exe, &marker, &reason),
+            _ => fs::rename(&old, &self.exe)
+                .and_then(|()| File::open(parent_dir(&self.exe))?.sync_all()),
+        };
+        if let Err(e) = restored {
             log::error!("phase=update cannot restore the previous binary: {e}");
             return e;
         }
-        let _ = File::open(parent_dir(&self.exe)).and_then(|d| d.sync_all());
         log::logger().flush();
-        execve(&self.exe, &args, &base)
+        reexec(&self.exe, None)
     }
+}
+
+/// Execs `exe` with this process's argv and environment, `ASSISTD_UPDATE_PENDING=<old>`
+/// added when `pending` is set (and removed otherwise). Returns only on failure.
+pub fn reexec(exe: &Path, pending: Option<&Path>) -> io::Error {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != PENDING_ENV)
+        .collect();
+    if let Some(old) = pending {
+        env.push((PENDING_ENV.into(), old.as_os_str().to_os_string()));
+    }
+    execve(exe, &args, &env)
 }
 
 fn execve(path: &Path, args: &[OsString], env: &[(OsString, OsString)]) -> io::Error {
@@ -488,6 +584,13 @@ pub struct UpdaterConfig {
     /// Set when this process is the result of an update: the previous binary, deleted once
     /// the startup fetch succeeded.
     pub pending_old: Option<PathBuf>,
+    /// The trial in progress (`trial::first_start` found this process to be the new binary's
+    /// first start) and when it ends: no successful startup fetch by then rolls it back.
+    pub trial: Option<(Marker, Instant)>,
+    /// The rules offers are held to; the updater never sets `allow_downgrade`.
+    pub policy: Policy,
+    /// The state dir, where versions that failed here are remembered.
+    pub state_root: PathBuf,
 }
 
 /// The handles the updater thread needs, built by `cli`.
@@ -517,14 +620,35 @@ struct Updater {
     p: UpdaterParts,
 }
 
-/// Blocks until the startup fetch has succeeded (true) or `stop` disconnects (false); no
-/// wakeups meanwhile, however long the server stays away.
-fn wait_startup(startup: &StartupDone, stop: &Receiver<()>) -> bool {
+/// How the wait for the startup fetch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Startup {
+    Done,
+    Stopped,
+    /// The deadline passed first.
+    Late,
+}
+
+/// Blocks until the startup fetch has succeeded, `stop` disconnects, or `deadline` (`None`:
+/// none) passes; no wakeups meanwhile, however long the server stays away.
+fn wait_startup(startup: &StartupDone, stop: &Receiver<()>, deadline: Option<Instant>) -> Startup {
     let done = startup.channel();
+    let deadline = match deadline {
+        Some(at) => crossbeam_channel::at(at),
+        None => crossbeam_channel::never(),
+    };
+    let or = |other| {
+        if startup.is_done() {
+            Startup::Done
+        } else {
+            other
+        }
+    };
     // Biased: when both happened, the update is confirmed.
     select_biased! {
-        recv(done) -> _ => true,
-        recv(stop) -> _ => startup.is_done(),
+        recv(done) -> _ => Startup::Done,
+        recv(stop) -> _ => or(Startup::Stopped),
+        recv(deadline) -> _ => or(Startup::Late),
     }
 }
 
@@ -536,9 +660,14 @@ fn stopped(stop: &Receiver<()>, d: Duration) -> bool {
 impl Updater {
     fn run(self) -> Option<Restart> {
         if let Some(old) = self.p.cfg.pending_old.clone() {
-            self.commit(&old)?;
+            match self.commit(&old) {
+                Commit::Kept => {}
+                Commit::Stopped => return None,
+                Commit::RolledBack(restart) => return Some(restart),
+            }
         }
         let interval = self.p.cfg.interval?;
+        let ours = Version::ours();
         loop {
             if stopped(&self.p.stop, interval) {
                 return None;
@@ -561,42 +690,74 @@ impl Updater {
             log::info!(
                 "phase=update update offered: {} from {}",
                 offer.version,
-                offer.url
+                trust::redact_url(&offer.url)
             );
             if !self.p.cfg.apply {
                 log::info!("phase=update not installing it: allow_self_update is false");
                 continue;
             }
-            match self.apply(&offer) {
+            // Decided before waiting for the gate: an offer that is refused anyway must not
+            // hold up fetches.
+            let refused =
+                if trial::is_refused(&trial::refused(&self.p.cfg.state_root), &offer.version) {
+                    Err(UpdateError::FailedBefore(offer.version.clone()))
+                } else {
+                    self.p
+                        .cfg
+                        .policy
+                        .vet(&offer.url, &offer.version, &ours)
+                        .map(|_| ())
+                        .map_err(UpdateError::Trust)
+                };
+            let result = refused.and_then(|()| self.apply(&offer));
+            match result {
                 Ok(restart) => return Some(restart),
                 Err(UpdateError::Stopped) => return None,
-                Err(e) => log::error!(
-                    "phase=update not updated, the agent keeps running as it is: {}",
-                    crate::error_chain::error_chain(&e)
-                ),
+                Err(e) => {
+                    log::error!(
+                        "phase=update not updated, the agent keeps running as it is: {}",
+                        crate::error_chain::error_chain(&e)
+                    );
+                    // A binary that does not even run would fail the same way at every check.
+                    if matches!(e, UpdateError::Trial(_)) {
+                        if let Err(e) =
+                            trial::remember_refused(&self.p.cfg.state_root, &offer.version)
+                        {
+                            log::warn!("phase=update cannot remember the failed version: {e}");
+                        }
+                    }
+                }
             }
         }
     }
 
-    /// After an update: once the startup fetch worked, the previous binary is no longer
-    /// needed. Until then it stays, for a manual rollback. `None` when shutdown came first.
-    fn commit(&self, old: &Path) -> Option<()> {
+    /// After an update: once the startup fetch worked, the previous binary and the trial
+    /// marker are no longer needed. During a trial, no successful startup fetch within the
+    /// trial window rolls the update back; a shutdown first leaves the marker, so the next
+    /// start rolls it back.
+    fn commit(&self, old: &Path) -> Commit {
+        let exe = &self.p.cfg.exe;
         // Only ever the file an update of this executable left: the variable comes from the
         // environment, and deleting whatever it names would be a way to delete any file.
-        if old != old_path(&self.p.cfg.exe) {
+        if old != old_path(exe) {
             log::warn!(
                 "phase=update ignoring {PENDING_ENV}={}: not the kept binary of {}",
                 old.display(),
-                self.p.cfg.exe.display()
+                exe.display()
             );
-            return Some(());
+            return Commit::Kept;
         }
-        log::info!(
-            "phase=update started after an update; {} is kept until the startup fetch succeeds",
-            old.display()
-        );
-        if !wait_startup(&self.p.startup, &self.p.stop) {
-            return None;
+        if self.p.cfg.trial.is_none() {
+            log::info!(
+                "phase=update started after an update; {} is kept until the startup fetch succeeds",
+                old.display()
+            );
+        }
+        let deadline = self.p.cfg.trial.as_ref().map(|(_, at)| *at);
+        match wait_startup(&self.p.startup, &self.p.stop, deadline) {
+            Startup::Done => {}
+            Startup::Stopped => return Commit::Stopped,
+            Startup::Late => return self.roll_back(old),
         }
         match fs::remove_file(old) {
             Ok(()) => log::info!(
@@ -606,7 +767,40 @@ impl Updater {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("phase=update cannot remove {}: {e}", old.display()),
         }
-        Some(())
+        if let Err(e) = trial::remove_marker(exe) {
+            log::warn!("phase=update cannot remove the trial marker: {e}");
+        }
+        Commit::Kept
+    }
+
+    /// The trial window passed without a successful startup fetch: put `<exe>.old` back and
+    /// restart into it through the ordinary shutdown.
+    fn roll_back(&self, old: &Path) -> Commit {
+        let exe = &self.p.cfg.exe;
+        let Some((marker, _)) = &self.p.cfg.trial else {
+            return Commit::Kept;
+        };
+        let reason = format!(
+            "the new agent had no successful startup fetch within {} s",
+            trial::TRIAL_WINDOW.as_secs()
+        );
+        log::error!(
+            "phase=update {reason}; restoring {} over {}",
+            old.display(),
+            exe.display()
+        );
+        if let Err(e) = trial::roll_back(exe, marker, &reason) {
+            log::error!("phase=update cannot restore the previous binary, keeping this one: {e}");
+            return Commit::Kept;
+        }
+        log::info!("phase=update shutting down to restart into the previous binary");
+        // SAFETY: kill with our own pid and a valid signal number.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        while self.p.stop.recv().is_ok() {}
+        Commit::RolledBack(Restart {
+            exe: exe.clone(),
+            old: None,
+        })
     }
 
     /// Why the updater must wait now, if it must (spec §1.6, plus periodic invocations for
@@ -665,14 +859,26 @@ impl Updater {
                 PERIODIC_WAIT_CAP.as_secs()
             );
         }
-        log::info!("phase=update downloading {}", offer.url);
-        let old =
-            download_and_install(&self.p.download, offer, &self.p.cfg.exe, Some(&self.p.stop))?;
+        log::info!("phase=update downloading {}", trust::redact_url(&offer.url));
+        let installed = download_and_install(
+            &self.p.download,
+            offer,
+            &self.p.cfg.exe,
+            &self.p.cfg.policy,
+            Some(&self.p.stop),
+        )?;
         let exe = self.p.cfg.exe.clone();
+        let old = installed.old;
         log::info!(
-            "phase=update installed {} at {}; previous binary kept as {}",
+            "phase=update installed {} at {} ({}; trial run: {}); previous binary kept as {}",
             offer.version,
             exe.display(),
+            if installed.signed {
+                "signature verified"
+            } else {
+                "no release key configured"
+            },
+            installed.reports,
             old.display()
         );
         if matches!(self.p.stop.try_recv(), Err(TryRecvError::Disconnected)) {
@@ -686,8 +892,21 @@ impl Updater {
         unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         while self.p.stop.recv().is_ok() {}
         std::mem::forget(critical);
-        Ok(Restart { exe, old })
+        Ok(Restart {
+            exe,
+            old: Some(old),
+        })
     }
+}
+
+/// How the confirmation of an update ended.
+enum Commit {
+    /// Confirmed, or nothing to confirm: the updater goes on with its checks.
+    Kept,
+    /// Shutdown came first.
+    Stopped,
+    /// Rolled back; the caller restarts into the restored binary.
+    RolledBack(Restart),
 }
 
 /// Holds the critical-action flag for the duration of an install attempt.
@@ -711,7 +930,7 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     let s = s.as_bytes();
     if s.len() != 64 {
         return None;
@@ -760,21 +979,36 @@ mod tests {
     }
 
     #[test]
-    fn the_startup_wait_ends_on_success_or_on_shutdown() {
+    fn the_startup_wait_ends_on_success_shutdown_or_the_trial_deadline() {
         let startup = Arc::new(StartupDone::new());
         let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| wait_startup(&startup, &stop));
+            let waiter = s.spawn(|| wait_startup(&startup, &stop, None));
             startup.mark_done();
-            assert!(waiter.join().expect("no panic"), "done: confirmed");
+            assert_eq!(waiter.join().expect("no panic"), Startup::Done);
         });
-        assert!(wait_startup(&startup, &stop), "already done");
+        assert_eq!(
+            wait_startup(&startup, &stop, None),
+            Startup::Done,
+            "already done"
+        );
+        let past = Some(Instant::now());
+        assert_eq!(
+            wait_startup(&startup, &stop, past),
+            Startup::Done,
+            "done beats late"
+        );
 
         let startup = StartupDone::new();
+        assert_eq!(wait_startup(&startup, &stop, past), Startup::Late);
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| wait_startup(&startup, &stop));
+            let waiter = s.spawn(|| wait_startup(&startup, &stop, None));
             drop(stop_tx);
-            assert!(!waiter.join().expect("no panic"), "shutdown first");
+            assert_eq!(
+                waiter.join().expect("no panic"),
+                Startup::Stopped,
+                "shutdown first"
+            );
         });
     }
 
@@ -835,7 +1069,7 @@ mod tests {
         .expect("offered");
         assert_eq!(offer.url, "http://h/a");
         assert_eq!(hex(&offer.sha256), SHA_A);
-        assert_eq!(offer.version, "assistd");
+        assert_eq!(offer.version, "", "file_name is not a version");
         let with_version = format!(
             r#"{{"need_update":true,"update_info":{{"url":"u","sha256":"{SHA_A}","version":"0.2.0"}}}}"#
         );

@@ -5,6 +5,7 @@
 pub mod output;
 pub mod params;
 pub mod precheck;
+pub mod probe;
 pub mod record;
 pub mod script;
 pub mod spawn;

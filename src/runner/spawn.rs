@@ -255,6 +255,25 @@ pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
             }
         }
     }
+    start(cmd)
+}
+
+/// A program run for its answer rather than a task (the updater's `--version` trial of a new
+/// binary): its own process group, stdin closed, stdout and stderr into `out`, the agent's
+/// environment and directory.
+pub fn spawn_program(program: &Path, args: &[&OsStr], out: OwnedFd) -> io::Result<Running> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .process_group(0);
+    start(cmd)
+}
+
+/// Starts `cmd` and the waiter thread that tells when its leader exited.
+fn start(mut cmd: Command) -> io::Result<Running> {
     let child = cmd.spawn()?;
     // `cmd` holds the parent's write ends; they close here.
     drop(cmd);
