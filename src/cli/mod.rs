@@ -48,6 +48,7 @@ USAGE:
     text.push_str(
         "\
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
+                 [--crontab]
     assistd check DIR|FILE
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
 ",
@@ -83,7 +84,9 @@ COMMANDS:
     );
     text.push_str(
         "\
-    next      print the next fire times of a cron, rate or at expression, in UTC
+    next      print the next fire times of a cron, rate or at expression, in UTC; a
+              crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
+              as seconds-first cron, and stderr says so
     check     validate task files; one line per problem
     journal   print the local journal for people
 ",
@@ -131,6 +134,7 @@ pub enum CliError {
     Usage(String),
     Config(ConfigError),
     Schedule(schedule::ScheduleError),
+    Crontab(schedule::crontab::CrontabError),
     Io {
         what: String,
         source: io::Error,
@@ -156,6 +160,7 @@ impl fmt::Display for CliError {
             CliError::Usage(msg) => write!(f, "{msg} (see assistd --help)"),
             CliError::Config(e) => e.fmt(f),
             CliError::Schedule(e) => e.fmt(f),
+            CliError::Crontab(e) => e.fmt(f),
             CliError::Io { what, .. } => f.write_str(what),
             CliError::Engine(e) => e.fmt(f),
             CliError::Untrusted(e) => write!(f, "refusing the state dir: {e}"),
