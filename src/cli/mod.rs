@@ -3,11 +3,12 @@
 //! nothing else in the crate imports it.
 //!
 //! - `args`: flag parsing. `agent`: `assistd agent` and local mode's wiring.
-//! - `tools`: `next`, `check`, `journal`. `remote` (feature `remote`): remote mode's wiring,
+//! - `tools`: `next`, `check`, `journal`. `crontab`: `import-crontab`. `remote` (feature `remote`): remote mode's wiring,
 //!   `update`, `register`, `deregister`.
 
 mod agent;
 mod args;
+mod crontab;
 #[cfg(feature = "remote")]
 mod remote;
 mod tools;
@@ -50,6 +51,7 @@ USAGE:
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
                  [--crontab]
     assistd check DIR|FILE
+    assistd import-crontab FILE [--user NAME | --system] [--out DIR]
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
 ",
     );
@@ -88,6 +90,10 @@ COMMANDS:
               crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
               as seconds-first cron, and stderr says so
     check     validate task files; one line per problem
+    import-crontab  turn a crontab's entries into task files: printed, or written
+              to --out DIR (mode 0600); /etc/crontab and cron.d files (or --system)
+              have a user column, --user NAME runs a user crontab's tasks as NAME.
+              Lines that do not carry over go to stderr with their line number
     journal   print the local journal for people
 ",
     );
@@ -114,7 +120,7 @@ register, deregister and update are not available.
     text.push_str(
         "
 EXIT CODES:
-    0 ok, 1 `check` found problems, 2 error
+    0 ok, 1 `check` found problems or `import-crontab` left lines out, 2 error
 ",
     );
     text
@@ -229,6 +235,7 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "next" => tools::cmd_next(args),
         "check" => tools::cmd_check(args),
         "journal" => tools::cmd_journal(args),
+        "import-crontab" => crontab::cmd_import_crontab(args),
         #[cfg(feature = "remote")]
         "register" => remote::cmd_register(args),
         #[cfg(feature = "remote")]
