@@ -134,3 +134,30 @@ fn check_lists_every_problem_and_exits_1() {
     let out = run(&["check", dir.tasks().to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn a_crontab_time_is_read_seconds_first_and_says_so() {
+    let (code, out, err) = next(&[
+        "*/15 * * * 1-5",
+        "--from",
+        "2024-01-05T23:40:00Z",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "2024-01-05T23:45:00Z\n2024-01-08T00:00:00Z\n")
+    );
+    assert_eq!(
+        err,
+        "crontab form \"*/15 * * * 1-5\", read as seconds-first \"0 */15 * * * 1-5\"\n"
+    );
+    let (code, out, _) = next(&["@weekly", "--from", "2024-01-01T00:00:00Z", "--count", "1"]);
+    assert_eq!((code, out.as_str()), (0, "2024-01-07T00:00:00Z\n"));
+    let (code, _, err) = next(&["--crontab", "0 0 17 * * ?"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not 6 fields"), "{err}");
+    let (code, _, err) = next(&["0 0 */2 * 1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot express"), "{err}");
+}

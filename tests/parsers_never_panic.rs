@@ -121,6 +121,28 @@ fn local_task_files() {
 }
 
 #[test]
+fn crontab_files() {
+    for input in inputs("crontab", 9) {
+        let Ok(text) = std::str::from_utf8(&input) else {
+            continue;
+        };
+        for system in [false, true] {
+            let cfg = assistd::source::crontab::ImportConfig {
+                system,
+                user: None,
+                prefix: "prop".to_string(),
+            };
+            let got = assistd::source::crontab::import(text, &cfg);
+            assert!(got.tasks.len() + got.problems.len() <= text.lines().count());
+            for t in &got.tasks {
+                assistd::source::local::parse_task(t.json.as_bytes(), "prop", 0)
+                    .unwrap_or_else(|e| panic!("{:?} from {text:?}: {e:?}", t.json));
+            }
+        }
+    }
+}
+
+#[test]
 fn config_files() {
     for input in inputs("config", 3) {
         let _ = assistd::config::Config::from_json(Path::new("prop.json"), &input);

@@ -3,11 +3,12 @@
 //! nothing else in the crate imports it.
 //!
 //! - `args`: flag parsing. `agent`: `assistd agent` and local mode's wiring.
-//! - `tools`: `next`, `check`, `journal`. `remote` (feature `remote`): remote mode's wiring,
+//! - `tools`: `next`, `check`, `journal`. `crontab`: `import-crontab`. `remote` (feature `remote`): remote mode's wiring,
 //!   `update`, `register`, `deregister`.
 
 mod agent;
 mod args;
+mod crontab;
 #[cfg(feature = "remote")]
 mod remote;
 mod tools;
@@ -48,7 +49,9 @@ USAGE:
     text.push_str(
         "\
     assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
+                 [--crontab]
     assistd check DIR|FILE
+    assistd import-crontab FILE [--user NAME | --system] [--out DIR]
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
 ",
     );
@@ -85,8 +88,14 @@ COMMANDS:
     );
     text.push_str(
         "\
-    next      print the next fire times of a cron, rate or at expression, in UTC
+    next      print the next fire times of a cron, rate or at expression, in UTC; a
+              crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
+              as seconds-first cron, and stderr says so
     check     validate task files; one line per problem
+    import-crontab  turn a crontab's entries into task files: printed, or written
+              to --out DIR (mode 0600); /etc/crontab and cron.d files (or --system)
+              have a user column, --user NAME runs a user crontab's tasks as NAME.
+              Lines that do not carry over go to stderr with their line number
     journal   print the local journal for people
 ",
     );
@@ -114,7 +123,7 @@ register, deregister and update are not available.
     text.push_str(
         "
 EXIT CODES:
-    0 ok, 1 `check` found problems, 2 error
+    0 ok, 1 `check` found problems or `import-crontab` left lines out, 2 error
 ",
     );
     text
@@ -134,6 +143,7 @@ pub enum CliError {
     Usage(String),
     Config(ConfigError),
     Schedule(schedule::ScheduleError),
+    Crontab(schedule::crontab::CrontabError),
     Io {
         what: String,
         source: io::Error,
@@ -159,6 +169,7 @@ impl fmt::Display for CliError {
             CliError::Usage(msg) => write!(f, "{msg} (see assistd --help)"),
             CliError::Config(e) => e.fmt(f),
             CliError::Schedule(e) => e.fmt(f),
+            CliError::Crontab(e) => e.fmt(f),
             CliError::Io { what, .. } => f.write_str(what),
             CliError::Engine(e) => e.fmt(f),
             CliError::Untrusted(e) => write!(f, "refusing the state dir: {e}"),
@@ -227,6 +238,7 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "next" => tools::cmd_next(args),
         "check" => tools::cmd_check(args),
         "journal" => tools::cmd_journal(args),
+        "import-crontab" => crontab::cmd_import_crontab(args),
         #[cfg(feature = "remote")]
         "register" => remote::cmd_register(args),
         #[cfg(feature = "remote")]

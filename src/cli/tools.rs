@@ -13,6 +13,7 @@ use crate::error_chain::error_chain;
 use crate::fsutil::StateDir;
 use crate::report::journal;
 use crate::runner;
+use crate::schedule::crontab::{self, CrontabTime};
 use crate::schedule::{self, Schedule, ScheduleKind};
 use crate::source::local;
 
@@ -58,6 +59,7 @@ pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
         })?,
         None => 0,
     };
+    let crontab_flag = args.flag("--crontab");
     args.finish()?;
     let [expr] = args.positionals.as_slice() else {
         return Err(CliError::Usage(
@@ -65,6 +67,28 @@ pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
         ));
     };
     let kind = kind.unwrap_or_else(|| guess_kind(expr));
+    let looks_crontab = kind == ScheduleKind::Cron && crontab::is_crontab_form(expr);
+    if crontab_flag && kind != ScheduleKind::Cron {
+        return Err(CliError::Usage(
+            "--crontab reads a cron time, not a rate or at expression".to_string(),
+        ));
+    }
+    let expr = if crontab_flag || looks_crontab {
+        match crontab::to_seconds_first(expr).map_err(CliError::Crontab)? {
+            CrontabTime::Cron(text) => {
+                eprintln!("crontab form {expr:?}, read as seconds-first {text:?}");
+                text
+            }
+            CrontabTime::Reboot => {
+                return Err(CliError::Usage(
+                    "@reboot has no fire times: it runs once at every boot".to_string(),
+                ))
+            }
+        }
+    } else {
+        expr.clone()
+    };
+    let expr = &expr;
     let zone = schedule::tz::system_zone();
     let schedule = Schedule::parse(expr, kind, creation_ms, &zone).map_err(CliError::Schedule)?;
     let mut next = schedule.first_after(from).map_err(CliError::Schedule)?;

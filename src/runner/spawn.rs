@@ -3,7 +3,7 @@
 //! exit, and killing its group; it must never signal a process group whose leader has been
 //! reaped, and never leave a zombie behind.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

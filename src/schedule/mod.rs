@@ -5,6 +5,7 @@
 
 pub mod at;
 pub mod cron;
+pub mod crontab;
 pub mod rate;
 pub mod tz;
 pub mod tzif;

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::fsutil::{self, Distrust};
 use crate::model::{self, key_eq, ModelError, Obj, RepeatType, RunTaskInfo};
+use crate::schedule::crontab::{self, CrontabError, CrontabTime};
 use crate::source::SourceEvent;
 
 /// Files larger than this are refused: a task file is a few hundred bytes.
@@ -101,6 +102,10 @@ pub enum LoadErrorKind {
     /// `timeout` is not a whole number of seconds.
     BadTimeout(String),
     BadRepeat(String),
+    /// A crontab(5) time in `cron` that cannot be rewritten in the seconds-first grammar.
+    Crontab(String, CrontabError),
+    /// `cron` is `@reboot` but `repeat` names a repeat that does not run at boot.
+    RebootRepeat(String),
     /// Another file, read earlier, has the same id.
     DuplicateId {
         id: String,
@@ -140,6 +145,10 @@ impl fmt::Display for LoadError {
             LoadErrorKind::BadId(id) => write!(f, "invalid id \"{id}\" (use A-Z a-z 0-9 . _ -)"),
             LoadErrorKind::BadTimeout(t) => write!(f, "timeout \"{t}\" is not a number of seconds"),
             LoadErrorKind::BadRepeat(r) => write!(f, "unknown repeat \"{r}\""),
+            LoadErrorKind::Crontab(text, _) => write!(f, "cron \"{text}\""),
+            LoadErrorKind::RebootRepeat(r) => {
+                write!(f, "cron \"@reboot\" runs at boot, but repeat is \"{r}\"")
+            }
             LoadErrorKind::DuplicateId { id, first } => {
                 write!(f, "id \"{id}\" is already used by {}", first.display())
             }
@@ -154,6 +163,7 @@ impl std::error::Error for LoadError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             LoadErrorKind::Read(e) | LoadErrorKind::SaveState(e) => Some(e),
+            LoadErrorKind::Crontab(_, e) => Some(e),
             _ => None,
         }
     }
@@ -369,7 +379,22 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let repeat_text = Obj::new(&serde_json::json!({ "repeat": repeat }), "")
         .and_then(|o| o.string("repeat"))
         .map_err(LoadErrorKind::Field)?;
-    task.repeat = local_repeat(&repeat_text, &task.cron)?;
+    task.repeat = match crontab_time(&task.cron)? {
+        None => local_repeat(&repeat_text, &task.cron)?,
+        Some(CrontabTime::Cron(text)) => {
+            task.cron = text;
+            local_repeat(&repeat_text, &task.cron)?
+        }
+        Some(CrontabTime::Reboot) => {
+            task.cron.clear();
+            // No repeat means every boot; NextRebootOnly narrows it; any other contradicts it.
+            match local_repeat(&repeat_text, "@reboot")? {
+                _ if repeat_text.trim().is_empty() => RepeatType::EveryReboot,
+                r @ (RepeatType::EveryReboot | RepeatType::NextRebootOnly) => r,
+                _ => return Err(LoadErrorKind::RebootRepeat(repeat_text.trim().to_string())),
+            }
+        }
+    };
     let extras = model::LocalExtras {
         env: local_env(&env)?,
         log_output: match log_output {
@@ -411,6 +436,18 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let instance_id = task.instance_id.clone();
     model::add_builtin_params(&mut task, &instance_id);
     Ok(task)
+}
+
+/// A crontab(5) time in a task file's `cron` (five fields, or a nickname such as `@daily`),
+/// rewritten in the seconds-first grammar; `None` for any other text, which is left as it is.
+fn crontab_time(cron: &str) -> Result<Option<CrontabTime>, LoadErrorKind> {
+    let lower = cron.trim().to_ascii_lowercase();
+    if lower.starts_with("rate") || lower.starts_with("at(") || !crontab::is_crontab_form(cron) {
+        return Ok(None);
+    }
+    crontab::to_seconds_first(cron)
+        .map(Some)
+        .map_err(|e| LoadErrorKind::Crontab(cron.trim().to_string(), e))
 }
 
 /// The repeat of a local task: explicit names match case-insensitively; without one the
@@ -1070,6 +1107,61 @@ mod tests {
             ("t-1", "dHJ1ZQ==", "5")
         );
         assert_eq!(t.termination_mode, "ProcessTree");
+    }
+
+    /// A task file's `cron` and `repeat` after loading, or the error chain.
+    fn check_cron(json: &str, expect: &str) {
+        let got = match parse_task(json.as_bytes(), "stem", 1_000) {
+            Ok(t) => format!("{} {:?}", t.cron, t.repeat),
+            Err(kind) => crate::error_chain::error_chain(&err(Path::new("t.json"), kind)),
+        };
+        assert_eq!(got, expect, "{json}");
+    }
+
+    #[test]
+    fn crontab_five_fields() {
+        check_cron(
+            r#"{"command":"x","cron":"*/15 * * * *"}"#,
+            "0 */15 * * * * Period",
+        );
+    }
+    #[test]
+    fn crontab_nickname() {
+        check_cron(r#"{"command":"x","cron":"@daily"}"#, "0 0 0 * * * Period");
+    }
+    #[test]
+    fn crontab_reboot_is_every_reboot() {
+        check_cron(r#"{"command":"x","cron":"@reboot"}"#, " EveryReboot");
+        check_cron(
+            r#"{"command":"x","cron":"@reboot","repeat":"everyreboot"}"#,
+            " EveryReboot",
+        );
+        check_cron(
+            r#"{"command":"x","cron":"@reboot","repeat":"NextRebootOnly"}"#,
+            " NextRebootOnly",
+        );
+    }
+    #[test]
+    fn crontab_reboot_with_a_periodic_repeat_is_refused() {
+        check_cron(
+            r#"{"command":"x","cron":"@reboot","repeat":"Period"}"#,
+            "t.json: cron \"@reboot\" runs at boot, but repeat is \"Period\"",
+        );
+    }
+    #[test]
+    fn crontab_intersection_is_refused() {
+        check_cron(
+            r#"{"command":"x","cron":"0 0 */2 * 1"}"#,
+            "t.json: cron \"0 0 */2 * 1\": day-of-month \"*/2\" with day-of-week \"1\" means days matching both in cron (a field starting with '*' is not a restriction there), which the seconds-first grammar cannot express; list the days instead of a '*/' step",
+        );
+    }
+    #[test]
+    fn seconds_first_and_rate_are_left_alone() {
+        check_cron(
+            r#"{"command":"x","cron":"0 0 8 * * ?"}"#,
+            "0 0 8 * * ? Period",
+        );
+        check_cron(r#"{"command":"x","cron":"rate(5m)"}"#, "rate(5m) Rate");
     }
 
     #[test]

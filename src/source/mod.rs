@@ -1,6 +1,7 @@
 //! Where tasks come from. The engine receives `SourceEvent`s and never knows whether they
 //! came from a task directory or a server.
 
+pub mod crontab;
 pub mod local;
 
 use crate::model::RunTaskInfo;
