@@ -123,26 +123,24 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     }
 }
 
-/// What an agent that died left running: killed, reported as errors, and the once-invocations
-/// among them returned so the engine never runs them again. Before any invocation starts.
-pub(super) fn recover_interrupted(
-    state: &StateDir,
-    reporter: &dyn crate::report::Reporter,
-) -> std::collections::HashSet<(String, i64)> {
+/// What an agent that died left running: killed, reported as errors (on the engine's reports
+/// thread, so a server that is away does not hold up the start), and the once-invocations
+/// among them never run again. Before any invocation starts.
+pub(super) fn recover_interrupted(state: &StateDir, engine: &mut Engine) {
     let recovery = crate::runner::record::recover(
         &crate::runner::record::RecordDir::new(state.running_dir()),
         Path::new("/proc"),
-        reporter,
         chrono::Utc::now().timestamp_millis(),
     );
     if recovery.reported > 0 {
         log::warn!(
-            "phase=recover {} invocation(s) were running when the last agent stopped: {} process group(s) killed, each reported as error",
+            "phase=recover {} invocation(s) were running when the last agent stopped; {} had processes left, killed; each is reported as error",
             recovery.reported,
             recovery.killed
         );
     }
-    recovery.interrupted
+    engine.set_interrupted(recovery.interrupted);
+    engine.send_later(recovery.reports);
 }
 
 pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
@@ -195,8 +193,8 @@ fn run_local(
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let journal = Arc::new(journal);
-    let mut engine = Engine::new(engine_config(cfg, state), journal.clone(), timer);
-    engine.set_interrupted(recover_interrupted(state, &*journal));
+    let mut engine = Engine::new(engine_config(cfg, state), journal, timer);
+    recover_interrupted(state, &mut engine);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.

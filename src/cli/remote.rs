@@ -254,8 +254,8 @@ fn run_remote(
 
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
-    let mut engine = Engine::new(engine_config(cfg, state), reporter.clone(), timer);
-    engine.set_interrupted(recover_interrupted(state, &*reporter));
+    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    recover_interrupted(state, &mut engine);
     // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
     // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
     // request timeout, once per certificate.

@@ -286,4 +286,12 @@ impl Engine {
         let ctx = self.ctx.clone();
         self.reports.execute(move || ctx.send(&report));
     }
+
+    /// Reports the engine did not make but must send (the error reports of invocations a
+    /// crashed agent left): on the reports thread, in order, without holding up the start.
+    pub fn send_later(&self, reports: Vec<Report>) {
+        for report in reports {
+            self.report_async(report);
+        }
+    }
 }

@@ -380,6 +380,13 @@ pub fn run(
         clean_env: cfg.clean_task_env,
         env: &task_env,
     };
+    // Written before the spawn, so no child ever runs without one; removed (dropped) when this
+    // function returns: after the final report, or on a path that sends none. Left behind
+    // only when the agent dies meanwhile; the next start recovers it.
+    let _record = cfg
+        .records
+        .as_ref()
+        .and_then(|dir| write_record(dir, &inv, start_ms));
     // On failure `write_end` is dropped inside `spawn`, so the reader ends at EOF by itself.
     let mut child = match spawn::spawn(&launch, write_end) {
         Ok(c) => c,
@@ -390,13 +397,6 @@ pub fn run(
             return inv.error(span_now(1, 0), code, format!("ExecuteScriptFailed: {e}"));
         }
     };
-    // Removed (dropped) when this function returns: after the final report, or on a path that
-    // sends none. Left behind only when the agent dies meanwhile; the next start recovers it.
-    let _record = cfg
-        .records
-        .as_ref()
-        .and_then(|dir| write_record(dir, &inv, child.pid(), start_ms));
-
     log::info!(
         "{} started pid={} script={}",
         inv.tag(Phase::Spawn),
@@ -529,26 +529,15 @@ pub fn run(
     inv.outcome(ending)
 }
 
-/// The crash record of a child just spawned; a failure is logged and the invocation goes on
-/// without one.
+/// The crash record of a child about to be spawned; a failure is logged and the invocation
+/// goes on without one.
 fn write_record(
     dir: &record::RecordDir,
     inv: &Invocation<'_>,
-    pid: libc::pid_t,
     start_ms: i64,
 ) -> Option<record::RecordGuard> {
-    let leader_start = record::leader_start_time(std::path::Path::new("/proc"), pid)
-        .unwrap_or_else(|e| {
-            log::warn!(
-                "{} cannot read the start time of pid {pid} ({e}); after a crash its group is not killed",
-                inv.tag(Phase::Spawn)
-            );
-            0
-        });
     let rec = record::RunRecord {
         head: inv.head.clone(),
-        pgid: pid,
-        leader_start,
         start_ms,
         reported: false,
     };

@@ -215,7 +215,7 @@ pub fn spawn(launch: &Launch<'_>, out: OwnedFd) -> io::Result<Running> {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(())
+            unblock_all_signals()
         });
     }
     match launch.user {
@@ -269,7 +269,31 @@ pub fn spawn_program(program: &Path, args: &[&OsStr], out: OwnedFd) -> io::Resul
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .process_group(0);
+    // No `pre_exec` hook here: without one std uses posix_spawn, which resets the signal mask
+    // itself and reports an exec failure as an error. The fork path's execvp would instead
+    // hand a file that is not an executable to /bin/sh (ENOEXEC), and the trial would see a
+    // shell's syntax error rather than "cannot be started".
     start(cmd)
+}
+
+/// In the forked child: an empty signal mask. The agent blocks TERM, INT, HUP and CHLD in
+/// every thread, and a mask survives fork and exec. std's fork path resets it today (the test
+/// below passes without this hook too), but nothing promises that, and the cost of a shell
+/// that inherits a blocked SIGCHLD is a `wait` that sleeps in `sigsuspend` forever beside a
+/// zombie (dash waits that way). So the runner does not depend on it.
+///
+/// # Safety
+/// Only async-signal-safe calls (`sigemptyset`, `sigprocmask`); call it in a `pre_exec` hook.
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: both calls take a valid, initialised set on the child's own stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Starts `cmd` and the waiter thread that tells when its leader exited.
@@ -547,5 +571,27 @@ mod tests {
             Some("hunter2"),
             "the script did not run whole"
         );
+    }
+
+    #[test]
+    fn a_task_starts_with_no_signal_blocked() {
+        // As in the agent: TERM, INT, HUP and CHLD blocked in the spawning thread.
+        // SAFETY: a valid set; only this test thread's mask changes, and it is restored.
+        let old = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            old
+        };
+        let (exit, out) = run_inline("grep SigBlk /proc/$$/status");
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        assert_eq!(exit, ChildExit::Code(0));
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.trim(), "SigBlk:\t0000000000000000", "{text}");
     }
 }
