@@ -7,6 +7,7 @@
 //! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
 //! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
 //! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
+//! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 
 pub mod fetch;
@@ -16,6 +17,7 @@ pub mod kick;
 pub mod kick_bridge;
 pub mod reporter;
 pub mod sendfile;
+pub mod session;
 pub mod signature;
 pub mod spool;
 pub mod transport;
