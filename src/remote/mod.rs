@@ -7,6 +7,7 @@
 //! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
 //! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
 //! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
+//! - `websocket`: the client side of a websocket to the server (kicks and sessions).
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 
@@ -22,3 +23,4 @@ pub mod signature;
 pub mod spool;
 pub mod transport;
 pub mod update;
+pub mod websocket;
