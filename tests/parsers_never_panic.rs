@@ -228,6 +228,31 @@ mod remote {
         }
     }
 
+    /// As the `session_frame` fuzz target: frames decode or fail, payloads are the rest of the
+    /// message, command lines split, and the UTF-8 carry gives back every byte it was given.
+    #[test]
+    fn session_frames_command_lines_and_the_utf8_carry() {
+        use assistd::remote::session::{frame, shell};
+        for input in inputs("session_frame", 9) {
+            if let Ok(f) = frame::decode(&input) {
+                assert_eq!(f.payload.len() + frame::HEADER_LEN, input.len());
+                let _ = frame::decode_window_size(&f.payload);
+                let _ = frame::decode_set_speed(&f.payload);
+            }
+            let line = String::from_utf8_lossy(&input);
+            if let Ok(words) = shell::split_command(&line) {
+                assert!(words.iter().map(String::len).sum::<usize>() <= line.len());
+            }
+            let mut carry = shell::Utf8Carry::default();
+            let mut out = Vec::new();
+            for chunk in input.chunks(7) {
+                out.extend(carry.push(chunk));
+            }
+            out.extend(carry.finish());
+            assert_eq!(out, input);
+        }
+    }
+
     #[test]
     fn heartbeat_answers() {
         for input in inputs("heartbeat", 7) {

@@ -279,7 +279,7 @@ fn run_remote(
     let (action_tx, actions) = crossbeam_channel::unbounded();
     // Set by the updater while it installs (spec §1.6); kicks are answered `reject:` meanwhile.
     let critical = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let listener = match kick_config(&tcfg, header_hook, critical.clone()) {
+    let listener = match kick_config(&tcfg, header_hook.clone(), critical.clone()) {
         Ok(kcfg) => match kick::spawn_listener(kcfg, action_tx) {
             Ok(listener) => Some(listener),
             Err(e) => {
@@ -295,10 +295,30 @@ fn run_remote(
             None
         }
     };
+    // Sessions (shell, port forwarding): their own thread and one thread per session; the
+    // websocket carries the same identity and goes through the same proxy as every request.
+    let session_tls = if tcfg.base_url.starts_with("https://") {
+        Some(transport::kick_tls_config(tcfg.ca_file.as_deref()).map_err(CliError::Transport)?)
+    } else {
+        None
+    };
+    let (sessions, sessions_join) = crate::remote::session::spawn(
+        crate::remote::session::SessionsConfig {
+            http: http.clone(),
+            base_url: tcfg.base_url.clone(),
+            headers: Some(websocket_headers(&tcfg, header_hook.clone())),
+            tls: session_tls,
+            proxy: tcfg.proxy.clone(),
+            limits: crate::remote::session::channel::Limits::default(),
+        },
+        stop.clone(),
+    )
+    .map_err(io_err("cannot start the sessions thread"))?;
     let bridge = crate::remote::kick_bridge::spawn(crate::remote::kick_bridge::BridgeParts {
         actions,
         fetch: kick_tx.clone(),
         signals: signal_tx,
+        sessions: Some(sessions.clone()),
         poll,
         stop: stop.clone(),
     })
@@ -311,6 +331,7 @@ fn run_remote(
             events: events_tx,
             extra: Box::new(fetch::HostExtras {
                 http: http.clone(),
+                sessions: Some(sessions),
                 send_file: crate::remote::sendfile::SendFileConfig::default(),
                 spool: Some(spool.writer.clone()),
             }),
@@ -379,6 +400,7 @@ fn run_remote(
     let _ = fetch.join();
     let _ = heartbeat.join();
     let _ = bridge.join();
+    let _ = sessions_join.join();
     drop(spool.writer);
     let _ = spool.join.join();
     let restart = updater.and_then(|u| u.join().ok().flatten());
@@ -394,20 +416,7 @@ fn kick_config(
 ) -> Result<kick::KickConfig, CliError> {
     let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut kcfg = kick::KickConfig::new(url);
-    // The upgrade carries the same identity as every HTTP request (spec §2.5): the instance id
-    // and User-Agent, plus the signed x-acs-* headers of a hybrid instance.
-    let instance_id = tcfg.instance_id.clone();
-    let user_agent = transport::user_agent();
-    kcfg.headers = Some(Arc::new(move |method: &str, path: &str| {
-        let mut headers = vec![
-            ("X-Client-Instance-ID".to_string(), instance_id.clone()),
-            ("User-Agent".to_string(), user_agent.clone()),
-        ];
-        if let Some(hybrid) = &hybrid {
-            headers.extend(hybrid(method, path));
-        }
-        headers
-    }));
+    kcfg.headers = Some(websocket_headers(tcfg, hybrid));
     kcfg.critical_action = Some(critical);
     if kcfg.url.starts_with("wss://") {
         kcfg.tls = Some(
@@ -416,6 +425,28 @@ fn kick_config(
         );
     }
     Ok(kcfg)
+}
+
+/// The headers of a websocket upgrade (kicks and sessions): the same identity as every HTTP
+/// request (spec §2.5), the instance id and User-Agent, plus the signed x-acs-* headers of a
+/// hybrid instance, fresh at every dial.
+fn websocket_headers(tcfg: &TransportConfig, hybrid: Option<kick::HeaderHook>) -> kick::HeaderHook {
+    let instance_id = if tcfg.instance_id.is_empty() {
+        "unknown".to_string()
+    } else {
+        tcfg.instance_id.clone()
+    };
+    let user_agent = transport::user_agent();
+    Arc::new(move |method: &str, path: &str| {
+        let mut headers = vec![
+            ("X-Client-Instance-ID".to_string(), instance_id.clone()),
+            ("User-Agent".to_string(), user_agent.clone()),
+        ];
+        if let Some(hybrid) = &hybrid {
+            headers.extend(hybrid(method, path));
+        }
+        headers
+    })
 }
 
 /// Remote mode's reload hook: SIGHUP asks the fetch thread for a kickoff fetch, as a

@@ -299,9 +299,11 @@ pub trait ExtraTasks: Send {
 }
 
 /// The agent's `ExtraTasks`: send-file tasks are written and reported (spec §8.1); sessions
-/// are not supported yet and are answered as `Unsupported` does.
+/// go to the `sessions` thread, or without one are answered as `Unsupported` does.
 pub struct HostExtras {
     pub http: Arc<dyn Http>,
+    /// Where session entries go; `None` answers each with `Unknown_error`.
+    pub sessions: Option<crate::remote::session::SessionHandle>,
     pub send_file: crate::remote::sendfile::SendFileConfig,
     /// Where a send-file report the server did not take goes, to be re-sent.
     pub spool: Option<crate::remote::spool::SpoolWriter>,
@@ -334,10 +336,14 @@ impl ExtraTasks for HostExtras {
     }
 
     fn sessions(&mut self, sessions: Vec<SessionTaskInfo>) {
-        Unsupported {
-            http: self.http.clone(),
+        match &self.sessions {
+            // Never blocks: each session runs on its own thread.
+            Some(handle) => sessions.into_iter().for_each(|s| handle.start(s)),
+            None => Unsupported {
+                http: self.http.clone(),
+            }
+            .sessions(sessions),
         }
-        .sessions(sessions);
     }
 }
 

@@ -4,8 +4,8 @@
 //! This module never fetches, runs or stops anything itself; it only says what was asked.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::io;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocket;
 use tungstenite::Message;
+
+use crate::remote::websocket::{self, server_ws_url, Dial, DialError, Stream, Target};
 
 /// The websocket path of the notify server.
 pub const NOTIFY_PATH: &str = "/luban/notify_server";
@@ -255,31 +255,13 @@ pub fn handle_message(msg: &str, critical: bool) -> (String, Option<KickAction>)
 /// The notify websocket URL for a server base URL: `https://h` → `wss://h/luban/notify_server`,
 /// `http://h:p` → `ws://h:p/luban/notify_server`; a bare host is taken as https.
 pub fn notify_url(server: &str) -> Result<String, KickError> {
-    let (scheme, host) = if let Some(h) = server.strip_prefix("https://") {
-        ("wss", h)
-    } else if let Some(h) = server.strip_prefix("http://") {
-        ("ws", h)
-    } else if let Some(h) = server.strip_prefix("wss://") {
-        ("wss", h)
-    } else if let Some(h) = server.strip_prefix("ws://") {
-        ("ws", h)
-    } else if !server.contains("://") {
-        ("wss", server)
-    } else {
-        return Err(KickError::BadUrl(server.to_string()));
-    };
-    let host = host.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
-        return Err(KickError::BadUrl(server.to_string()));
-    }
-    Ok(format!("{scheme}://{host}{NOTIFY_PATH}"))
+    server_ws_url(server, NOTIFY_PATH).map_err(|_| KickError::BadUrl(server.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Listener
 
-/// Extra headers for a request, given its method and path (the identity headers, spec §2.2).
-pub type HeaderHook = Arc<dyn Fn(&str, &str) -> Vec<(String, String)> + Send + Sync>;
+pub use crate::remote::websocket::HeaderHook;
 
 /// Settings of the listener thread.
 #[derive(Clone)]
@@ -404,92 +386,11 @@ pub fn spawn_listener(cfg: KickConfig, actions: Sender<KickAction>) -> io::Resul
     })
 }
 
-#[derive(Clone, Debug)]
-struct Target {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, KickError> {
-        let bad = || KickError::BadUrl(url.to_string());
-        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("ws://") {
-            (false, r)
-        } else {
-            return Err(bad());
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| bad())?)
-            }
-            _ => (authority, if tls { 443 } else { 80 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Target {
-            tls,
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        })
-    }
-}
-
-/// The byte stream under the websocket: plain TCP or rustls over TCP.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
-
 /// Why one connection ended.
 #[derive(Debug)]
 enum ConnError {
     Io(io::Error),
-    Tls(rustls::Error),
-    Handshake(String),
+    Dial(DialError),
     Websocket(Box<tungstenite::Error>),
     /// Two idle periods passed without any frame from the server.
     Silent,
@@ -503,8 +404,7 @@ impl fmt::Display for ConnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnError::Io(e) => write!(f, "connection failed: {e}"),
-            ConnError::Tls(e) => write!(f, "TLS setup failed: {e}"),
-            ConnError::Handshake(e) => write!(f, "websocket upgrade failed: {e}"),
+            ConnError::Dial(e) => write!(f, "{}", crate::error_chain::error_chain(e)),
             ConnError::Websocket(e) => write!(f, "websocket failed: {e}"),
             ConnError::Silent => f.write_str("server silent for two idle periods"),
             ConnError::Closed => f.write_str("server closed the websocket"),
@@ -573,69 +473,22 @@ impl Worker {
     }
 
     fn connect(&self) -> Result<WebSocket<Stream>, ConnError> {
-        let t = &self.target;
-        // Name resolution has no timeout of ours: it is bounded by the system resolver's own
-        // (resolv.conf `timeout` x `attempts`), and shutdown waits for it at most that long.
-        let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
-            .to_socket_addrs()
-            .map_err(ConnError::Io)?
-            .collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.cfg.connect_timeout) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let tcp = tcp.ok_or(ConnError::Io(last))?;
-        // The handshake is bounded by the connect timeout on both directions.
-        tcp.set_read_timeout(Some(self.cfg.connect_timeout))
-            .map_err(ConnError::Io)?;
-        tcp.set_write_timeout(Some(self.cfg.connect_timeout))
-            .map_err(ConnError::Io)?;
-        tcp.set_nodelay(true).map_err(ConnError::Io)?;
-        *self.socket.lock() = Some(tcp.try_clone().map_err(ConnError::Io)?);
-        if self.stopped() {
-            return Err(ConnError::Closed);
-        }
-        let stream = match (&self.cfg.tls, t.tls) {
-            (Some(tls), true) => {
-                let name = rustls::pki_types::ServerName::try_from(t.host.clone())
-                    .map_err(|e| ConnError::Handshake(e.to_string()))?;
-                let conn =
-                    rustls::ClientConnection::new(tls.clone(), name).map_err(ConnError::Tls)?;
-                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
-            }
-            _ => Stream::Plain(tcp),
+        let dial = Dial {
+            target: &self.target,
+            url: &self.cfg.url,
+            headers: self.cfg.headers.as_ref(),
+            tls: self.cfg.tls.as_ref(),
+            proxy: None,
+            timeout: self.cfg.connect_timeout,
         };
-        let mut request = self
-            .cfg
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ConnError::Websocket(Box::new(e)))?;
-        if let Some(hook) = &self.cfg.headers {
-            for (k, v) in hook("GET", &t.path) {
-                let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(&v),
-                ) else {
-                    log::warn!("phase=kick skipping a header that is not valid HTTP: {k}");
-                    continue;
-                };
-                request.headers_mut().insert(name, value);
+        let ws = websocket::dial(&dial, |tcp| {
+            *self.socket.lock() = Some(tcp.try_clone()?);
+            if self.stopped() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
             }
-        }
-        let (ws, _response) = tungstenite::client(request, stream).map_err(|e| match e {
-            tungstenite::HandshakeError::Failure(e) => ConnError::Websocket(Box::new(e)),
-            tungstenite::HandshakeError::Interrupted(_) => {
-                ConnError::Handshake("timed out".to_string())
-            }
-        })?;
+            Ok(())
+        })
+        .map_err(ConnError::Dial)?;
         ws.get_ref()
             .tcp()
             .set_read_timeout(Some(self.cfg.idle_timeout))
@@ -932,19 +785,6 @@ mod tests {
         );
         assert!(notify_url("ftp://x").is_err());
         assert!(notify_url("https://").is_err());
-    }
-
-    #[test]
-    fn targets() {
-        let t = Target::parse("ws://127.0.0.1:9/luban/notify_server").expect("parse");
-        assert_eq!((t.tls, t.host.as_str(), t.port), (false, "127.0.0.1", 9));
-        assert_eq!(t.path, "/luban/notify_server");
-        let t = Target::parse("wss://h.example/x").expect("parse");
-        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "h.example", 443));
-        let t = Target::parse("ws://[::1]:7/x").expect("parse");
-        assert_eq!((t.host.as_str(), t.port), ("::1", 7));
-        assert!(Target::parse("http://h/x").is_err());
-        assert!(Target::parse("ws://h:notaport/x").is_err());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct BridgeParts {
     pub fetch: Sender<FetchRequest>,
     /// To the control loop (`kick_vm agent stop`).
     pub signals: Sender<Signal>,
+    /// Where `kick_vm session stop` goes; `None`: such kicks are logged and ignored.
+    pub sessions: Option<crate::remote::session::SessionHandle>,
     /// Poll the task list this often while the kick channel is down; `None`: never.
     pub poll: Option<Duration>,
     /// Disconnects at shutdown.
@@ -90,6 +92,10 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
             let _ = parts.signals.send(Signal::Terminate);
             return false;
         }
+        KickAction::StopSession { channel_id } => match &parts.sessions {
+            Some(sessions) => sessions.stop(&channel_id),
+            None => log::warn!("phase=kick session stop for {channel_id}: sessions are off"),
+        },
         KickAction::UpdateAgent => {
             log::info!("phase=kick update kick: the updater checks on its own schedule");
         }
@@ -125,6 +131,7 @@ mod tests {
             actions: actions_rx,
             fetch: fetch_tx,
             signals: signals_tx,
+            sessions: None,
             poll,
             stop: stop_rx,
         })

@@ -7,6 +7,8 @@
 //! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
 //! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
 //! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
+//! - `websocket`: the client side of a websocket to the server (kicks and sessions).
+//! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 
 pub mod fetch;
@@ -16,9 +18,11 @@ pub mod kick;
 pub mod kick_bridge;
 pub mod reporter;
 pub mod sendfile;
+pub mod session;
 pub mod signature;
 pub mod spool;
 pub mod transport;
 pub mod trial;
 pub mod trust;
 pub mod update;
+pub mod websocket;

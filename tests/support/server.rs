@@ -27,6 +27,13 @@ pub const DOWNLOAD: &str = "/download/assistd";
 /// for this path (`refuse_kicks` sets one), and is recorded like any request.
 pub const NOTIFY: &str = "/luban/notify_server";
 pub const REGISTER: &str = "/luban/api/instance/register";
+/// The session list (E3), fetched on `kick_vm session start <id>`.
+pub const SESSION_LIST: &str = "/luban/api/v1/session/list";
+/// The session status report (E15).
+pub const SESSION_STATUS: &str = "/luban/api/v1/session/status";
+/// The session websocket: an upgrade is answered with `101` unless a reply is scripted for
+/// this path; each connection becomes a `SessionPeer` the test drives (`wait_session`).
+pub const SESSION_BACKEND: &str = "/luban/session/backend";
 pub const DEREGISTER: &str = "/luban/api/instance/deregister";
 /// The certificate endpoint of task signatures. Its real path is unknown (spec §7), so the
 /// double follows the agent's guess rather than repeating it.
@@ -143,6 +150,8 @@ struct Shared {
     /// Apart from `state` so that a slow write never holds up the request log.
     kick_conns: Mutex<Vec<KickConn>>,
     next_kick_id: Mutex<u64>,
+    /// Session websockets by channel id, newest last, until a test takes them.
+    sessions: Mutex<Vec<(String, SessionPeer)>>,
 }
 
 /// The running double. Its threads live until the process ends (they block on `accept` or on a
@@ -163,6 +172,7 @@ impl Server {
             changed: Condvar::new(),
             kick_conns: Mutex::new(Vec::new()),
             next_kick_id: Mutex::new(0),
+            sessions: Mutex::new(Vec::new()),
         });
         {
             let mut s = shared.state.lock().expect("fresh lock");
@@ -301,6 +311,16 @@ impl Server {
         }
     }
 
+    /// Waits until the agent has opened the session websocket of `channel_id` and hands it to
+    /// the test (once per connection).
+    pub fn wait_session(&self, deadline: Instant, channel_id: &str) -> Option<SessionPeer> {
+        self.wait_state(deadline, |_| {
+            let mut peers = self.shared.sessions.lock().expect("session lock");
+            let i = peers.iter().position(|(id, _)| id == channel_id)?;
+            Some(peers.remove(i).1)
+        })
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.state.lock().expect("server lock").log.clone()
@@ -345,11 +365,13 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let Some(req) = read_request(&mut reader) else {
             return;
         };
-        let upgrade = req.path == NOTIFY
+        let upgrade = (req.path == NOTIFY || req.path == SESSION_BACKEND)
             && req
                 .header("upgrade")
                 .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let key = req.header("sec-websocket-key").map(str::to_string);
+        let req_path = req.path.clone();
+        let channel_id = req.param("channelId").unwrap_or("").to_string();
         let reply = {
             let mut s = shared.state.lock().expect("server lock");
             let scripted = match s.queued.get_mut(&req.path).and_then(|q| q.pop_front()) {
@@ -360,6 +382,13 @@ fn serve(conn: TcpStream, shared: &Shared) {
             shared.changed.notify_all();
             match scripted {
                 Some(r) => r,
+                None if upgrade && req_path == SESSION_BACKEND => {
+                    drop(s);
+                    if let Some(key) = key {
+                        serve_session(reader, writer, &key, shared, channel_id);
+                    }
+                    return;
+                }
                 None if upgrade => {
                     drop(s);
                     if let Some(key) = key {
@@ -466,6 +495,198 @@ fn serve_websocket(
     let mut s = shared.state.lock().expect("server lock");
     s.kicks.live -= 1;
     shared.changed.notify_all();
+}
+
+/// What the agent sent on a session websocket.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// One output frame as decoded by the agent's own decoder (the codec's vectors are its
+    /// unit tests), or the frame's error.
+    Frame(Result<assistd::remote::session::frame::Frame, String>),
+    /// A ping and its payload.
+    Ping(Vec<u8>),
+    /// A close frame, or the connection ended.
+    Closed,
+}
+
+/// The server end of one session websocket, driven by a test: it sends input, resize and
+/// status frames and reads what the agent sends.
+pub struct SessionPeer {
+    writer: WebSocket<TcpStream>,
+    tcp: TcpStream,
+    events: crossbeam_channel::Receiver<SessionEvent>,
+    seq: i64,
+    /// Output payloads read so far, for `expect_output`.
+    pub output: Vec<u8>,
+    /// Sequence numbers of the output frames so far, in order.
+    pub seqs: Vec<i64>,
+    pub pings: Vec<Vec<u8>>,
+    pub closed: bool,
+}
+
+impl SessionPeer {
+    /// Sends one frame of `msg_type` with `payload`, framed as the server does.
+    pub fn send_frame(&mut self, msg_type: u32, payload: &[u8]) {
+        use assistd::remote::session::frame;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        // The agent's encoder refuses empty payloads; the server may send them (keepalive).
+        let mut bytes = frame::encode(msg_type, "1.01", "", now, self.seq, b"x").expect("frame");
+        bytes.truncate(frame::HEADER_LEN);
+        bytes[56..60].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        self.seq += 1;
+        self.writer
+            .send(Message::Binary(bytes))
+            .expect("session frame sent");
+    }
+
+    /// Keystrokes (type 0).
+    pub fn input(&mut self, text: &str) {
+        self.send_frame(
+            assistd::remote::session::frame::INPUT_STREAM_DATA,
+            text.as_bytes(),
+        );
+    }
+
+    /// A window size (type 2).
+    pub fn resize(&mut self, cols: u32, rows: u32) {
+        let json = format!(r#"{{"cols":{cols},"rows":{rows}}}"#);
+        self.send_frame(assistd::remote::session::frame::SET_SIZE, json.as_bytes());
+    }
+
+    /// Takes what the agent sent until `deadline`, or until `done` over the output so far is
+    /// true; returns whether it became true.
+    pub fn wait_output(&mut self, deadline: Instant, done: impl Fn(&[u8]) -> bool) -> bool {
+        while !done(&self.output) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed {
+                return false;
+            }
+            match self.events.recv_timeout(left) {
+                Ok(event) => self.take(event),
+                Err(_) => return done(&self.output),
+            }
+        }
+        true
+    }
+
+    /// Waits until the output holds `needle`.
+    pub fn expect_output(&mut self, deadline: Instant, needle: &str) -> bool {
+        self.wait_output(deadline, |out| {
+            String::from_utf8_lossy(out).contains(needle)
+        })
+    }
+
+    /// Waits until the agent closes the websocket.
+    pub fn wait_closed(&mut self, deadline: Instant) -> bool {
+        while !self.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => self.take(event),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Waits for the agent's first ping.
+    pub fn wait_ping(&mut self, deadline: Instant) -> bool {
+        while self.pings.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed {
+                return false;
+            }
+            match self.events.recv_timeout(left) {
+                Ok(event) => self.take(event),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn take(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Frame(Ok(f)) => {
+                assert_eq!(f.msg_type, 1, "the agent sends output frames only");
+                assert_eq!(f.version, "1.01");
+                self.seqs.push(f.seq);
+                self.output.extend_from_slice(&f.payload);
+            }
+            SessionEvent::Frame(Err(e)) => panic!("the agent sent a bad frame: {e}"),
+            SessionEvent::Ping(p) => self.pings.push(p),
+            SessionEvent::Closed => self.closed = true,
+        }
+    }
+
+    /// Ends the connection from the server's side (a close frame, then the socket).
+    pub fn close(&mut self) {
+        let _ = self.writer.close(None);
+        let _ = self.writer.flush();
+        let _ = self.tcp.shutdown(Shutdown::Both);
+    }
+}
+
+/// Answers a session upgrade, registers the peer, and reads the agent's frames into its
+/// event channel until the connection ends.
+fn serve_session(
+    reader: BufReader<TcpStream>,
+    mut writer: TcpStream,
+    key: &str,
+    shared: &Shared,
+    channel_id: String,
+) {
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    if writer.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let early = reader.buffer().to_vec();
+    let stream = reader.into_inner();
+    let (Ok(()), Ok(tcp)) = (stream.set_read_timeout(None), stream.try_clone()) else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut ws = WebSocket::from_partially_read(stream, early, Role::Server, None);
+    let (tx, events) = crossbeam_channel::unbounded();
+    let peer = SessionPeer {
+        writer: WebSocket::from_raw_socket(writer, Role::Server, None),
+        tcp,
+        events,
+        seq: 0,
+        output: Vec::new(),
+        seqs: Vec::new(),
+        pings: Vec::new(),
+        closed: false,
+    };
+    shared
+        .sessions
+        .lock()
+        .expect("session lock")
+        .push((channel_id, peer));
+    {
+        let _s = shared.state.lock().expect("server lock");
+        shared.changed.notify_all();
+    }
+    loop {
+        let event = match ws.read() {
+            Ok(Message::Binary(b)) => SessionEvent::Frame(
+                assistd::remote::session::frame::decode(&b).map_err(|e| e.to_string()),
+            ),
+            Ok(Message::Ping(p)) => SessionEvent::Ping(p),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        if tx.send(event).is_err() {
+            break;
+        }
+    }
+    let _ = ws.flush();
+    let _ = tx.send(SessionEvent::Closed);
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {

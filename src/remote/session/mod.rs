@@ -1,0 +1,640 @@
+//! Session Manager (spec aliyun-sessions): interactive shells and TCP port forwarding over a
+//! websocket to the server. The `sessions` thread owns the table of live sessions (the
+//! reference's SessionFactory); each session owns its own threads. It never touches tasks,
+//! the registry or the engine: sessions come from the fetch thread and stop kicks from the
+//! kick bridge, and each ends with exactly one status report (E15).
+//!
+//! - `frame`: the 60-byte binary frame and its payloads.
+//! - `channel`: one session's websocket loop (keepalive, limits, inbound dispatch, framing).
+//! - `shell`: the pty, the user rules and the output pump of a shell session.
+//! - `port`: the target connection of a port-forwarding session.
+
+pub mod channel;
+pub mod frame;
+pub mod port;
+pub mod shell;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select_biased, Receiver, Sender};
+
+use crate::model::SessionTaskInfo;
+use crate::remote::transport::{Http, DEFAULT_TIMEOUT};
+use crate::remote::websocket::{self, Dial, HeaderHook, Stream, Target};
+use channel::{Control, Limits, Waker};
+
+/// The session websocket's path (spec §2.1); `?channelId=<id>` follows, unescaped.
+pub const BACKEND_PATH: &str = "/luban/session/backend";
+/// The session status report's path (spec §1.4, E15).
+pub const STATUS_PATH: &str = "/luban/api/v1/session/status";
+
+/// How a session ended: the `errorcode` of its status report (spec §1.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    Ok,
+    Notified,
+    Timeout,
+    SessionIdDuplicate,
+    InitChannelFailed,
+    OpenChannelFailed,
+    OpenPtyFailed,
+    ProcessDataError,
+    UnknownError,
+    OpenPortFailed,
+    ReadPortFailed,
+    IoPortFailed,
+}
+
+impl Code {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Ok => "Ok",
+            Code::Notified => "Notified",
+            Code::Timeout => "Timeout",
+            Code::SessionIdDuplicate => "Session_id_duplicate",
+            Code::InitChannelFailed => "Init_channel_failed",
+            Code::OpenChannelFailed => "Open_channel_failed",
+            Code::OpenPtyFailed => "Open_pty_failed",
+            Code::ProcessDataError => "Process_data_error",
+            Code::UnknownError => "Unknown_error",
+            Code::OpenPortFailed => "Open_port_failed",
+            Code::ReadPortFailed => "Read_port_failed",
+            // The reference's constant is named IO_socket_error; its value is this.
+            Code::IoPortFailed => "IO_port_failed",
+        }
+    }
+
+    /// `Success` for Ok, Notified and Timeout; `Failed` for every other code.
+    pub fn status(self) -> &'static str {
+        match self {
+            Code::Ok | Code::Notified | Code::Timeout => "Success",
+            _ => "Failed",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The E15 target: keys in this order, values not escaped (spec §1.4).
+pub fn status_path(channel_id: &str, code: Code) -> String {
+    format!(
+        "{STATUS_PATH}?channelId={channel_id}&status={}&errorcode={}",
+        code.status(),
+        code.as_str()
+    )
+}
+
+/// Bytes per read of a shell's output (spec §3.8 P).
+pub const SHELL_CHUNK: u64 = 1024;
+/// Bytes per read of a forwarded connection (spec §3.8 P).
+pub const PORT_CHUNK: u64 = 2048;
+/// `flowLimit` ≤ 0 means 200 kbit/s.
+pub const DEFAULT_FLOW_LIMIT: i64 = 200 * 1024;
+
+/// The pause after each output chunk for a limit of `bits_per_sec` (spec §3.8):
+/// `1000 / ((limit / 8) / chunk)` ms in integer arithmetic. Where the reference divides by
+/// zero (a limit below 8 × chunk bits/s, which crashes the whole agent), the pause is the
+/// slowest the formula yields, 1000 ms.
+pub fn send_interval(bits_per_sec: i64, chunk: u64) -> Duration {
+    let limit = if bits_per_sec <= 0 {
+        DEFAULT_FLOW_LIMIT
+    } else {
+        bits_per_sec
+    };
+    // `limit` is positive here, so the conversion cannot fail.
+    let bytes_per_chunk = u64::try_from(limit).unwrap_or(0) / 8 / chunk.max(1);
+    Duration::from_millis(1000 / bytes_per_chunk.max(1))
+}
+
+/// The send pace a session's output pump follows; the session thread changes it when the
+/// server sets a new speed (status code 7).
+#[derive(Debug)]
+pub struct Pace {
+    interval_ms: AtomicU64,
+    chunk: u64,
+}
+
+impl Pace {
+    pub fn new(flow_limit: i64, chunk: u64) -> Pace {
+        Pace {
+            interval_ms: AtomicU64::new(millis(send_interval(flow_limit, chunk))),
+            chunk,
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn chunk(&self) -> usize {
+        usize::try_from(self.chunk).unwrap_or(1024)
+    }
+
+    pub fn set_speed(&self, bits_per_sec: u32) {
+        let d = send_interval(i64::from(bits_per_sec), self.chunk);
+        self.interval_ms.store(millis(d), Ordering::Relaxed);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What a session needs from the rest of the agent.
+#[derive(Clone)]
+pub struct SessionsConfig {
+    pub http: Arc<dyn Http>,
+    /// The server base URL (`https://host`), for the websocket URL.
+    pub base_url: String,
+    /// Identity headers of the upgrade request (the same as every other request).
+    pub headers: Option<HeaderHook>,
+    /// Required for a `wss://` server.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The proxy every request goes through (`ALIYUN_ASSIST_PROXY` or the config's `proxy`).
+    pub proxy: Option<String>,
+    pub limits: Limits,
+}
+
+impl fmt::Debug for SessionsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The proxy URL may hold a password.
+        f.debug_struct("SessionsConfig")
+            .field("base_url", &self.base_url)
+            .field("proxy", &self.proxy.is_some())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages to the `sessions` thread.
+#[derive(Debug)]
+enum SessionMsg {
+    Start(Box<SessionTaskInfo>),
+    Stop(String),
+    /// Sent by a session thread as its last act; `serial` tells it from a later session with
+    /// the same id.
+    Ended {
+        channel_id: String,
+        serial: u64,
+    },
+}
+
+/// Where the fetch thread and the kick bridge send sessions and stop kicks. Sending never
+/// blocks.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    tx: Sender<SessionMsg>,
+}
+
+impl SessionHandle {
+    /// One `session[]` entry of a fetched list.
+    pub fn start(&self, info: SessionTaskInfo) {
+        if self.tx.send(SessionMsg::Start(Box::new(info))).is_err() {
+            log::warn!("phase=session the sessions thread is gone; session dropped");
+        }
+    }
+
+    /// `kick_vm session stop <channelId>`.
+    pub fn stop(&self, channel_id: &str) {
+        let _ = self.tx.send(SessionMsg::Stop(channel_id.to_string()));
+    }
+}
+
+struct Live {
+    serial: u64,
+    control: Sender<Control>,
+    waker: Arc<Waker>,
+    join: JoinHandle<()>,
+}
+
+/// Starts the `sessions` thread. It ends when `stop` disconnects, after it has asked every
+/// live session to end and waited for them (at most `SHUTDOWN_WAIT`).
+pub fn spawn(
+    cfg: SessionsConfig,
+    stop: Receiver<()>,
+) -> io::Result<(SessionHandle, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let handle = SessionHandle { tx: tx.clone() };
+    let join = thread::Builder::new()
+        .name("sessions".to_string())
+        .spawn(move || Sessions::new(Arc::new(cfg), tx).run(&rx, &stop))?;
+    Ok((handle, join))
+}
+
+/// How long shutdown waits for live sessions to end and report (each needs one kill, one
+/// 5 s report and one close).
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+
+struct Sessions {
+    cfg: Arc<SessionsConfig>,
+    /// For the session threads' `Ended`.
+    tx: Sender<SessionMsg>,
+    live: HashMap<String, Live>,
+    next_serial: u64,
+}
+
+impl Sessions {
+    fn new(cfg: Arc<SessionsConfig>, tx: Sender<SessionMsg>) -> Sessions {
+        Sessions {
+            cfg,
+            tx,
+            live: HashMap::new(),
+            next_serial: 0,
+        }
+    }
+
+    fn run(mut self, rx: &Receiver<SessionMsg>, stop: &Receiver<()>) {
+        loop {
+            select_biased! {
+                recv(stop) -> _ => break,
+                recv(rx) -> msg => match msg {
+                    Ok(msg) => self.handle(msg),
+                    // Unreachable while `self.tx` lives; ends the loop all the same.
+                    Err(_) => break,
+                },
+            }
+        }
+        self.shutdown(rx);
+    }
+
+    fn handle(&mut self, msg: SessionMsg) {
+        match msg {
+            SessionMsg::Start(info) => self.start(*info),
+            SessionMsg::Stop(id) => match self.live.get(&id) {
+                Some(live) => {
+                    log::info!("task={id} invoke_version=0 phase=session stop kick");
+                    let _ = live.control.send(Control::Stop);
+                    live.waker.wake();
+                }
+                None => log::warn!(
+                    "task={id} invoke_version=0 phase=session stop session failed: no such session"
+                ),
+            },
+            SessionMsg::Ended { channel_id, serial } => {
+                if self
+                    .live
+                    .get(&channel_id)
+                    .is_some_and(|l| l.serial == serial)
+                {
+                    if let Some(live) = self.live.remove(&channel_id) {
+                        // The thread sent this as its last act: the join returns at once.
+                        let _ = live.join.join();
+                    }
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, info: SessionTaskInfo) {
+        let id = info.session_id.clone();
+        let cfg = self.cfg.clone();
+        if self.live.contains_key(&id) {
+            // The reference also removes the original's entry here, so a later stop kick
+            // cannot find it; the original stays registered and stoppable.
+            log::warn!("task={id} invoke_version=0 phase=session duplicate channel id refused");
+            let spawned = thread::Builder::new()
+                .name("session-dup".to_string())
+                .spawn(move || report(&*cfg.http, &id, Code::SessionIdDuplicate));
+            if let Err(e) = spawned {
+                log::error!("phase=session cannot start a thread to report a duplicate: {e}");
+            }
+            return;
+        }
+        let (wake_rx, waker) = match channel::wake_pipe() {
+            Ok(pair) => pair,
+            Err(e) => {
+                log::error!("task={id} invoke_version=0 phase=session cannot create a pipe: {e}");
+                let _ = thread::Builder::new()
+                    .name("session-fail".to_string())
+                    .spawn(move || report(&*cfg.http, &id, Code::InitChannelFailed));
+                return;
+            }
+        };
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let ended = self.tx.clone();
+        let thread_waker = waker.clone();
+        let thread_id = id.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("session-{id}"))
+            .spawn(move || {
+                // The guard sends `Ended` (and the report, if the body never got to it) even if
+                // the session panics, so the table never keeps a dead entry.
+                let mut guard = EndGuard {
+                    cfg: &cfg,
+                    id: &thread_id,
+                    serial,
+                    ended,
+                    reported: false,
+                };
+                let session = Session {
+                    cfg: &cfg,
+                    info: &info,
+                    control: control_rx,
+                    wake_rx,
+                    waker: thread_waker,
+                };
+                session.run(&mut guard);
+            });
+        match spawned {
+            Ok(join) => {
+                self.live.insert(
+                    id,
+                    Live {
+                        serial,
+                        control: control_tx,
+                        waker,
+                        join,
+                    },
+                );
+            }
+            Err(e) => {
+                log::error!("task={id} invoke_version=0 phase=session cannot start its thread: {e}")
+            }
+        }
+    }
+
+    fn shutdown(mut self, rx: &Receiver<SessionMsg>) {
+        if self.live.is_empty() {
+            return;
+        }
+        log::info!("phase=shutdown ending {} session(s)", self.live.len());
+        for live in self.live.values() {
+            let _ = live.control.send(Control::Shutdown);
+            live.waker.wake();
+        }
+        let deadline = Instant::now() + SHUTDOWN_WAIT;
+        while !self.live.is_empty() {
+            match rx.recv_deadline(deadline) {
+                Ok(SessionMsg::Ended { channel_id, serial }) => {
+                    self.handle(SessionMsg::Ended { channel_id, serial })
+                }
+                Ok(SessionMsg::Start(info)) => {
+                    log::warn!(
+                        "task={} invoke_version=0 phase=session arrived during shutdown; not started",
+                        info.session_id
+                    )
+                }
+                Ok(SessionMsg::Stop(_)) => {}
+                Err(_) => break,
+            }
+        }
+        for id in self.live.keys() {
+            log::warn!("task={id} invoke_version=0 phase=shutdown session did not end in time");
+        }
+    }
+}
+
+/// Sends E15 once: one attempt, 5 s, response ignored (spec §1.4).
+fn report(http: &dyn Http, id: &str, code: Code) {
+    let target = status_path(id, code);
+    match http.post(&target, b"", "text/plain; charset=utf-8", DEFAULT_TIMEOUT) {
+        Ok(_) => log::info!(
+            "task={id} invoke_version=0 phase=session ended: status={} errorcode={code}",
+            code.status()
+        ),
+        Err(e) => log::warn!(
+            "task={id} invoke_version=0 phase=session ended ({code}) but the status report failed: {}",
+            crate::error_chain::error_chain(&e)
+        ),
+    }
+}
+
+struct EndGuard<'a> {
+    cfg: &'a SessionsConfig,
+    id: &'a str,
+    serial: u64,
+    ended: Sender<SessionMsg>,
+    reported: bool,
+}
+
+impl EndGuard<'_> {
+    fn report(&mut self, code: Code) {
+        if !std::mem::replace(&mut self.reported, true) {
+            report(&*self.cfg.http, self.id, code);
+        }
+    }
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        // A panic inside the session is the reference's `Unknown_error`.
+        self.report(Code::UnknownError);
+        let _ = self.ended.send(SessionMsg::Ended {
+            channel_id: self.id.to_string(),
+            serial: self.serial,
+        });
+    }
+}
+
+/// One session, on its own thread.
+struct Session<'a> {
+    cfg: &'a SessionsConfig,
+    info: &'a SessionTaskInfo,
+    control: Receiver<Control>,
+    wake_rx: std::os::fd::OwnedFd,
+    waker: Arc<Waker>,
+}
+
+impl Session<'_> {
+    /// Spec §1.3 steps 4-9: open the channel, start the plugin, serve until the end, then
+    /// kill what the plugin started, report, and close the websocket, in that order.
+    fn run(self, guard: &mut EndGuard<'_>) {
+        let id = self.info.session_id.as_str();
+        let kind = if self.info.port_number.is_empty() {
+            "shell"
+        } else {
+            "port"
+        };
+        log::info!("task={id} invoke_version=0 phase=session starting a {kind} session");
+        let mut ws = match self.open() {
+            Ok(ws) => ws,
+            Err(code) => return guard.report(code),
+        };
+        let chunk = if kind == "port" {
+            PORT_CHUNK
+        } else {
+            SHELL_CHUNK
+        };
+        let pace = Arc::new(Pace::new(self.info.flow_limit, chunk));
+        let (pump_tx, pump_rx) = crossbeam_channel::bounded(4);
+        let outputs = channel::Outputs {
+            tx: pump_tx,
+            waker: self.waker.clone(),
+            pace: pace.clone(),
+        };
+        let plugin: Result<Box<dyn channel::Plugin>, Code> = if kind == "port" {
+            port::Port::open(self.info, outputs).map(|p| Box::new(p) as Box<dyn channel::Plugin>)
+        } else {
+            shell::Shell::open(self.info, outputs).map(|s| Box::new(s) as Box<dyn channel::Plugin>)
+        };
+        let code = match plugin {
+            Ok(mut plugin) => {
+                let code = channel::serve(
+                    &mut ws,
+                    channel::Serve {
+                        session_id: id,
+                        pumped: pump_rx,
+                        control: &self.control,
+                        wake_rx: &self.wake_rx,
+                        pace: &pace,
+                        limits: &self.cfg.limits,
+                    },
+                    plugin.as_mut(),
+                );
+                plugin.finish();
+                code
+            }
+            Err(code) => code,
+        };
+        // Output already framed goes out before the report.
+        channel::flush_blocking(&mut ws, Duration::from_secs(5));
+        guard.report(code);
+        close(ws);
+    }
+
+    fn open(&self) -> Result<tungstenite::WebSocket<Stream>, Code> {
+        let id = self.info.session_id.as_str();
+        if self.cfg.base_url.is_empty() {
+            return Err(Code::InitChannelFailed);
+        }
+        let path = format!("{BACKEND_PATH}?channelId={id}");
+        let url = websocket::server_ws_url(&self.cfg.base_url, &path).map_err(|e| {
+            log::warn!("task={id} invoke_version=0 phase=session {e}");
+            Code::InitChannelFailed
+        })?;
+        let target = Target::parse(&url).map_err(|e| {
+            log::warn!("task={id} invoke_version=0 phase=session {e}");
+            Code::InitChannelFailed
+        })?;
+        let dial = Dial {
+            target: &target,
+            url: &url,
+            headers: self.cfg.headers.as_ref(),
+            tls: self.cfg.tls.as_ref(),
+            proxy: self.cfg.proxy.as_deref(),
+            timeout: self.cfg.limits.dial_timeout,
+        };
+        let ws = websocket::dial(&dial, |_| Ok(())).map_err(|e| {
+            log::warn!(
+                "task={id} invoke_version=0 phase=session cannot open the channel: {}",
+                crate::error_chain::error_chain(&e)
+            );
+            Code::OpenChannelFailed
+        })?;
+        ws.get_ref().tcp().set_nonblocking(true).map_err(|e| {
+            log::warn!("task={id} invoke_version=0 phase=session {e}");
+            Code::OpenChannelFailed
+        })?;
+        log::info!("task={id} invoke_version=0 phase=session channel open");
+        Ok(ws)
+    }
+}
+
+/// Sends a Close frame without waiting for the answer (spec §2.5), then drops the connection.
+fn close(mut ws: tungstenite::WebSocket<Stream>) {
+    let tcp = ws.get_ref().tcp();
+    let _ = tcp.set_nonblocking(false);
+    let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = ws.close(None);
+    let _ = ws.flush();
+    let _ = ws.get_ref().tcp().shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_paths() {
+        assert_eq!(
+            status_path("s-hz0jdfwcnkxxxxxxxx", Code::Notified),
+            "/luban/api/v1/session/status?channelId=s-hz0jdfwcnkxxxxxxxx&status=Success&errorcode=Notified"
+        );
+        assert_eq!(
+            status_path("c-1", Code::IoPortFailed),
+            "/luban/api/v1/session/status?channelId=c-1&status=Failed&errorcode=IO_port_failed"
+        );
+        // Not escaped, as the reference.
+        assert_eq!(
+            status_path("a b", Code::Ok),
+            "/luban/api/v1/session/status?channelId=a b&status=Success&errorcode=Ok"
+        );
+    }
+
+    #[test]
+    fn success_is_ok_notified_and_timeout_only() {
+        let all = [
+            Code::Ok,
+            Code::Notified,
+            Code::Timeout,
+            Code::SessionIdDuplicate,
+            Code::InitChannelFailed,
+            Code::OpenChannelFailed,
+            Code::OpenPtyFailed,
+            Code::ProcessDataError,
+            Code::UnknownError,
+            Code::OpenPortFailed,
+            Code::ReadPortFailed,
+            Code::IoPortFailed,
+        ];
+        let success: Vec<&str> = all
+            .iter()
+            .filter(|c| c.status() == "Success")
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(success, ["Ok", "Notified", "Timeout"]);
+    }
+
+    #[test]
+    fn send_intervals_follow_the_table_without_dividing_by_zero() {
+        let check = |limit: i64, shell_ms: u64, port_ms: u64| {
+            assert_eq!(
+                (
+                    send_interval(limit, SHELL_CHUNK).as_millis(),
+                    send_interval(limit, PORT_CHUNK).as_millis()
+                ),
+                (u128::from(shell_ms), u128::from(port_ms)),
+                "flowLimit {limit}"
+            );
+        };
+        check(0, 40, 83);
+        check(-5, 40, 83);
+        // The reference divides by zero here and crashes; the slowest pace instead.
+        check(1, 1000, 1000);
+        check(8191, 1000, 1000);
+        check(8192, 1000, 1000);
+        check(16383, 1000, 1000);
+        check(16384, 500, 1000);
+        check(32768, 250, 500);
+        check(1_048_576, 7, 15);
+        check(1_638_400, 5, 10);
+        check(8_192_000, 1, 2);
+        check(8_200_192, 0, 2);
+        check(16_384_000, 0, 1);
+        check(16_400_384, 0, 0);
+    }
+
+    #[test]
+    fn a_set_speed_changes_the_pace() {
+        let pace = Pace::new(0, SHELL_CHUNK);
+        assert_eq!(pace.interval(), Duration::from_millis(40));
+        pace.set_speed(1_048_576);
+        assert_eq!(pace.interval(), Duration::from_millis(7));
+        pace.set_speed(1);
+        assert_eq!(pace.interval(), Duration::from_millis(1000));
+    }
+}

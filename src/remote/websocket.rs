@@ -1,0 +1,464 @@
+//! The client side of a websocket to the server, shared by the kick listener and sessions:
+//! the `ws(s)://` target, the TCP connection (direct, or through an HTTP CONNECT proxy), TLS,
+//! and the upgrade request with the identity headers. It never reads, writes or interprets a
+//! message once the upgrade is done.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::{HeaderName, HeaderValue};
+use tungstenite::protocol::WebSocket;
+
+/// Extra headers for a request, given its method and path (the identity headers, spec §2.2).
+pub type HeaderHook = Arc<dyn Fn(&str, &str) -> Vec<(String, String)> + Send + Sync>;
+
+/// A parsed `ws://` or `wss://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+/// A URL that is not `ws(s)://host[:port]/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadUrl(pub String);
+
+impl fmt::Display for BadUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot use {:?} as a websocket URL", self.0)
+    }
+}
+
+impl std::error::Error for BadUrl {}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, BadUrl> {
+        let bad = || BadUrl(url.to_string());
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(bad());
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| bad())?)
+            }
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Target {
+            tls,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// The websocket URL of `path` on a server base URL: `https://h` → `wss://h{path}`,
+/// `http://h:p` → `ws://h:p{path}`; a bare host is taken as https.
+pub fn server_ws_url(server: &str, path: &str) -> Result<String, BadUrl> {
+    let bad = || BadUrl(server.to_string());
+    let (scheme, host) = if let Some(h) = server.strip_prefix("https://") {
+        ("wss", h)
+    } else if let Some(h) = server.strip_prefix("http://") {
+        ("ws", h)
+    } else if let Some(h) = server.strip_prefix("wss://") {
+        ("wss", h)
+    } else if let Some(h) = server.strip_prefix("ws://") {
+        ("ws", h)
+    } else if !server.contains("://") {
+        ("wss", server)
+    } else {
+        return Err(bad());
+    };
+    let host = host.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    Ok(format!("{scheme}://{host}{path}"))
+}
+
+/// The byte stream under the websocket: plain TCP or rustls over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath, for timeouts, non-blocking mode, `poll` and shutdown.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// How to reach one websocket.
+pub struct Dial<'a> {
+    pub target: &'a Target,
+    /// The full URL (`target` parsed from it).
+    pub url: &'a str,
+    /// Headers added to the upgrade request.
+    pub headers: Option<&'a HeaderHook>,
+    /// Required for `wss://`.
+    pub tls: Option<&'a Arc<rustls::ClientConfig>>,
+    /// `http://[user:password@]host:port` of an HTTP CONNECT proxy, or direct when `None`.
+    pub proxy: Option<&'a str>,
+    /// Bound on each connect, the proxy's answer, the TLS handshake and the upgrade.
+    pub timeout: Duration,
+}
+
+/// Why a websocket could not be opened.
+#[derive(Debug)]
+pub enum DialError {
+    Io(io::Error),
+    /// The proxy URL is not `http://host:port`, or the proxy refused the tunnel.
+    Proxy(String),
+    Tls(rustls::Error),
+    /// `wss://` without a TLS config, or a host that is not a TLS server name.
+    TlsName(String),
+    Websocket(Box<tungstenite::Error>),
+    /// The handshake did not finish within the timeout.
+    TimedOut,
+}
+
+impl fmt::Display for DialError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DialError::Io(_) => f.write_str("connection failed"),
+            // The proxy URL may carry a password: it is never named.
+            DialError::Proxy(why) => write!(f, "proxy tunnel failed: {why}"),
+            DialError::Tls(_) => f.write_str("TLS setup failed"),
+            DialError::TlsName(host) => write!(f, "cannot use TLS with {host:?}"),
+            DialError::Websocket(_) => f.write_str("websocket upgrade failed"),
+            DialError::TimedOut => f.write_str("websocket upgrade timed out"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DialError::Io(e) => Some(e),
+            DialError::Tls(e) => Some(e),
+            DialError::Websocket(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Connects, tunnels, starts TLS and upgrades. `on_tcp` sees the TCP socket as soon as it is
+/// connected (the kick listener keeps a clone to shut it down); its error ends the dial. The
+/// socket is left with `timeout` as read and write timeout; callers set their own.
+pub fn dial(
+    d: &Dial<'_>,
+    on_tcp: impl FnOnce(&TcpStream) -> io::Result<()>,
+) -> Result<WebSocket<Stream>, DialError> {
+    let t = d.target;
+    let tcp = match d.proxy {
+        Some(proxy) => {
+            let (host, port, auth) = parse_proxy(proxy)?;
+            let tcp = connect(&host, port, d.timeout)?;
+            tunnel(&tcp, t, auth.as_deref())?;
+            tcp
+        }
+        None => connect(&t.host, t.port, d.timeout)?,
+    };
+    on_tcp(&tcp).map_err(DialError::Io)?;
+    let stream = if t.tls {
+        let tls = d.tls.ok_or_else(|| DialError::TlsName(t.host.clone()))?;
+        let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+            .map_err(|_| DialError::TlsName(t.host.clone()))?;
+        let conn = rustls::ClientConnection::new(tls.clone(), name).map_err(DialError::Tls)?;
+        Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)))
+    } else {
+        Stream::Plain(tcp)
+    };
+    let mut request = d
+        .url
+        .into_client_request()
+        .map_err(|e| DialError::Websocket(Box::new(e)))?;
+    if let Some(hook) = d.headers {
+        let path = t.path.split('?').next().unwrap_or(&t.path);
+        for (k, v) in hook("GET", path) {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) else {
+                log::warn!("phase=websocket skipping a header that is not valid HTTP: {k}");
+                continue;
+            };
+            request.headers_mut().insert(name, value);
+        }
+    }
+    let (ws, _response) = tungstenite::client(request, stream).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(e) => DialError::Websocket(Box::new(e)),
+        tungstenite::HandshakeError::Interrupted(_) => DialError::TimedOut,
+    })?;
+    Ok(ws)
+}
+
+/// A TCP connection to the first address of `host` that answers within `timeout`.
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
+    // Name resolution has no timeout of ours: it is bounded by the system resolver's own
+    // (resolv.conf `timeout` x `attempts`).
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(DialError::Io)?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "host has no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => {
+                tcp.set_read_timeout(Some(timeout)).map_err(DialError::Io)?;
+                tcp.set_write_timeout(Some(timeout))
+                    .map_err(DialError::Io)?;
+                tcp.set_nodelay(true).map_err(DialError::Io)?;
+                return Ok(tcp);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(DialError::Io(last))
+}
+
+/// `http://[user:password@]host[:port]` → host, port (default 80), and the Basic credentials.
+fn parse_proxy(proxy: &str) -> Result<(String, u16, Option<String>), DialError> {
+    let bad = || DialError::Proxy("proxy URL is not http://host:port".to_string());
+    let rest = proxy.strip_prefix("http://").ok_or_else(bad)?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (auth, hostport) = match authority.rsplit_once('@') {
+        Some((a, h)) => (Some(a.to_string()), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().map_err(|_| bad())?)
+        }
+        _ => (hostport, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port, auth))
+}
+
+/// Asks the proxy for a tunnel to `t` and reads its answer head (at most 8 KiB).
+fn tunnel(mut tcp: &TcpStream, t: &Target, auth: Option<&str>) -> Result<(), DialError> {
+    let authority = if t.host.contains(':') {
+        format!("[{}]:{}", t.host, t.port)
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(auth) = auth {
+        req.push_str(&format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64(auth.as_bytes())
+        ));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).map_err(DialError::Io)?;
+    // Byte by byte, so nothing after the head (the server's first TLS bytes) is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(DialError::Proxy("answer head too long".to_string()));
+        }
+        match tcp.read(&mut byte).map_err(DialError::Io)? {
+            0 => return Err(DialError::Proxy("closed before answering".to_string())),
+            _ => head.push(byte[0]),
+        }
+    }
+    let status = head
+        .split(|b| *b == b' ')
+        .nth(1)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .unwrap_or("");
+    if status != "200" {
+        return Err(DialError::Proxy(format!("answered {status:?}")));
+    }
+    Ok(())
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("ws://127.0.0.1:9/luban/notify_server").expect("parse");
+        assert_eq!((t.tls, t.host.as_str(), t.port), (false, "127.0.0.1", 9));
+        assert_eq!(t.path, "/luban/notify_server");
+        let t = Target::parse("wss://h.example/x?channelId=c").expect("parse");
+        assert_eq!((t.tls, t.host.as_str(), t.port), (true, "h.example", 443));
+        assert_eq!(t.path, "/x?channelId=c");
+        let t = Target::parse("ws://[::1]:7/x").expect("parse");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 7));
+        assert!(Target::parse("http://h/x").is_err());
+        assert!(Target::parse("ws://h:notaport/x").is_err());
+    }
+
+    #[test]
+    fn server_urls() {
+        let u = |s: &str| server_ws_url(s, "/luban/session/backend?channelId=c");
+        assert_eq!(
+            u("https://cn-hangzhou.axt.aliyun.com").as_deref(),
+            Ok("wss://cn-hangzhou.axt.aliyun.com/luban/session/backend?channelId=c")
+        );
+        assert_eq!(
+            u("http://127.0.0.1:8080/").as_deref(),
+            Ok("ws://127.0.0.1:8080/luban/session/backend?channelId=c")
+        );
+        assert!(u("ftp://x").is_err());
+        assert!(u("https://").is_err());
+    }
+
+    #[test]
+    fn proxies() {
+        assert_eq!(
+            parse_proxy("http://u:p@proxy:3128").ok(),
+            Some(("proxy".to_string(), 3128, Some("u:p".to_string())))
+        );
+        assert_eq!(
+            parse_proxy("http://proxy/").ok().map(|(h, p, _)| (h, p)),
+            Some(("proxy".to_string(), 80))
+        );
+        assert!(parse_proxy("socks5://proxy:1").is_err());
+        assert_eq!(base64(b"u:p"), "dTpw");
+    }
+
+    #[test]
+    fn a_connect_proxy_carries_the_upgrade() {
+        // A one-shot proxy that checks the CONNECT line, then relays to a websocket server.
+        let ws_server = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ws_addr = ws_server.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = ws_server.accept().expect("accept");
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut ws = tungstenite::accept(tcp).expect("upgrade");
+            ws.send(tungstenite::Message::Text("hi".into()))
+                .expect("send");
+        });
+        let proxy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let proxy_addr = proxy.local_addr().expect("addr");
+        let relay = std::thread::spawn(move || {
+            let (mut client, _) = proxy.accept().expect("accept");
+            let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(client.read(&mut b).expect("read"), 1);
+                head.push(b[0]);
+            }
+            let head = String::from_utf8(head).expect("text");
+            assert!(
+                head.starts_with(&format!("CONNECT {ws_addr} HTTP/1.1\r\n")),
+                "{head}"
+            );
+            assert!(
+                head.contains("Proxy-Authorization: Basic dTpw\r\n"),
+                "{head}"
+            );
+            client
+                .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+                .expect("answer");
+            let mut upstream = TcpStream::connect(ws_addr).expect("upstream");
+            let (mut c2, mut u2) = (
+                client.try_clone().expect("clone"),
+                upstream.try_clone().expect("clone"),
+            );
+            let up = std::thread::spawn(move || {
+                let _ = io::copy(&mut c2, &mut u2);
+            });
+            let _ = io::copy(&mut upstream, &mut client);
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = up.join();
+        });
+        let url = format!("ws://{ws_addr}/x");
+        let target = Target::parse(&url).expect("parse");
+        let proxy_url = format!("http://u:p@{proxy_addr}");
+        let mut ws = dial(
+            &Dial {
+                target: &target,
+                url: &url,
+                headers: None,
+                tls: None,
+                proxy: Some(&proxy_url),
+                timeout: Duration::from_secs(30),
+            },
+            |_| Ok(()),
+        )
+        .expect("dial through the proxy");
+        assert_eq!(ws.read().expect("message").into_text().expect("text"), "hi");
+        drop(ws);
+        server.join().expect("server");
+        relay.join().expect("relay");
+    }
+}

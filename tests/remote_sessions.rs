@@ -1,0 +1,290 @@
+//! Sessions end to end (spec aliyun-sessions): the real binary fetches a session list on
+//! `kick_vm session start <id>`, opens the double's session websocket, runs a shell on a pty
+//! (input, resize, run-as user, stop, exit) or forwards a port to a loopback echo server, and
+//! sends exactly one status report per session.
+
+mod support;
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Instant;
+
+use support::server::{Reply, Request, Server, SessionPeer, SESSION_LIST, SESSION_STATUS};
+use support::{expect, expect_kick_channel, expect_kick_reply, start_remote};
+use util::{alive, wait_gone, Agent, TestDir, DEADLINE};
+
+/// The run-as user of shell tests; `None` (after saying so loudly) when the tests cannot
+/// switch users because they do not run as root.
+fn test_user(test: &str) -> Option<&'static str> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: needs root to run a session as user daemon");
+        return None;
+    }
+    Some("daemon")
+}
+
+fn status_of(r: &Request, id: &str) -> bool {
+    r.path == SESSION_STATUS && r.param("channelId") == Some(id)
+}
+
+/// Starts the agent with its kick channel up and the startup fetch done.
+fn agent(dir: &TestDir, server: &Server) -> Agent {
+    let agent = start_remote(dir, server, &[]);
+    expect_kick_channel(&agent, server, 1);
+    agent.expect_line("startup fetch done");
+    agent
+}
+
+/// Queues `entry` as the next session list and kicks `session start <id>`.
+fn start_session(agent: &Agent, server: &Server, id: &str, entry: &str) {
+    server.push(
+        SESSION_LIST,
+        Reply::ok(format!(
+            r#"{{"code":200,"instanceId":"i-test","session":[{entry}]}}"#
+        )),
+    );
+    let kick = format!("kick_vm session start {id}");
+    assert_eq!(server.push_kick(&kick), 1);
+    expect_kick_reply(agent, server, &format!("accept:{kick}"));
+}
+
+fn peer(agent: &Agent, server: &Server, id: &str) -> SessionPeer {
+    match server.wait_session(Instant::now() + DEADLINE, id) {
+        Some(p) => p,
+        None => agent.fail(&format!(
+            "no session websocket for {id}; requests:\n{}",
+            server.listing()
+        )),
+    }
+}
+
+fn expect_output(agent: &Agent, peer: &mut SessionPeer, needle: &str) {
+    if !peer.expect_output(Instant::now() + DEADLINE, needle) {
+        agent.fail(&format!(
+            "no {needle:?} in the session output:\n{}",
+            String::from_utf8_lossy(&peer.output)
+        ));
+    }
+}
+
+/// The one status report of `id`, once it came; fails on a second one.
+fn expect_status(agent: &Agent, server: &Server, id: &str, status: &str, code: &str) {
+    let r = expect(agent, server, &format!("session status of {id}"), |r| {
+        status_of(r, id)
+    });
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.query,
+        format!("channelId={id}&status={status}&errorcode={code}")
+    );
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+}
+
+/// A number the shell printed after `tag=` (which the tty echo of the command cannot match,
+/// since the command has `$` there).
+fn number_after(output: &[u8], tag: &str) -> Option<i32> {
+    let text = String::from_utf8_lossy(output);
+    let needle = format!("{tag}=");
+    text.match_indices(&needle).find_map(|(at, _)| {
+        let digits: String = text[at + needle.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    })
+}
+
+#[test]
+fn a_shell_session_runs_input_resizes_runs_as_the_user_and_stops_on_a_kick() {
+    let Some(user) = test_user("a_shell_session_runs_input") else {
+        return;
+    };
+    let dir = TestDir::new("session-shell");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    start_session(
+        &agent,
+        &server,
+        "s-shell",
+        &format!(r#"{{"channelId":"s-shell","username":"{user}"}}"#),
+    );
+    let list = expect(&agent, &server, "session list fetch", |r| {
+        r.path == SESSION_LIST
+    });
+    assert_eq!(list.query, "channelId=s-shell");
+    let upgrade = expect(&agent, &server, "session upgrade", |r| {
+        r.path == "/luban/session/backend"
+    });
+    assert_eq!(upgrade.query, "channelId=s-shell");
+    assert_eq!(upgrade.header("x-client-instance-id"), Some("i-test"));
+    let mut peer = peer(&agent, &server, "s-shell");
+    if !peer.wait_ping(Instant::now() + DEADLINE) {
+        agent.fail("no keepalive ping");
+    }
+    assert_eq!(peer.pings[0], b"keepalive");
+
+    peer.input("echo sum=$((40+2))\n");
+    expect_output(&agent, &mut peer, "sum=42");
+    peer.resize(120, 40);
+    peer.input("stty size\n");
+    expect_output(&agent, &mut peer, "40 120");
+    peer.input("echo me=$(id -un) home=$HOME term=$TERM\n");
+    expect_output(
+        &agent,
+        &mut peer,
+        &format!("me={user} home=/usr/sbin term=xterm-256color"),
+    );
+    // A background job runs in a process group of its own; it goes with the session too.
+    peer.input("sleep 300 & echo bg=$! shell=$$\n");
+    if !peer.wait_output(Instant::now() + DEADLINE, |o| {
+        number_after(o, "bg").is_some() && number_after(o, "shell").is_some()
+    }) {
+        agent.fail(&format!(
+            "no pids in the output:\n{}",
+            String::from_utf8_lossy(&peer.output)
+        ));
+    }
+    let bg = number_after(&peer.output, "bg").expect("bg pid");
+    let shell = number_after(&peer.output, "shell").expect("shell pid");
+    assert!(alive(bg) && alive(shell));
+    // Sequence numbers start at 0 and have no gaps.
+    let n = peer.seqs.len() as i64;
+    assert_eq!(peer.seqs, (0..n).collect::<Vec<_>>());
+
+    server.push_kick("kick_vm session stop s-shell");
+    expect_kick_reply(&agent, &server, "accept:kick_vm session stop s-shell");
+    expect_status(&agent, &server, "s-shell", "Success", "Notified");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the stop");
+    }
+    wait_gone(&agent, shell);
+    wait_gone(&agent, bg);
+    // A stop for a session that has ended finds nothing and reports nothing.
+    server.push_kick("kick_vm session stop s-shell");
+    expect_kick_reply(&agent, &server, "accept:kick_vm session stop s-shell");
+    agent.expect_line("stop session failed");
+    let reports = server
+        .requests()
+        .iter()
+        .filter(|r| status_of(r, "s-shell"))
+        .count();
+    assert_eq!(reports, 1, "one status report per session");
+}
+
+#[test]
+fn a_shell_that_exits_ends_the_session_ok_and_root_is_refused() {
+    let Some(user) = test_user("a_shell_that_exits") else {
+        return;
+    };
+    let dir = TestDir::new("session-exit");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    start_session(
+        &agent,
+        &server,
+        "s-exit",
+        &format!(r#"{{"channelId":"s-exit","username":"{user}","cmdContent":"bash --norc"}}"#),
+    );
+    let mut peer = peer(&agent, &server, "s-exit");
+    peer.input("echo bye=$((6*7)); exit\n");
+    expect_output(&agent, &mut peer, "bye=42");
+    expect_status(&agent, &server, "s-exit", "Success", "Ok");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the shell exited");
+    }
+
+    // uid 0 is refused before anything starts, as the reference does.
+    start_session(
+        &agent,
+        &server,
+        "s-root",
+        r#"{"channelId":"s-root","username":"root"}"#,
+    );
+    expect_status(&agent, &server, "s-root", "Failed", "Open_pty_failed");
+}
+
+/// A loopback echo server for one connection; the returned receiver gets `()` when the agent
+/// closes the connection.
+fn echo_server() -> (u16, crossbeam_channel::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (closed_tx, closed) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        // Bounded by the agent: it closes the connection when the session ends.
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    (port, closed)
+}
+
+#[test]
+fn a_port_session_forwards_both_ways_refuses_a_duplicate_and_stops_promptly() {
+    let dir = TestDir::new("session-port");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    let (port, closed) = echo_server();
+    let entry = format!(r#"{{"channelId":"p-1","portNumber":"{port}","targetHost":"127.0.0.1"}}"#);
+    start_session(&agent, &server, "p-1", &entry);
+    let mut peer = peer(&agent, &server, "p-1");
+    peer.input("ping one\n");
+    expect_output(&agent, &mut peer, "ping one\n");
+
+    // The same channel id while it runs: refused, and the original keeps working.
+    start_session(&agent, &server, "p-1", &entry);
+    expect_status(&agent, &server, "p-1", "Failed", "Session_id_duplicate");
+    peer.input("ping two\n");
+    expect_output(&agent, &mut peer, "ping two\n");
+
+    // Stopping a healthy forward ends it at once (the reference hangs until the target
+    // fails): the target connection is closed and the stop reported.
+    server.push_kick("kick_vm session stop p-1");
+    let done = server.wait_until(Instant::now() + DEADLINE, |log| {
+        (log.iter().filter(|r| status_of(r, "p-1")).count() >= 2).then_some(())
+    });
+    if done.is_none() {
+        agent.fail(&format!("no second report for p-1:\n{}", server.listing()));
+    }
+    let last = server
+        .requests()
+        .into_iter()
+        .filter(|r| status_of(r, "p-1"))
+        .nth(1)
+        .expect("second report");
+    assert_eq!(
+        last.query,
+        "channelId=p-1&status=Success&errorcode=Notified"
+    );
+    if closed.recv_timeout(DEADLINE).is_err() {
+        agent.fail("the target connection stayed open after the stop");
+    }
+}
+
+#[test]
+fn a_port_that_refuses_is_open_port_failed() {
+    let dir = TestDir::new("session-port-refused");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    // A port nobody listens on: bound, then closed again.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    start_session(
+        &agent,
+        &server,
+        "p-refused",
+        &format!(r#"{{"channelId":"p-refused","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
+    );
+    expect_status(&agent, &server, "p-refused", "Failed", "Open_port_failed");
+}
