@@ -138,6 +138,9 @@ struct State {
     defaults: HashMap<String, Reply>,
     log: Vec<Request>,
     kicks: KickLog,
+    /// `set_faults`: per path, every how many requests a fault replaces the reply, the faults
+    /// taken in turn, and the requests counted so far.
+    faults: HashMap<String, (u64, Vec<Reply>, u64)>,
 }
 
 /// What happened on the notify websocket, for `Server::wait_kicks`.
@@ -269,6 +272,18 @@ impl Server {
     pub fn set_default(&self, path: &str, reply: Reply) {
         let mut s = self.shared.state.lock().expect("server lock");
         s.defaults.insert(path.to_string(), reply);
+    }
+
+    /// Of the requests to `path`, every `every`th gets the next of `faults` (in turn) instead
+    /// of its default (a queued reply still wins): a fixed share of injected failures, the
+    /// same on every run. An empty `faults` turns injection off for `path`.
+    pub fn set_faults(&self, path: &str, every: u64, faults: Vec<Reply>) {
+        let mut s = self.shared.state.lock().expect("server lock");
+        if faults.is_empty() || every == 0 {
+            s.faults.remove(path);
+        } else {
+            s.faults.insert(path.to_string(), (every, faults, 0));
+        }
     }
 
     /// Forgets the default reply of `path` (the built-in one too).
@@ -445,9 +460,14 @@ fn serve(conn: TcpStream, shared: &Shared) {
         }
         let (reply, index) = {
             let mut s = shared.state.lock().expect("server lock");
+            let fault = s.faults.get_mut(&req.path).and_then(|(every, faults, n)| {
+                *n += 1;
+                (*n % *every == 0)
+                    .then(|| faults[((*n / *every) as usize - 1) % faults.len()].clone())
+            });
             let scripted = match s.queued.get_mut(&req.path).and_then(|q| q.pop_front()) {
                 Some(r) => Some(r),
-                None => s.defaults.get(&req.path).cloned(),
+                None => fault.or_else(|| s.defaults.get(&req.path).cloned()),
             };
             s.log.push(req);
             let index = s.log.len() - 1;
