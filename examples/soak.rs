@@ -14,10 +14,10 @@
 //! or a hang past the request timeout, in turn.
 //!
 //! Timeline (T = --secs): agent 1 gets batch 1 and the periodic tasks; at 0.4 T it is stopped
-//! with SIGTERM and agent 2 starts with batch 2 and the periodic tasks; at 0.6 T agent 2 is
+//! with SIGTERM and agent 2 starts with batch 2 and the periodic tasks; 0.2 T later agent 2 is
 //! SIGKILLed while batch 2 runs; agent 3 starts with the unfinished part of batch 2 delivered
 //! again (it must not run twice), settles (idle point 0), then gets batch 3 and the periodic
-//! tasks; at 0.9 T the periodic tasks are stopped; when all is quiet: idle point 1; then a
+//! tasks for 0.3 T, then the periodic tasks are stopped; when all is quiet: idle point 1; then a
 //! short second load (batch 4 and the periodic tasks for 0.1 T, then stopped); idle point 2.
 //!
 //! Verdict: every invocation any final report names has exactly one accepted final report
@@ -301,6 +301,19 @@ fn answered_lists(server: &Server) -> usize {
         .count()
 }
 
+/// Queues `list` and kicks the agent with SIGHUP, then waits until a fetch took it: kicks
+/// that arrive before a fetch starts are one fetch, so the next list must wait for this one.
+fn kick(server: &Server, agent: &AgentProcess, list: Reply) -> Result<(), String> {
+    let lists = answered_lists(server);
+    server.push(TASK_LIST, list);
+    agent.signal(libc::SIGHUP);
+    if wait_lists(server, lists + 1) {
+        Ok(())
+    } else {
+        Err("the agent never fetched after a kick".to_string())
+    }
+}
+
 /// RSS in KiB and open fds of `pid`.
 fn footprint(pid: i32) -> (u64, usize) {
     let rss = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -497,7 +510,7 @@ fn soak(opts: &Options) -> Result<bool, String> {
     if !wait_lists(&server, lists + 1) {
         return Err("agent 2 never fetched".to_string());
     }
-    sleep_until(at(0.6));
+    sleep_until(Instant::now() + t.mul_f64(0.2));
     a2.end(libc::SIGKILL);
     let records = live_records(&dir.join("state"));
     println!(
@@ -540,11 +553,9 @@ fn soak(opts: &Options) -> Result<bool, String> {
     // Batch 3 and the periodic tasks, stopped at 0.9 T.
     let b3 = once_batch(opts, 3, (opts.secs / 4).max(1), &pids);
     once_ids.extend(b3.iter().map(|(id, _)| id.clone()));
-    server.push(TASK_LIST, with(&b3, &periodic));
-    a3.signal(libc::SIGHUP);
-    sleep_until(at(0.9));
-    server.push(TASK_LIST, task_list(&[], &periodic, &[], &[]));
-    a3.signal(libc::SIGHUP);
+    kick(&server, &a3, with(&b3, &periodic))?;
+    sleep_until(Instant::now() + t.mul_f64(0.3));
+    kick(&server, &a3, task_list(&[], &periodic, &[], &[]))?;
     if !wait_quiet(&server, &dir.join("state"), Instant::now() + t) {
         failures.push("agent 3 never settled after the load".to_string());
     }
@@ -565,11 +576,9 @@ fn soak(opts: &Options) -> Result<bool, String> {
         .iter()
         .map(|e| e.replacen("\"invokeVersion\":1", "\"invokeVersion\":2", 1))
         .collect();
-    server.push(TASK_LIST, with(&b4, &periodic2));
-    a3.signal(libc::SIGHUP);
+    kick(&server, &a3, with(&b4, &periodic2))?;
     sleep_until(Instant::now() + t.mul_f64(0.1));
-    server.push(TASK_LIST, task_list(&[], &periodic2, &[], &[]));
-    a3.signal(libc::SIGHUP);
+    kick(&server, &a3, task_list(&[], &periodic2, &[], &[]))?;
     if !wait_quiet(&server, &dir.join("state"), Instant::now() + t) {
         failures.push("agent 3 never settled after the second load".to_string());
     }
