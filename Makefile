@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RUN_STATE ?= target/run-state
 
-.PHONY: all build release run test lint bench fuzz clean static static-local static-aarch64 install uninstall deb
+.PHONY: all build release run test lint bench soak fuzz clean static static-local static-aarch64 install uninstall deb
 
 all: build
 
@@ -40,6 +40,16 @@ bench: release
 	-$(MAKE) static
 	-$(MAKE) static-local
 	./benches/run.sh
+
+# A bounded soak of the release agent against the control-plane double (examples/soak.rs):
+# 200 concurrent once-tasks per batch, 5,000 periodic tasks, 1 in 10 report requests failing,
+# a SIGTERM and a SIGKILL restart; then every final report accounted for, no processes left,
+# fds and RSS back at idle. SOAK_SECS (default 600) sets its length. Then the spool figure: 10,000
+# spooled reports, their size on disk and the time to drain them. Not part of `make test`.
+soak: release
+	$(CARGO) build --release --example soak
+	./target/release/examples/soak target/release/assistd --secs $(or $(SOAK_SECS),600)
+	./target/release/examples/soak target/release/assistd --spool 10000
 
 # Every fuzz target (fuzz/README.md) for FUZZ_SECS seconds each (default 60); installs
 # cargo-fuzz when missing. A crash or a slow input fails the target.

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -60,6 +61,10 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Wall-clock time when the whole request had been read.
     pub received: SystemTime,
+    /// The status of the answer once all of it was written; `None` while unanswered and for
+    /// the replies that never complete (`Hang`, `Reset`, `Truncated`). A report the double
+    /// answered `500` to has `Some(500)`: only `accepted` reports count as taken.
+    pub answered: Option<u16>,
 }
 
 impl Request {
@@ -91,6 +96,12 @@ impl Request {
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Whether the double gave this request a whole answer with a success status (< 400, and
+    /// 400 itself, which the agent counts as success, spec §11.1).
+    pub fn accepted(&self) -> bool {
+        self.answered.is_some_and(|code| code <= 400)
+    }
 }
 
 /// How the double answers one request.
@@ -102,6 +113,15 @@ pub enum Reply {
     Hang(Duration),
     /// A status and a binary body (a download).
     Bytes(u16, Vec<u8>),
+    /// Read the request, then close the connection with a TCP reset (`SO_LINGER` 0): the
+    /// agent sees "connection reset by peer", whether it is still sending or already reading.
+    Reset,
+    /// A status line and headers announcing the whole body, then only its first `usize`
+    /// bytes, then the connection is closed: a body cut short.
+    Truncated(u16, String, usize),
+    /// A status and a body sent in `usize` pieces with the pause before each: a slow body.
+    /// Longer in all than the agent's request timeout, the agent gives up mid-body.
+    Slow(u16, String, usize, Duration),
 }
 
 impl Reply {
@@ -112,6 +132,11 @@ impl Reply {
     pub fn status(code: u16) -> Reply {
         Reply::Answer(code, format!("status {code}"))
     }
+
+    /// `Slow` with a plain `200 success`: `pieces` pieces, `pause` before each.
+    pub fn slow_ok(pieces: usize, pause: Duration) -> Reply {
+        Reply::Slow(200, "success".to_string(), pieces, pause)
+    }
 }
 
 #[derive(Default)]
@@ -120,6 +145,9 @@ struct State {
     defaults: HashMap<String, Reply>,
     log: Vec<Request>,
     kicks: KickLog,
+    /// `set_faults`: per path, every how many requests a fault replaces the reply, the faults
+    /// taken in turn, and the requests counted so far.
+    faults: HashMap<String, (u64, Vec<Reply>, u64)>,
 }
 
 /// What happened on the notify websocket, for `Server::wait_kicks`.
@@ -152,6 +180,9 @@ struct Shared {
     next_kick_id: Mutex<u64>,
     /// Session websockets by channel id, newest last, until a test takes them.
     sessions: Mutex<Vec<(String, SessionPeer)>>,
+    /// Set by `down`: the listener is closed (connections are refused) and a request read on a
+    /// connection opened before is dropped unanswered and unrecorded.
+    down: AtomicBool,
 }
 
 /// The running double. Its threads live until the process ends (they block on `accept` or on a
@@ -173,6 +204,7 @@ impl Server {
             kick_conns: Mutex::new(Vec::new()),
             next_kick_id: Mutex::new(0),
             sessions: Mutex::new(Vec::new()),
+            down: AtomicBool::new(false),
         });
         {
             let mut s = shared.state.lock().expect("fresh lock");
@@ -197,19 +229,32 @@ impl Server {
             s.defaults
                 .insert(SIGN_CERT.to_string(), Reply::ok(rsa_cert_json(2, 1)));
         }
-        let accept_shared = shared.clone();
-        thread::Builder::new()
-            .name("fake-server".to_string())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
-                    let shared = accept_shared.clone();
-                    let _ = thread::Builder::new()
-                        .name("fake-conn".to_string())
-                        .spawn(move || serve(conn, &shared));
-                }
-            })?;
+        spawn_acceptor(listener, shared.clone())?;
         Ok(Server { addr, shared })
+    }
+
+    /// Takes the server down: the listening socket is closed, so connecting is refused, and a
+    /// request that arrives on an open keep-alive connection is dropped with the connection,
+    /// unrecorded (a server that is gone sees nothing). `up` brings it back on the same port.
+    pub fn down(&self) {
+        if self.shared.down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // The acceptor blocks in `accept`; one connection wakes it, it sees the flag and ends,
+        // dropping the listener. The connect completes before that: the socket still listens.
+        let _ = TcpStream::connect(self.addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.addr).is_ok() && Instant::now() < deadline {
+            // Waiting for the acceptor thread to drop the listener; nothing signals that.
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Listens again on the same port after `down`, with the same script and request log.
+    pub fn up(&self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.addr)?;
+        self.shared.down.store(false, Ordering::SeqCst);
+        spawn_acceptor(listener, self.shared.clone())
     }
 
     pub fn start() -> Server {
@@ -237,6 +282,18 @@ impl Server {
     pub fn set_default(&self, path: &str, reply: Reply) {
         let mut s = self.shared.state.lock().expect("server lock");
         s.defaults.insert(path.to_string(), reply);
+    }
+
+    /// Of the requests to `path`, every `every`th gets the next of `faults` (in turn) instead
+    /// of its default (a queued reply still wins): a fixed share of injected failures, the
+    /// same on every run. An empty `faults` turns injection off for `path`.
+    pub fn set_faults(&self, path: &str, every: u64, faults: Vec<Reply>) {
+        let mut s = self.shared.state.lock().expect("server lock");
+        if faults.is_empty() || every == 0 {
+            s.faults.remove(path);
+        } else {
+            s.faults.insert(path.to_string(), (every, faults, 0));
+        }
     }
 
     /// Forgets the default reply of `path` (the built-in one too).
@@ -351,6 +408,54 @@ impl Server {
     }
 }
 
+/// Accepts connections until `down` is set (then the listener is dropped).
+fn spawn_acceptor(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    thread::Builder::new()
+        .name("fake-server".to_string())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                if shared.down.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let shared = shared.clone();
+                let _ = thread::Builder::new()
+                    .name("fake-conn".to_string())
+                    .spawn(move || serve(conn, &shared));
+            }
+        })?;
+    Ok(())
+}
+
+/// Records that request `index` of the log got all of an answer with status `code`.
+fn mark_answered(shared: &Shared, index: usize, code: u16) {
+    let mut s = shared.state.lock().expect("server lock");
+    if let Some(r) = s.log.get_mut(index) {
+        r.answered = Some(code);
+    }
+    shared.changed.notify_all();
+}
+
+/// Closes `conn` with a reset: `SO_LINGER` on with a zero timeout makes `close` send RST.
+fn reset(conn: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live `linger` and its size.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
+}
+
 fn serve(conn: TcpStream, shared: &Shared) {
     // Idle keep-alive connections end on their own.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
@@ -372,15 +477,24 @@ fn serve(conn: TcpStream, shared: &Shared) {
         let key = req.header("sec-websocket-key").map(str::to_string);
         let req_path = req.path.clone();
         let channel_id = req.param("channelId").unwrap_or("").to_string();
-        let reply = {
+        if shared.down.load(Ordering::SeqCst) {
+            return;
+        }
+        let (reply, index) = {
             let mut s = shared.state.lock().expect("server lock");
+            let fault = s.faults.get_mut(&req.path).and_then(|(every, faults, n)| {
+                *n += 1;
+                (*n % *every == 0)
+                    .then(|| faults[((*n / *every) as usize - 1) % faults.len()].clone())
+            });
             let scripted = match s.queued.get_mut(&req.path).and_then(|q| q.pop_front()) {
                 Some(r) => Some(r),
-                None => s.defaults.get(&req.path).cloned(),
+                None => fault.or_else(|| s.defaults.get(&req.path).cloned()),
             };
             s.log.push(req);
+            let index = s.log.len() - 1;
             shared.changed.notify_all();
-            match scripted {
+            let reply = match scripted {
                 Some(r) => r,
                 None if upgrade && req_path == SESSION_BACKEND => {
                     drop(s);
@@ -397,7 +511,8 @@ fn serve(conn: TcpStream, shared: &Shared) {
                     return;
                 }
                 None => Reply::ok("success"),
-            }
+            };
+            (reply, index)
         };
         match reply {
             Reply::Answer(code, body) => {
@@ -413,6 +528,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 if writer.write_all(answer.as_bytes()).is_err() {
                     return;
                 }
+                mark_answered(shared, index, code);
             }
             Reply::Bytes(code, body) => {
                 let mut answer = format!(
@@ -424,11 +540,47 @@ fn serve(conn: TcpStream, shared: &Shared) {
                 if writer.write_all(&answer).is_err() {
                     return;
                 }
+                mark_answered(shared, index, code);
             }
             Reply::Hang(d) => {
                 // Scripted silence: the agent under test must give up on its own.
                 thread::sleep(d);
                 return;
+            }
+            Reply::Reset => {
+                drop(reader);
+                reset(writer);
+                return;
+            }
+            Reply::Truncated(code, body, keep) => {
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let cut = &body.as_bytes()[..keep.min(body.len().saturating_sub(1))];
+                let _ = writer.write_all(head.as_bytes());
+                let _ = writer.write_all(cut);
+                let _ = writer.shutdown(Shutdown::Both);
+                return;
+            }
+            Reply::Slow(code, body, pieces, pause) => {
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if writer.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let bytes = body.as_bytes();
+                let size = bytes.len().div_ceil(pieces.max(1)).max(1);
+                for piece in bytes.chunks(size) {
+                    // Scripted slowness: the pause is the fault being injected.
+                    thread::sleep(pause);
+                    if writer.write_all(piece).is_err() {
+                        return;
+                    }
+                }
+                mark_answered(shared, index, code);
             }
         }
     }
@@ -745,6 +897,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         headers,
         body,
         received: SystemTime::now(),
+        answered: None,
     })
 }
 
