@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -157,7 +157,7 @@ impl Reader {
         log_tag: String,
         lines_to_log: Option<String>,
     ) -> io::Result<Reader> {
-        let (stop_read, stop) = stop_pipe()?;
+        let (stop_read, stop) = crate::runner::spawn::output_pipe()?;
         let (done_tx, done) = crossbeam_channel::bounded::<()>(0);
         let handle = thread::Builder::new()
             .name("runner-output".into())
@@ -188,34 +188,27 @@ impl Reader {
     }
 }
 
-/// A close-on-exec pipe whose write end is only ever closed, never written.
-fn stop_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds` on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+/// What woke a reader blocked on its data and its stop pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The data descriptor is readable or hung up: read it.
+    Data,
+    /// The stop pipe is closed (or readable): end now, even if data is waiting.
+    Stop,
 }
 
-fn copy_until_eof_or_stop(
-    mut pipe: File,
-    stop: &OwnedFd,
-    ring: &Mutex<OutputRing>,
-    log_tag: &str,
-    mut lines: Option<&mut LineLog>,
-) {
-    let mut buf = vec![0u8; CHUNK];
+/// Blocks until `data` can be read or `stop` is closed, retrying EINTR. Shared by the task
+/// output reader and the session shell's pty pump.
+pub fn wait_data_or_stop(data: RawFd, stop: RawFd) -> io::Result<Wake> {
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: pipe.as_raw_fd(),
+                fd: data,
                 events: libc::POLLIN,
                 revents: 0,
             },
             libc::pollfd {
-                fd: stop.as_raw_fd(),
+                fd: stop,
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -227,14 +220,33 @@ fn copy_until_eof_or_stop(
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            log::warn!("{log_tag} output pipe poll failed: {e}");
-            return;
+            return Err(e);
         }
         if fds[1].revents != 0 {
-            return;
+            return Ok(Wake::Stop);
         }
-        if fds[0].revents == 0 {
-            continue;
+        if fds[0].revents != 0 {
+            return Ok(Wake::Data);
+        }
+    }
+}
+
+fn copy_until_eof_or_stop(
+    mut pipe: File,
+    stop: &File,
+    ring: &Mutex<OutputRing>,
+    log_tag: &str,
+    mut lines: Option<&mut LineLog>,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match wait_data_or_stop(pipe.as_raw_fd(), stop.as_raw_fd()) {
+            Ok(Wake::Data) => {}
+            Ok(Wake::Stop) => return,
+            Err(e) => {
+                log::warn!("{log_tag} output pipe poll failed: {e}");
+                return;
+            }
         }
         match pipe.read(&mut buf) {
             Ok(0) => return,

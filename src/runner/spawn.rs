@@ -21,7 +21,8 @@ use super::script::ScriptCmd;
 /// The shell every script runs under.
 pub const SHELL: &str = "/bin/sh";
 
-/// A close-on-exec pipe: the read end for the output reader, the write end for the child.
+/// A close-on-exec pipe: the read end for a reader, the write end for a child's stdout (or for
+/// a stop pipe, whose write end is only ever dropped: the hang-up wakes the reader's poll).
 pub fn output_pipe() -> io::Result<(File, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two new descriptors into `fds` on success.

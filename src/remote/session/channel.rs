@@ -3,7 +3,6 @@
 //! and the plugin's output framed and sent. It never starts or kills a process and never
 //! opens a target connection: the plugin does.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -411,17 +410,6 @@ pub fn wait_readable(fd: i32, wait: Option<Duration>) -> bool {
             return true;
         }
     }
-}
-
-/// A close-on-exec pipe whose write end stops a pump: dropping it hangs up the read end.
-pub fn stop_pipe() -> io::Result<(File, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds` on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and owned by nobody else.
-    Ok(unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 #[cfg(test)]

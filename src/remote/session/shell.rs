@@ -17,8 +17,9 @@ use super::channel::{self, Outputs, Plugin, Pumped};
 use super::frame::WindowSize;
 use super::Code;
 use crate::model::SessionTaskInfo;
+use crate::runner::output::{wait_data_or_stop, Wake};
 use crate::runner::precheck::{lookup_user, UserInfo};
-use crate::runner::spawn::clean_env;
+use crate::runner::spawn::{clean_env, output_pipe};
 
 /// The run-as user of a session that names none (spec §4.2 step 3).
 pub const DEFAULT_USER: &str = "ecs-assist-user";
@@ -209,7 +210,7 @@ impl Shell {
         };
         let started = (|| -> io::Result<()> {
             let reader = shell.master.try_clone()?;
-            let (stop_r, stop_w) = channel::stop_pipe()?;
+            let (stop_r, stop_w) = output_pipe()?;
             shell.stop = Some(stop_w);
             shell.pump = Some(
                 thread::Builder::new()
@@ -330,28 +331,10 @@ fn pump(mut master: File, stop: File, out: Outputs) {
     let mut carry = Utf8Carry::default();
     let mut buf = vec![0u8; out.pace.chunk()];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: a valid array of two pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if fds[1].revents != 0 {
-            return;
+        match wait_data_or_stop(master.as_raw_fd(), stop.as_raw_fd()) {
+            Ok(Wake::Data) => {}
+            Ok(Wake::Stop) => return,
+            Err(_) => break,
         }
         match master.read(&mut buf) {
             // EIO: every holder of the slave has closed it (spec §4.5).
