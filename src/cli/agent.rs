@@ -132,10 +132,10 @@ pub(super) fn recover_interrupted(state: &StateDir, engine: &mut Engine) {
         Path::new("/proc"),
         chrono::Utc::now().timestamp_millis(),
     );
-    if recovery.reported > 0 {
+    if !recovery.reports.is_empty() {
         log::warn!(
             "phase=recover {} invocation(s) were running when the last agent stopped; {} had processes left, killed; each is reported as error",
-            recovery.reported,
+            recovery.reports.len(),
             recovery.killed
         );
     }

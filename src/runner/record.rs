@@ -219,8 +219,6 @@ pub struct Recovery {
     pub interrupted: HashSet<(String, i64)>,
     /// Invocations whose processes were found and killed.
     pub killed: usize,
-    /// Error reports made (in `reports`).
-    pub reported: usize,
     /// The error reports to send; the caller sends them without holding up the start (each
     /// may take a retry burst while the server is away).
     pub reports: Vec<Report>,
@@ -303,7 +301,6 @@ pub fn recover(records: &RecordDir, proc_root: &Path, now_ms: i64) -> Recovery {
             output: Vec::new(),
         };
         out.reports.push(report);
-        out.reported += 1;
         if once {
             // Kept, marked, so a re-delivery within REMEMBER_MS is refused by the engine.
             record.reported = true;
@@ -429,14 +426,13 @@ mod tests {
         fs::write(state.path().join("junk.json"), b"{").expect("write junk");
         let now = 1_700_000_005_000;
         let got = recover(&dir, proc_dir.path(), now);
-        assert_eq!(got.reported, 2);
+        assert_eq!(got.reports.len(), 2);
         assert_eq!(got.killed, 0);
         assert_eq!(
             got.interrupted,
             HashSet::from([("once".to_string(), 3)]),
             "a periodic task runs again at its next firing"
         );
-        assert_eq!(got.reports.len(), 2);
         for r in &got.reports {
             let Report::Error { err_code, span, .. } = r else {
                 panic!("not an error report: {r:?}");
@@ -448,7 +444,6 @@ mod tests {
         assert!(state.path().join("junk.json.bad").exists());
         // A second start reports nothing again and still remembers the once-invocation.
         let got = recover(&dir, proc_dir.path(), now + 1000);
-        assert_eq!(got.reported, 0);
         assert!(got.reports.is_empty());
         assert_eq!(got.interrupted, HashSet::from([("once".to_string(), 3)]));
         // After REMEMBER_MS the mark goes.
