@@ -262,8 +262,7 @@ pub fn run(
         checked.script.clone()
     };
 
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::fsutil::euid();
     let owner = checked
         .user
         .as_ref()

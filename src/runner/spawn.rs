@@ -36,8 +36,7 @@ pub fn output_pipe() -> io::Result<(File, OwnedFd)> {
 /// The name of the user the agent runs as: `root` for uid 0, else the agent's `USER`, else
 /// the uid as a number.
 fn agent_user() -> String {
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::fsutil::euid();
     if uid == 0 {
         return "root".to_string();
     }
