@@ -307,3 +307,74 @@ fn a_script_that_cannot_be_saved_for_its_user_never_shows_in_ps() {
     assert!(out.starts_with("/bin/sh /proc/self/fd/"), "{out}");
     assert!(!out.contains("hunter2"), "the script was in argv: {out}");
 }
+
+/// The controlling terminal (`tty_nr`, field 7 of `/proc/<pid>/stat`) of a process.
+fn tty_nr(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // The command name is in parentheses and may hold spaces: count from the last `)`.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    after
+        .split(' ')
+        .nth(4)
+        .expect("tty_nr")
+        .parse()
+        .expect("number")
+}
+
+/// The init scripts start the agent with `--detach-terminal`: started from an admin's
+/// terminal (as a child of the shell that holds it), the agent gives it up. Without the flag
+/// it keeps it, which is what makes the check able to fail.
+#[test]
+fn detach_terminal_leaves_the_starting_terminal() {
+    for (flag, detached) in [(true, true), (false, false)] {
+        let dir = TestDir::new("sec-detach");
+        let (_master, slave) = pty();
+        let slave_fd = slave.as_raw_fd();
+        let mut args = local_args(&dir);
+        if flag {
+            args.push("--detach-terminal".to_string());
+        }
+        let pidfile = dir.path("agent.pid");
+        // sh holds the terminal as a session leader would; the agent is its child, not a
+        // leader of anything, as when an init script runs `assistd agent … &`.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(r#"agent="$1"; pidfile="$2"; shift 2; "$agent" "$@" & echo $! >"$pidfile"; wait"#)
+            .arg("sh")
+            .arg(bin())
+            .arg(&pidfile)
+            .args(&args)
+            .current_dir(&dir.root)
+            .env("TZ", "UTC");
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 || libc::ioctl(slave_fd, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let agent = Agent::from_command(cmd, args);
+        agent.expect_line("phase=startup");
+        // sh writes the pid just after starting the agent: wait for it (bounded).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let pid: u32 = loop {
+            let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse() {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "no pid from sh");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(
+            tty_nr(pid) == 0,
+            detached,
+            "flag {flag}: tty_nr {}",
+            tty_nr(pid)
+        );
+        // SAFETY: the agent is our grandchild; SIGTERM ends it and then sh.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        drop(agent);
+    }
+}

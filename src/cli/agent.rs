@@ -2,6 +2,7 @@
 //! signal thread, timer, engine, task directory). Remote mode's wiring is in `cli/remote.rs`.
 //! It holds no agent logic of its own; it builds handles and passes them down.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     if args.flag("--log-task-output") {
         cfg.log_task_output = true;
     }
+    let detach = args.flag("--detach-terminal");
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
@@ -88,6 +90,9 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     unsafe { libc::umask(0o022) };
     // Descriptors the launcher left open (not close-on-exec) would reach every task.
     crate::fsutil::cloexec_inherited_fds();
+    if detach {
+        detach_from_terminal();
+    }
     // Block the signals before any thread exists, so every thread inherits the mask.
     signals::block().map_err(io_err("cannot block signals"))?;
     // Only opening the log file can fail; stderr is still where the error goes.
@@ -246,4 +251,26 @@ impl Reload for LocalReload {
         );
         scan.events
     }
+}
+
+/// `--detach-terminal` (the SysV and busybox init files use it): gives up the controlling
+/// terminal of whoever started the agent, so an admin's shell never shares a terminal with it.
+/// Tasks run in sessions of their own anyway; this takes the agent itself out of the
+/// starting shell's session: `setsid`, or, for a process-group leader that cannot,
+/// `TIOCNOTTY` on the terminal.
+fn detach_from_terminal() {
+    // SAFETY: setsid has no memory effects; it fails (EPERM) for a process-group leader.
+    if unsafe { libc::setsid() } >= 0 {
+        return;
+    }
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/tty")
+    else {
+        return; // no controlling terminal to give up
+    };
+    // SAFETY: TIOCNOTTY takes no argument; the descriptor is open.
+    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&tty), libc::TIOCNOTTY) };
 }

@@ -35,7 +35,7 @@ assistd: runs commands for a cloud control plane, or from a local task directory
 
 USAGE:
     assistd agent --local DIR [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
-                  [--log-file FILE | --log-stderr] [--log-task-output]
+                  [--log-file FILE | --log-stderr] [--log-task-output] [--detach-terminal]
 ",
     );
     #[cfg(feature = "remote")]
@@ -43,7 +43,7 @@ USAGE:
         "\
     assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
                   [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
-                  [--log-file FILE | --log-stderr]
+                  [--log-file FILE | --log-stderr] [--detach-terminal]
 ",
     );
     text.push_str(
@@ -74,6 +74,7 @@ COMMANDS:
               results go to the journal in the state dir (default /var/lib/assistd).
               SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
               --log-task-output logs every line tasks print, as it arrives.
+              --detach-terminal gives up the starting terminal (init scripts use it).
 ",
     );
     #[cfg(feature = "remote")]
