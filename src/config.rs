@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// Default of `signature_required_fields`: what a task's signature must cover in strict mode
+/// (spec §7 names these three; parameters, user name and directory are never signed).
+pub const DEFAULT_SIGNATURE_REQUIRED_FIELDS: [&str; 3] = ["userId", "instanceId", "commandContent"];
+
 /// Default location of the config file.
 pub const DEFAULT_CONFIG: &str = "/etc/assistd/config.json";
 /// Default of `max_log_quota`: 4 MiB, 700 times the reference's default quota and still a
@@ -70,6 +74,11 @@ pub struct Config {
     /// Remote mode: the release key updates must be signed with (base64 of the 32 bytes of an
     /// Ed25519 public key, or the absolute path of a file holding that).
     pub update_public_key: Option<String>,
+    /// Remote mode: the only keys task-signing certificates may carry; each entry is a PEM
+    /// `PUBLIC KEY` or the absolute path of a file of them. Empty: any key the server sends.
+    pub signature_pinned_keys: Vec<String>,
+    /// Remote mode, strict signatures: what every certificate must sign.
+    pub signature_required_fields: Vec<String>,
     /// Remote mode: the report spool's bounds (past either, the oldest report is dropped).
     pub spool_max_reports: usize,
     pub spool_max_bytes: u64,
@@ -107,6 +116,10 @@ impl Default for Config {
             allow_self_update: true,
             update_allow_insecure_loopback: false,
             update_public_key: None,
+            signature_pinned_keys: Vec::new(),
+            signature_required_fields: DEFAULT_SIGNATURE_REQUIRED_FIELDS
+                .map(str::to_string)
+                .to_vec(),
             spool_max_reports: 10_000,
             spool_max_bytes: 64 * 1024 * 1024,
             max_log_quota: DEFAULT_MAX_LOG_QUOTA,
@@ -360,6 +373,22 @@ impl Config {
                     cfg.update_allow_insecure_loopback =
                         v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
+                "signature_pinned_keys" => {
+                    cfg.signature_pinned_keys = string_list(v)
+                        .filter(|l| l.iter().all(|k| !k.trim().is_empty()))
+                        .ok_or_else(|| {
+                            bad(key, "a list of PEM public keys or absolute file paths")
+                        })?
+                }
+                "signature_required_fields" => {
+                    cfg.signature_required_fields = string_list(v)
+                        .filter(|l| {
+                            l.iter().all(|f| {
+                                ["userId", "instanceId", "commandContent"].contains(&f.as_str())
+                            })
+                        })
+                        .ok_or_else(|| bad(key, "a list of userId, instanceId, commandContent"))?
+                }
                 "update_public_key" => {
                     cfg.update_public_key = Some(
                         v.as_str()
@@ -380,6 +409,14 @@ impl Config {
         }
         Ok(cfg)
     }
+}
+
+/// A JSON array of strings.
+fn string_list(v: &Value) -> Option<Vec<String>> {
+    v.as_array()?
+        .iter()
+        .map(|s| s.as_str().map(str::to_string))
+        .collect()
 }
 
 /// The configuration file as the agent started with it, re-read on SIGHUP: `log_level` takes
@@ -494,6 +531,14 @@ impl Config {
             self.update_public_key != other.update_public_key,
             "update_public_key",
         );
+        check(
+            self.signature_pinned_keys != other.signature_pinned_keys,
+            "signature_pinned_keys",
+        );
+        check(
+            self.signature_required_fields != other.signature_required_fields,
+            "signature_required_fields",
+        );
         keys
     }
 }
@@ -512,6 +557,29 @@ mod tests {
         let b = parse(r#"{"workers": 4, "log_level": "debug"}"#).expect("valid");
         assert_eq!(a.changed_keys(&b), vec!["workers", "log_level"]);
         assert!(a.changed_keys(&a).is_empty());
+    }
+
+    #[test]
+    fn signature_trust_keys() {
+        let cfg = parse(
+            r#"{"signature_pinned_keys": ["/etc/assistd/signing.pem"],
+            "signature_required_fields": ["commandContent"]}"#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.signature_pinned_keys, ["/etc/assistd/signing.pem"]);
+        assert_eq!(cfg.signature_required_fields, ["commandContent"]);
+        assert_eq!(
+            Config::default().signature_required_fields,
+            ["userId", "instanceId", "commandContent"]
+        );
+        for bad in [
+            r#"{"signature_pinned_keys": "/one.pem"}"#,
+            r#"{"signature_pinned_keys": [""]}"#,
+            r#"{"signature_required_fields": ["username"]}"#,
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.contains("signature_"), "{e}");
+        }
     }
 
     #[test]

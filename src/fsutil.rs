@@ -166,6 +166,346 @@ pub fn trusted_ancestors(dir: &Path, uid: u32) -> Result<(), Distrust> {
     Ok(())
 }
 
+/// Why `open_dir_no_follow` did not open a directory.
+#[derive(Debug)]
+pub enum WalkError {
+    /// The path is not absolute.
+    NotAbsolute(PathBuf),
+    /// A symbolic link on the way is owned by someone other than root or the agent: following
+    /// it would let its owner choose where the agent writes.
+    Symlink { path: PathBuf, uid: u32 },
+    /// A directory on the way belongs to a user the caller did not name.
+    Owner { path: PathBuf, uid: u32 },
+    /// A component is there and is not a directory.
+    NotADirectory(PathBuf),
+    /// A component is missing (and `create` was not asked).
+    Missing(PathBuf),
+    /// More than 40 symbolic links (the kernel's own limit).
+    TooManyLinks(PathBuf),
+    /// A system call failed on `path`.
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl std::fmt::Display for WalkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalkError::NotAbsolute(p) => write!(f, "{} is not an absolute path", p.display()),
+            WalkError::Symlink { path, uid } => write!(
+                f,
+                "{} is a symbolic link owned by uid {uid}, not by root or this agent",
+                path.display()
+            ),
+            WalkError::Owner { path, uid } => write!(
+                f,
+                "{} is owned by uid {uid}, neither root, this agent nor the file's owner",
+                path.display()
+            ),
+            WalkError::NotADirectory(p) => write!(f, "{} is not a directory", p.display()),
+            WalkError::Missing(p) => write!(f, "{} does not exist", p.display()),
+            WalkError::TooManyLinks(p) => {
+                write!(f, "too many symbolic links resolving {}", p.display())
+            }
+            WalkError::Io { path, .. } => write!(f, "cannot open {}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for WalkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WalkError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Opens the directory `path` one component at a time from `/`, each with `O_NOFOLLOW`
+/// relative to the one before, so nothing on the way can be swapped between the check and the
+/// use. A symbolic link is followed only when root or the agent owns it, and its target is
+/// walked by the same rules. Every directory reached must be owned by root, the agent, or one
+/// of `owners` (the user a file is written for may own the directories it goes to). Missing
+/// directories are created with `create`'s mode when it is given. The descriptor returned is
+/// the one to create files in (`openat`, `renameat`).
+pub fn open_dir_no_follow(
+    path: &Path,
+    create: Option<u32>,
+    owners: &[u32],
+) -> Result<std::os::fd::OwnedFd, WalkError> {
+    use std::collections::VecDeque;
+    use std::ffi::{CString, OsString};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+
+    const MAX_LINKS: u32 = 40;
+    if !path.is_absolute() {
+        return Err(WalkError::NotAbsolute(path.to_path_buf()));
+    }
+    let me = euid();
+    let io_err = |p: &Path, e: io::Error| WalkError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
+    let open_at = |dir: libc::c_int, name: &CString, shown: &Path| -> Result<OwnedFd, WalkError> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `dir` is an open descriptor (or AT_FDCWD is never passed: every caller
+        // passes one it owns) and `name` is NUL-terminated.
+        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io_err(shown, io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let check_owner = |fd: &OwnedFd, shown: &Path| -> Result<(), WalkError> {
+        // SAFETY: stat is plain old data; fstat fills it for an open descriptor.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io_err(shown, io::Error::last_os_error()));
+        }
+        if st.st_uid != 0 && st.st_uid != me && !owners.contains(&st.st_uid) {
+            return Err(WalkError::Owner {
+                path: shown.to_path_buf(),
+                uid: st.st_uid,
+            });
+        }
+        Ok(())
+    };
+    let components = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let root = CString::new("/").expect("no NUL");
+    let open_root = || -> Result<OwnedFd, WalkError> {
+        // SAFETY: a NUL-terminated absolute path; the descriptor is ours.
+        let fd = unsafe {
+            libc::open(
+                root.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err(Path::new("/"), io::Error::last_os_error()));
+        }
+        // SAFETY: as above.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        check_owner(&fd, Path::new("/"))?;
+        Ok(fd)
+    };
+
+    let mut cur = open_root()?;
+    let mut shown = PathBuf::from("/");
+    let mut pending = components(path);
+    let mut links = 0u32;
+    while let Some(name) = pending.pop_front() {
+        let cname = CString::new(name.as_bytes()).map_err(|_| {
+            io_err(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"),
+            )
+        })?;
+        let next_shown = if name == ".." {
+            shown
+                .parent()
+                .map_or_else(|| PathBuf::from("/"), Path::to_path_buf)
+        } else {
+            shown.join(&name)
+        };
+        // SAFETY: stat is plain old data; fstatat reads a NUL-terminated name relative to
+        // an open directory descriptor and does not follow a final symlink.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                cur.as_raw_fd(),
+                cname.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            match (e.raw_os_error(), create) {
+                (Some(libc::ENOENT), Some(mode)) if name != ".." => {
+                    // SAFETY: as for fstatat; the new directory's mode is explicit.
+                    let made = unsafe { libc::mkdirat(cur.as_raw_fd(), cname.as_ptr(), mode) };
+                    if made != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(io_err(&next_shown, e));
+                        }
+                    }
+                    // Looked at again: what is there now is judged like anything else.
+                    pending.push_front(name);
+                    continue;
+                }
+                (Some(libc::ENOENT), _) => return Err(WalkError::Missing(next_shown)),
+                _ => return Err(io_err(&next_shown, e)),
+            }
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => {
+                if st.st_uid != 0 && st.st_uid != me {
+                    return Err(WalkError::Symlink {
+                        path: next_shown,
+                        uid: st.st_uid,
+                    });
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(WalkError::TooManyLinks(path.to_path_buf()));
+                }
+                let target = read_link_at(&cur, &cname).map_err(|e| io_err(&next_shown, e))?;
+                let mut rest = components(&target);
+                rest.extend(pending.drain(..));
+                pending = rest;
+                if target.is_absolute() {
+                    cur = open_root()?;
+                    shown = PathBuf::from("/");
+                }
+            }
+            libc::S_IFDIR => {
+                let next = open_at(cur.as_raw_fd(), &cname, &next_shown)?;
+                check_owner(&next, &next_shown)?;
+                cur = next;
+                shown = next_shown;
+            }
+            _ => return Err(WalkError::NotADirectory(next_shown)),
+        }
+    }
+    Ok(cur)
+}
+
+/// A file name to use with the `*_in` helpers: one component, no NUL.
+fn c_name(name: &str) -> io::Result<std::ffi::CString> {
+    if name.is_empty() || name.contains('/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single file name",
+        ));
+    }
+    std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in name"))
+}
+
+/// Whether `name` exists in `dir` (a symlink counts; it is not followed).
+pub fn exists_in(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    let cname = c_name(name)?;
+    // SAFETY: stat is plain old data; a NUL-terminated name relative to an open directory.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            cname.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// `create_temp` inside an open directory: a fresh `O_EXCL | O_NOFOLLOW | O_CLOEXEC` file
+/// next to `name`; returns the temp file's name and the file.
+pub fn create_temp_in(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    mode: u32,
+) -> io::Result<(String, File)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    for attempt in 0..100u32 {
+        let tmp = format!(".{name}.tmp.{}.{nanos}.{attempt}", std::process::id());
+        let ctmp = c_name(&tmp)?;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a NUL-terminated name relative to an open directory descriptor.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), ctmp.as_ptr(), flags, mode) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just returned by openat and is owned by nobody else.
+            return Ok((tmp, unsafe { File::from_raw_fd(fd) }));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free temp file name",
+    ))
+}
+
+/// `renameat(2)` within one open directory: replaces `to` (a symlink there is replaced, not
+/// followed).
+pub fn rename_in(dir: &std::os::fd::OwnedFd, from: &str, to: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (cfrom, cto) = (c_name(from)?, c_name(to)?);
+    // SAFETY: NUL-terminated names relative to an open directory descriptor.
+    let rc = unsafe {
+        libc::renameat(
+            dir.as_raw_fd(),
+            cfrom.as_ptr(),
+            dir.as_raw_fd(),
+            cto.as_ptr(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `unlinkat(2)` of a file in an open directory.
+pub fn remove_in(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let cname = c_name(name)?;
+    // SAFETY: a NUL-terminated name relative to an open directory descriptor.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `readlinkat(2)` of `name` in the directory `dir`.
+fn read_link_at(dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr) -> io::Result<PathBuf> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::ffi::OsStringExt;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: `buf` is valid for `buf.len()` bytes; readlinkat does not NUL-terminate and
+    // returns the length it wrote.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(buf)))
+}
+
 /// The agent's effective uid.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
@@ -459,5 +799,145 @@ pub(crate) mod tests {
             "a sticky ancestor is fine (/tmp)"
         );
         chmod(dir.path(), 0o755);
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::tests::TempDir;
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    /// What the walk opened: the device and inode of the directory behind the descriptor.
+    fn ino(fd: &std::os::fd::OwnedFd) -> (u64, u64) {
+        use std::os::fd::AsRawFd;
+        let meta = fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("fd meta");
+        (meta.dev(), meta.ino())
+    }
+
+    fn ino_of(p: &Path) -> (u64, u64) {
+        let meta = fs::metadata(p).expect("meta");
+        (meta.dev(), meta.ino())
+    }
+
+    fn lchown(p: &Path, uid: u32) {
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::lchown(c.as_ptr(), uid, uid) },
+            0,
+            "lchown {p:?}"
+        );
+    }
+
+    #[test]
+    fn walks_real_directories_and_our_own_links() {
+        let dir = TempDir::new("walk-own");
+        let real = dir.path().join("real/sub");
+        fs::create_dir_all(&real).expect("mkdir");
+        symlink("real", dir.path().join("rel")).expect("symlink");
+        symlink(dir.path().join("real"), dir.path().join("abs")).expect("symlink");
+        for p in [
+            "real/sub",
+            "rel/sub",
+            "abs/sub",
+            "real/sub/../sub",
+            "abs/../real/sub",
+        ] {
+            let fd = open_dir_no_follow(&dir.path().join(p), None, &[]).expect(p);
+            assert_eq!(ino(&fd), ino_of(&real), "{p}");
+        }
+    }
+
+    #[test]
+    fn creates_what_is_missing_with_the_mode_given() {
+        let dir = TempDir::new("walk-create");
+        let want = dir.path().join("a/b/c");
+        assert!(matches!(
+            open_dir_no_follow(&want, None, &[]),
+            Err(WalkError::Missing(p)) if p == dir.path().join("a")
+        ));
+        let fd = open_dir_no_follow(&want, Some(0o700), &[]).expect("create");
+        assert_eq!(ino(&fd), ino_of(&want));
+        assert_eq!(fs::metadata(&want).expect("meta").mode() & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_file_on_the_way_is_not_a_directory() {
+        let dir = TempDir::new("walk-file");
+        fs::write(dir.path().join("f"), "x").expect("write");
+        for p in ["f", "f/sub"] {
+            assert!(matches!(
+                open_dir_no_follow(&dir.path().join(p), Some(0o755), &[]),
+                Err(WalkError::NotADirectory(_))
+            ));
+        }
+        assert!(matches!(
+            open_dir_no_follow(Path::new("relative"), None, &[]),
+            Err(WalkError::NotAbsolute(_))
+        ));
+    }
+
+    #[test]
+    fn another_users_link_or_directory_is_refused() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to give files to another user");
+            return;
+        }
+        let dir = TempDir::new("walk-other");
+        let target = dir.path().join("etc");
+        fs::create_dir(&target).expect("mkdir");
+        let link = dir.path().join("link");
+        symlink(&target, &link).expect("symlink");
+        lchown(&link, 1);
+        assert!(matches!(
+            open_dir_no_follow(&link, None, &[1]),
+            Err(WalkError::Symlink { uid: 1, .. })
+        ));
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).expect("mkdir");
+        lchown(&theirs, 1);
+        assert!(matches!(
+            open_dir_no_follow(&theirs.join("x"), Some(0o755), &[]),
+            Err(WalkError::Owner { uid: 1, .. })
+        ));
+        assert!(
+            !theirs.join("x").exists(),
+            "nothing created in a refused dir"
+        );
+        // The user the file is for may own where it goes.
+        let fd = open_dir_no_follow(&theirs, None, &[1]).expect("their own dir");
+        assert_eq!(ino(&fd), ino_of(&theirs));
+    }
+
+    #[test]
+    fn a_link_loop_ends() {
+        let dir = TempDir::new("walk-loop");
+        symlink("b", dir.path().join("a")).expect("symlink");
+        symlink("a", dir.path().join("b")).expect("symlink");
+        assert!(matches!(
+            open_dir_no_follow(&dir.path().join("a"), None, &[]),
+            Err(WalkError::TooManyLinks(_))
+        ));
+    }
+
+    #[test]
+    fn files_in_an_open_directory() {
+        let dir = TempDir::new("walk-files");
+        let fd = open_dir_no_follow(dir.path(), None, &[]).expect("open");
+        assert!(!exists_in(&fd, "x").expect("stat"));
+        let (tmp, mut f) = create_temp_in(&fd, "x", 0o600).expect("temp");
+        f.write_all(b"hi").expect("write");
+        rename_in(&fd, &tmp, "x").expect("rename");
+        assert_eq!(fs::read(dir.path().join("x")).expect("read"), b"hi");
+        symlink("/nonexistent", dir.path().join("dangling")).expect("symlink");
+        assert!(
+            exists_in(&fd, "dangling").expect("stat"),
+            "a link counts, unfollowed"
+        );
+        remove_in(&fd, "x").expect("unlink");
+        assert!(!dir.path().join("x").exists());
+        assert!(exists_in(&fd, "a/b").is_err(), "one component only");
     }
 }

@@ -148,6 +148,11 @@ pub struct SendFileTaskInfo {
     pub owner: String,
     /// Hex MD5 of the base64 `content` string.
     pub signature: String,
+    /// assistd extension, not sent by the reference's server: a `taskSignature` over the entry
+    /// (spec §7 rules, `content` in the place of `commandContent`), required in strict mode.
+    pub task_signature: String,
+    /// The account id the extension's signature covers (`userId`, as in run tasks).
+    pub user_id: String,
     pub task_id: String,
     pub timeout: i64,
     pub output: OutputInfo,
@@ -358,6 +363,8 @@ pub fn decode_send_file(value: &serde_json::Value) -> Result<SendFileTaskInfo, M
         overwrite: o.boolean("overwrite")?,
         owner: o.string("owner")?,
         signature: o.string("signature")?,
+        task_signature: o.string("taskSignature")?,
+        user_id: o.string("userId")?,
         task_id: o.string("taskID")?,
         timeout: o.int("timeout")?,
         output: OutputInfo::default(),

@@ -43,12 +43,106 @@ fn file_entry(
     dest: &Path,
     sig: Option<&str>,
 ) -> String {
+    file_entry_with(id, name, body, mode, dest, sig, "")
+}
+
+/// `file_entry` with more task fields (`extra` starts with a comma).
+fn file_entry_with(
+    id: &str,
+    name: &str,
+    body: &str,
+    mode: &str,
+    dest: &Path,
+    sig: Option<&str>,
+    extra: &str,
+) -> String {
     let content = base64(body.as_bytes());
     let signature = sig.map(str::to_string).unwrap_or_else(|| md5_hex(&content));
     format!(
-        r#"{{"task":{{"taskID":"{id}","name":"{name}","content":"{content}","contentType":"Base64","mode":"{mode}","overwrite":false,"destination":"{}","signature":"{signature}","timeout":60}},"output":{OUTPUT}}}"#,
+        r#"{{"task":{{"taskID":"{id}","name":"{name}","content":"{content}","contentType":"Base64","mode":"{mode}","overwrite":false,"destination":"{}","signature":"{signature}","timeout":60{extra}}},"output":{OUTPUT}}}"#,
         dest.display()
     )
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn lchown(p: &Path, uid: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::lchown(c.as_ptr(), uid, uid) },
+        0,
+        "lchown {p:?}"
+    );
+}
+
+/// Review item 7: root wrote through a symlink an unprivileged user planted on the
+/// destination path. Now a link or directory another user owns is refused (`FileNameInvalid`)
+/// and nothing is written where it points; the user a file is for may own its directory.
+#[test]
+fn send_file_never_writes_through_another_users_link_or_directory() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant files owned by daemon");
+        return;
+    }
+    let dir = TestDir::new("sendfile-links");
+    let server = Server::start();
+    let target = dir.path("etc");
+    std::fs::create_dir(&target).expect("mkdir target");
+    let link = dir.path("daemon-link");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    lchown(&link, 1);
+    let theirs = dir.path("daemon-home");
+    std::fs::create_dir(&theirs).expect("mkdir home");
+    lchown(&theirs, 1);
+    let owner = r#","owner":"daemon","group":"daemon""#;
+    server.push(
+        TASK_LIST,
+        task_list(
+            &[],
+            &[],
+            &[],
+            &[
+                file_entry("f-link", "passwd", "evil\n", "0644", &link, None),
+                file_entry("f-below", "x", "evil\n", "0644", &link.join("sub"), None),
+                file_entry("f-theirs", "root-file", "x\n", "0644", &theirs, None),
+                file_entry_with("f-for-them", "note", "hi\n", "0644", &theirs, None, owner),
+            ],
+        ),
+    );
+    let agent = start_remote(&dir, &server, &[]);
+    for id in ["f-link", "f-below", "f-theirs"] {
+        let inv = expect(&agent, &server, &format!("invalid {id}"), |r| {
+            about(r, INVALID, id)
+        });
+        assert!(
+            inv.query.contains("&param=FileNameInvalid&"),
+            "{id}: {}",
+            inv.query
+        );
+    }
+    let ok = expect(&agent, &server, "finish f-for-them", |r| {
+        about(r, FINISH, "f-for-them")
+    });
+    assert_eq!(
+        ok.query,
+        "taskId=f-for-them&status=Success&taskType=sendfile&errorcode=0"
+    );
+    let entries = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(entries(&target).is_empty(), "{:?}", entries(&target));
+    assert_eq!(entries(&theirs), ["note"]);
+    agent.expect_line("is a symbolic link owned by uid 1");
 }
 
 fn mode_of(p: &Path) -> u32 {
@@ -150,9 +244,23 @@ fn strict_signatures_run_the_signed_task_and_refuse_the_others() {
     assert!(signed.contains(VECTOR_CONTENT), "{signed}");
     let unsigned = shell_entry("t-unsigned", "echo hello\n", "", "Once", OUTPUT);
     let tampered = shell_entry("t-tampered", "echo bye\n", &signed_extra, "Once", OUTPUT);
+    // Send-file entries too: strict mode writes only one whose signature verifies.
+    let dest = dir.path("files");
+    let files = [
+        file_entry_with(
+            "f-signed",
+            "hello",
+            "echo hello\n",
+            "0644",
+            &dest,
+            None,
+            &signed_extra,
+        ),
+        file_entry("f-unsigned", "plain", "echo hello\n", "0644", &dest, None),
+    ];
     server.push(
         TASK_LIST,
-        task_list(&[signed, unsigned, tampered], &[], &[], &[]),
+        task_list(&[signed, unsigned, tampered], &[], &[], &files),
     );
     let agent = start_remote(
         &dir,
@@ -192,6 +300,20 @@ fn strict_signatures_run_the_signed_task_and_refuse_the_others() {
         inv.query,
         "taskId=t-tampered&invokeVersion=1&param=invalidSignature&value=Signature+verification+failed"
     );
+    let fin = expect(&agent, &server, "finish of f-signed", |r| {
+        about(r, FINISH, "f-signed")
+    });
+    assert!(fin.query.contains("&status=Success&"), "{}", fin.query);
+    let inv = expect(&agent, &server, "invalid f-unsigned", |r| {
+        about(r, INVALID, "f-unsigned")
+    });
+    assert!(
+        inv.query.contains("&param=InvalidSignature&"),
+        "{}",
+        inv.query
+    );
+    assert!(dest.join("hello").exists());
+    assert!(!dest.join("plain").exists());
     // One download: the second signed task used the cached certificate.
     let downloads = server
         .requests()
@@ -203,10 +325,61 @@ fn strict_signatures_run_the_signed_task_and_refuse_the_others() {
         .requests()
         .iter()
         .filter(|r| r.path != INVALID)
-        .filter(|r| matches!(r.param("taskId"), Some(id) if id != "t-signed"))
+        .filter(|r| matches!(r.param("taskId"), Some(id) if id != "t-signed" && id != "f-signed"))
         .map(|r| r.target())
         .collect();
     assert!(ran.is_empty(), "refused tasks reported as run: {ran:#?}");
+}
+
+/// `signature_pinned_keys`: a certificate with another key is refused in strict mode, whatever
+/// the server (or whoever answers for it) sends; an entry that is no key stops the start.
+#[test]
+fn pinned_keys_refuse_a_certificate_with_another_key() {
+    let dir = TestDir::new("pinned");
+    let server = Server::start();
+    let keyfile = dir.path("pinned.pem");
+    std::fs::write(
+        &keyfile,
+        include_str!("../src/remote/testdata/sign_sm2_pub.pem"),
+    )
+    .expect("write key");
+    let config = dir.path("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"strict_signatures": true, "signature_pinned_keys": ["{}"]}}"#,
+            keyfile.display()
+        ),
+    )
+    .expect("write config");
+    let signed_extra = format!(
+        r#","taskSignature":"{}","userId":"{VECTOR_USER_ID}""#,
+        rsa_task_signature()
+    );
+    let signed = shell_entry("t-signed", "echo hello\n", &signed_extra, "Once", OUTPUT);
+    server.push(TASK_LIST, task_list(&[signed], &[], &[], &[]));
+    let config_arg = config.display().to_string();
+    let agent = start_remote(
+        &dir,
+        &server,
+        &["--instance-id", VECTOR_INSTANCE_ID, "--config", &config_arg],
+    );
+    let inv = expect(&agent, &server, "invalid t-signed", |r| {
+        about(r, INVALID, "t-signed")
+    });
+    assert!(
+        inv.query.ends_with(
+            "&param=invalidSignature&value=certificate+key+is+not+one+of+signature_pinned_keys"
+        ),
+        "{}",
+        inv.query
+    );
+    drop(agent);
+
+    std::fs::write(&config, r#"{"signature_pinned_keys": ["not a key"]}"#).expect("config");
+    let mut agent = start_remote(&dir, &server, &["--config", &config_arg]);
+    assert_eq!(support::wait_exit(&mut agent).code(), Some(2));
+    agent.expect_line("signature_pinned_keys cannot be used: entry 1 is neither a PEM public key nor an absolute path");
 }
 
 /// What a registration left in `<state>/hybrid` that the headers are checked against.

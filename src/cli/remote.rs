@@ -259,13 +259,26 @@ fn run_remote(
     // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
     // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
     // request timeout, once per certificate.
-    let verifier = signature::SignatureVerifier::new(
-        http.clone(),
-        state.root.join(signature::CACHE_FILE_NAME),
-        tcfg.instance_id.clone(),
-        cfg.strict_signatures,
-    );
-    engine.set_verifier(Box::new(move |task| verifier.verify(task)));
+    // Pinned keys make strict mode independent of the channel that delivers certificates. One
+    // verifier (and one certificate cache) serves the engine's run tasks and the fetch thread's
+    // send-file entries.
+    let pinned =
+        signature::load_pinned_keys(&cfg.signature_pinned_keys).map_err(|source| CliError::Io {
+            what: "signature_pinned_keys cannot be used".to_string(),
+            source,
+        })?;
+    let verifier = Arc::new(parking_lot::Mutex::new(
+        signature::SignatureVerifier::new(
+            http.clone(),
+            state.root.join(signature::CACHE_FILE_NAME),
+            tcfg.instance_id.clone(),
+            cfg.strict_signatures,
+        )
+        .with_pinned_keys(pinned)
+        .with_required_fields(cfg.signature_required_fields.clone()),
+    ));
+    let run_verifier = verifier.clone();
+    engine.set_verifier(Box::new(move |task| run_verifier.lock().verify(task)));
     let gate = Arc::new(fetch::UpdateGate::new());
     let startup = Arc::new(fetch::StartupDone::new());
     let facts = heartbeat::HostFacts::read(cold_start);
@@ -334,6 +347,7 @@ fn run_remote(
                 sessions: Some(sessions),
                 send_file: crate::remote::sendfile::SendFileConfig::default(),
                 spool: Some(spool.writer.clone()),
+                verify_file: Some(Box::new(move |file| verifier.lock().verify_send_file(file))),
             }),
             // Polling is the kick bridge's job (only while the kick channel is down).
             cfg: fetch::FetchConfig::new(cold_start, None, schedule::tz::system_zone()),

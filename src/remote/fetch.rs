@@ -307,13 +307,35 @@ pub struct HostExtras {
     pub send_file: crate::remote::sendfile::SendFileConfig,
     /// Where a send-file report the server did not take goes, to be re-sent.
     pub spool: Option<crate::remote::spool::SpoolWriter>,
+    /// The signature check of a send-file entry, before anything is written (strict mode
+    /// refuses unsigned entries); `None` checks nothing but the content's MD5.
+    pub verify_file: Option<FileVerifier>,
 }
+
+/// See `HostExtras::verify_file`.
+pub type FileVerifier = Box<dyn Fn(&SendFileTaskInfo) -> Result<(), crate::runner::Invalid> + Send>;
 
 impl ExtraTasks for HostExtras {
     fn send_files(&mut self, files: Vec<SendFileTaskInfo>) {
         for file in files {
-            let result =
-                crate::remote::sendfile::handle_send_file(&*self.http, &file, &self.send_file);
+            let verdict = self.verify_file.as_ref().map_or(Ok(()), |v| v(&file));
+            let result = match verdict {
+                Ok(()) => {
+                    crate::remote::sendfile::handle_send_file(&*self.http, &file, &self.send_file)
+                }
+                Err(why) => {
+                    log::warn!(
+                        "task={} phase=sendfile refused: {}",
+                        file.task_id,
+                        why.value
+                    );
+                    crate::remote::sendfile::report_refused(
+                        &*self.http,
+                        &file,
+                        crate::remote::sendfile::SendFileCode::InvalidSignature,
+                    )
+                }
+            };
             if let (Err(_), Some(spool)) = (&result.report, &self.spool) {
                 let req = crate::remote::spool::SpooledRequest {
                     path_and_query: crate::remote::sendfile::report_path(&file, result.code),

@@ -6,7 +6,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
@@ -81,7 +81,7 @@ impl Default for SendFileConfig {
 #[derive(Debug)]
 pub struct SendFileFailure {
     pub code: SendFileCode,
-    pub cause: Option<io::Error>,
+    pub cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl SendFileFailure {
@@ -91,7 +91,13 @@ impl SendFileFailure {
     fn io(code: SendFileCode, e: io::Error) -> SendFileFailure {
         SendFileFailure {
             code,
-            cause: Some(e),
+            cause: Some(Box::new(e)),
+        }
+    }
+    fn walk(code: SendFileCode, e: crate::fsutil::WalkError) -> SendFileFailure {
+        SendFileFailure {
+            code,
+            cause: Some(Box::new(e)),
         }
     }
 }
@@ -119,7 +125,7 @@ impl fmt::Display for SendFileFailure {
 
 impl std::error::Error for SendFileFailure {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause.as_ref().map(|e| e as _)
+        self.cause.as_deref().map(|e| e as _)
     }
 }
 
@@ -147,19 +153,45 @@ pub fn handle_send_file(
             (SendFileCode::Success, Some(path))
         }
         Err(e) => {
-            match &e.cause {
-                Some(cause) => log::warn!("task={id} phase=sendfile {e}: {cause}"),
-                None => log::warn!("task={id} phase=sendfile {e}"),
-            }
+            log::warn!(
+                "task={id} phase=sendfile {}",
+                crate::error_chain::error_chain(&e)
+            );
             (e.code, None)
         }
     };
+    SendFileResult {
+        code,
+        path,
+        report: send_report(http, task, code),
+    }
+}
+
+/// Reports an entry refused before any check of its own (a signature strict mode requires):
+/// nothing is written.
+pub fn report_refused(
+    http: &dyn Http,
+    task: &SendFileTaskInfo,
+    code: SendFileCode,
+) -> SendFileResult {
+    SendFileResult {
+        code,
+        path: None,
+        report: send_report(http, task, code),
+    }
+}
+
+fn send_report(
+    http: &dyn Http,
+    task: &SendFileTaskInfo,
+    code: SendFileCode,
+) -> Result<(), TransportError> {
     let url = report_path(task, code);
     let report = http.post(&url, b"", "", DEFAULT_TIMEOUT).map(|_| ());
     if let Err(e) = &report {
-        log::warn!("task={id} phase=sendfile report failed: {e}");
+        log::warn!("task={} phase=sendfile report failed: {e}", task.task_id);
     }
-    SendFileResult { code, path, report }
+    report
 }
 
 /// The report URL (path and query) for a result.
@@ -207,7 +239,10 @@ fn query_escape(s: &str) -> String {
 /// looked up and applied to a temp file before it is renamed into place, so a failure leaves
 /// no file behind and the final file never has the wrong owner or mode (the reference writes
 /// first and chmods/chowns afterwards); an existing symlink at the path is replaced, not
-/// followed.
+/// followed. The destination is walked from `/` without following anything another user
+/// could plant (`fsutil::open_dir_no_follow`): a symlink not owned by root or the agent, or a
+/// directory owned by a user other than root, the agent or the file's own owner, is refused
+/// as an invalid path (10), where the reference would write through it as root.
 pub fn send_file(
     task: &SendFileTaskInfo,
     cfg: &SendFileConfig,
@@ -220,22 +255,45 @@ pub fn send_file(
     if task.content.is_empty() {
         return Err(SendFileFailure::new(C::EmptyContent));
     }
-    let dir = if task.destination.is_empty() {
-        cfg.default_destination.clone()
+    // The user the file is for may own the directories it goes to (a file delivered into
+    // their home); looked up here for the walk only, reported in the reference's order below.
+    let for_user: Vec<libc::uid_t> = [task.owner.as_str()]
+        .into_iter()
+        .filter(|o| !o.is_empty() && *o != "root")
+        .filter_map(lookup_uid)
+        .collect();
+    let (dir_path, create) = if task.destination.is_empty() {
+        (cfg.default_destination.clone(), None)
     } else {
-        let dir = PathBuf::from(&task.destination);
-        if let Err(e) = fs::create_dir_all(&dir) {
-            // MkdirAll fails on an existing regular file too; the reference then reports 4.
-            return Err(SendFileFailure::io(C::CreateDirFailed, e));
-        }
-        dir
+        (PathBuf::from(&task.destination), Some(0o755))
     };
-    if let Ok(meta) = fs::metadata(&dir) {
-        if !meta.is_dir() {
-            return Err(SendFileFailure::new(C::InvalidFilePath));
-        }
-    }
-    let path = dir.join(name);
+    let dir_path = std::path::absolute(&dir_path).unwrap_or(dir_path);
+    let dir = match crate::fsutil::open_dir_no_follow(&dir_path, create, &for_user) {
+        Ok(fd) => Some(fd),
+        Err(e) => match e {
+            // MkdirAll fails on an existing regular file too; the reference then reports 4.
+            crate::fsutil::WalkError::NotADirectory(_) if create.is_some() => {
+                return Err(SendFileFailure::walk(C::CreateDirFailed, e))
+            }
+            crate::fsutil::WalkError::NotADirectory(_)
+            | crate::fsutil::WalkError::Symlink { .. }
+            | crate::fsutil::WalkError::Owner { .. }
+            | crate::fsutil::WalkError::TooManyLinks(_)
+            | crate::fsutil::WalkError::NotAbsolute(_) => {
+                return Err(SendFileFailure::walk(C::InvalidFilePath, e))
+            }
+            crate::fsutil::WalkError::Io { .. } if create.is_some() => {
+                return Err(SendFileFailure::walk(C::CreateDirFailed, e))
+            }
+            // A missing default destination fails when the file is created (code 1), as in
+            // the reference.
+            crate::fsutil::WalkError::Missing(_) | crate::fsutil::WalkError::Io { .. } => {
+                log::debug!("phase=sendfile {e}");
+                None
+            }
+        },
+    };
+    let path = dir_path.join(name);
     let bytes = decode_base64(task.content.as_bytes())
         .map_err(|_| SendFileFailure::new(C::InvalidContent))?;
     let digest = hex(&Md5::digest(task.content.as_bytes()));
@@ -243,11 +301,20 @@ pub fn send_file(
         return Err(SendFileFailure::new(C::InvalidSignature));
     }
     let mode = parse_mode(&task.mode).ok_or_else(|| SendFileFailure::new(C::InvalidFileMode))?;
-    if fs::symlink_metadata(&path).is_ok() && !task.overwrite {
+    let Some(dir) = dir else {
+        return Err(SendFileFailure::io(
+            C::FileCreateFail,
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not there", dir_path.display()),
+            ),
+        ));
+    };
+    if crate::fsutil::exists_in(&dir, name).unwrap_or(false) && !task.overwrite {
         return Err(SendFileFailure::new(C::FileAlreadyExist));
     }
     let owner = resolve_owner(&task.owner, &task.group)?;
-    write_file(&dir, &path, &bytes, mode, owner)?;
+    write_file(&dir, &dir_path, name, &bytes, mode, owner)?;
     Ok(path)
 }
 
@@ -320,18 +387,20 @@ fn lookup_gid(name: &str) -> Option<libc::gid_t> {
     }
 }
 
-/// Temp file in `dir` (O_EXCL, 0600) → write → fchown → fchmod → fsync → rename → fsync dir.
-/// The owner is set before the mode so that the kernel's clearing of set-id bits on chown
-/// cannot undo the mode; any failure removes the temp file.
+/// Temp file in `dir` (O_EXCL, 0600) → write → fchown → fchmod → fsync → rename → fsync dir,
+/// all relative to the directory's descriptor. The owner is set before the mode so that the
+/// kernel's clearing of set-id bits on chown cannot undo the mode; any failure removes the
+/// temp file.
 fn write_file(
-    dir: &Path,
-    path: &Path,
+    dir: &std::os::fd::OwnedFd,
+    dir_path: &Path,
+    name: &str,
     bytes: &[u8],
     mode: u32,
     owner: Option<(libc::uid_t, libc::gid_t)>,
 ) -> Result<(), SendFileFailure> {
     use SendFileCode as C;
-    let (tmp, mut file) = crate::fsutil::create_temp(dir, "assistd-sendfile", 0o600)
+    let (tmp, mut file) = crate::fsutil::create_temp_in(dir, name, 0o600)
         .map_err(|e| SendFileFailure::io(C::FileCreateFail, e))?;
     let result = (|| {
         file.write_all(bytes)
@@ -349,16 +418,19 @@ fn write_file(
             .map_err(|e| SendFileFailure::io(C::ChmodError, e))?;
         file.sync_all()
             .map_err(|e| SendFileFailure::io(C::FileCreateFail, e))?;
-        fs::rename(&tmp, path).map_err(|e| SendFileFailure::io(C::FileCreateFail, e))
+        crate::fsutil::rename_in(dir, &tmp, name)
+            .map_err(|e| SendFileFailure::io(C::FileCreateFail, e))
     })();
     drop(file);
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = crate::fsutil::remove_in(dir, &tmp);
         return result;
     }
     // The file is in place; a failed directory fsync is logged, not reported as a failure.
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        log::warn!("phase=sendfile fsync of {}: {e}", dir.display());
+    // SAFETY: fsync on an open directory descriptor.
+    if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
+        let e = io::Error::last_os_error();
+        log::warn!("phase=sendfile fsync of {}: {e}", dir_path.display());
     }
     Ok(())
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::model::RunTaskInfo;
+use crate::error_chain::error_chain;
+use crate::model::{RunTaskInfo, SendFileTaskInfo};
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::{decode_base64, Base64Error};
 use crate::runner::Invalid;
@@ -35,6 +36,42 @@ pub const CACHE_FILE_NAME: &str = "task_sign_certs";
 /// meanwhile fail at once instead of each waiting for the request's timeout on the control
 /// loop.
 pub const CERT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The fields a signature covers, of a run task or a send-file entry. The reference signs run
+/// tasks only; a send-file entry may carry the same `taskSignature` (and `userId`) as an
+/// assistd extension, its base64 `content` standing for `commandContent`.
+#[derive(Clone, Copy, Debug)]
+pub struct Signed<'a> {
+    pub task_id: &'a str,
+    pub invoke_version: i64,
+    pub user_id: &'a str,
+    pub content: &'a str,
+    pub signature: &'a str,
+}
+
+impl<'a> From<&'a RunTaskInfo> for Signed<'a> {
+    fn from(t: &'a RunTaskInfo) -> Signed<'a> {
+        Signed {
+            task_id: &t.task_id,
+            invoke_version: t.invoke_version,
+            user_id: &t.user_id,
+            content: &t.content,
+            signature: &t.signature,
+        }
+    }
+}
+
+impl<'a> From<&'a SendFileTaskInfo> for Signed<'a> {
+    fn from(t: &'a SendFileTaskInfo) -> Signed<'a> {
+        Signed {
+            task_id: &t.task_id,
+            invoke_version: 0,
+            user_id: &t.user_id,
+            content: &t.content,
+            signature: &t.task_signature,
+        }
+    }
+}
 
 /// Signing algorithm named by a certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +146,10 @@ pub enum SignatureError {
     PublicKey(Algorithm),
     /// The signature was checked and does not match.
     Mismatch(Algorithm),
+    /// `signature_pinned_keys` is set and the certificate's key is not one of them.
+    NotPinned,
+    /// Strict mode wants these fields signed and the certificate does not list them.
+    FieldsNotSigned(Vec<String>),
 }
 
 impl fmt::Display for SignatureError {
@@ -126,6 +167,14 @@ impl fmt::Display for SignatureError {
             SignatureError::UnknownAlgorithm(a) => write!(f, "unknown sign algorithm {a:?}"),
             SignatureError::PublicKey(a) => write!(f, "{} public key does not parse", a.name()),
             SignatureError::Mismatch(a) => write!(f, "{} signature does not match", a.name()),
+            SignatureError::NotPinned => {
+                f.write_str("certificate key is not one of signature_pinned_keys")
+            }
+            SignatureError::FieldsNotSigned(missing) => write!(
+                f,
+                "certificate does not sign {} (signature_required_fields)",
+                missing.join(", ")
+            ),
         }
     }
 }
@@ -180,6 +229,8 @@ struct Cert {
     algorithm: Algorithm,
     fields: Vec<String>,
     key: PublicKey,
+    /// The DER `SubjectPublicKeyInfo` of `public_key_pem`, compared with pinned keys.
+    spki_der: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -211,7 +262,10 @@ impl Cert {
             Some(_) => return Err(bad("signatureFields is not a list")),
         };
         let key = parse_public_key(algorithm, &public_key_pem)?;
+        let spki_der =
+            pem_public_key_der(&public_key_pem).ok_or(SignatureError::PublicKey(algorithm))?;
         Ok(Cert {
+            spki_der,
             signature_version: int("signatureVersion"),
             keypair_version: int("keypairVersion"),
             public_key_pem,
@@ -272,6 +326,66 @@ fn verify_with(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<(), SignatureErro
     } else {
         Err(SignatureError::Mismatch(cert.algorithm))
     }
+}
+
+/// The DER `SubjectPublicKeyInfo` inside a `-----BEGIN PUBLIC KEY-----` PEM block (the first
+/// one of `pem`, which may hold text around it); `None` when there is none.
+pub fn pem_public_key_der(pem: &str) -> Option<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let start = pem.find(BEGIN)? + BEGIN.len();
+    let len = pem[start..].find(END)?;
+    let b64: String = pem[start..start + len].split_whitespace().collect();
+    decode_base64(b64.as_bytes()).ok().filter(|d| !d.is_empty())
+}
+
+/// Every `PUBLIC KEY` block of `text`, as DER.
+pub fn pem_public_keys_der(text: &str) -> Vec<Vec<u8>> {
+    const END: &str = "-----END PUBLIC KEY-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(der) = pem_public_key_der(rest) {
+        out.push(der);
+        match rest.find(END) {
+            Some(i) => rest = &rest[i + END.len()..],
+            None => break,
+        }
+    }
+    out
+}
+
+/// The keys of `signature_pinned_keys`: each entry a PEM `PUBLIC KEY` (or several) or the
+/// absolute path of a file holding them. An entry that is neither, a file that cannot be read
+/// or one without a key is an error naming the entry.
+pub fn load_pinned_keys(entries: &[String]) -> std::io::Result<Vec<Vec<u8>>> {
+    use std::io::{Error, ErrorKind};
+    let mut keys = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let (text, name) = if entry.contains("-----BEGIN") {
+            (entry.clone(), format!("entry {}", i + 1))
+        } else if entry.starts_with('/') {
+            let text = std::fs::read_to_string(entry)
+                .map_err(|e| Error::new(e.kind(), format!("{entry}: {e}")))?;
+            (text, entry.clone())
+        } else {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "entry {} is neither a PEM public key nor an absolute path",
+                    i + 1
+                ),
+            ));
+        };
+        let found = pem_public_keys_der(&text);
+        if found.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("{name} holds no -----BEGIN PUBLIC KEY----- block"),
+            ));
+        }
+        keys.extend(found);
+    }
+    Ok(keys)
 }
 
 /// The `RSAPublicKey` of a `-----BEGIN PUBLIC KEY-----` PEM: its `SubjectPublicKeyInfo` is
@@ -384,20 +498,20 @@ fn sm2_signature_from_der(der: &[u8]) -> Option<sm2::dsa::Signature> {
 /// names are skipped, as the reference does.
 fn signed_data(
     fields: &[String],
-    task: &RunTaskInfo,
+    task: &Signed<'_>,
     instance_id: &str,
 ) -> Result<String, SignatureError> {
     let mut parts: Vec<&str> = Vec::with_capacity(fields.len());
     for field in fields {
         match field.as_str() {
-            "userId" => parts.push(&task.user_id),
+            "userId" => parts.push(task.user_id),
             "instanceId" => {
                 if instance_id.is_empty() || instance_id == "unknown" {
                     return Err(SignatureError::UnknownInstanceId);
                 }
                 parts.push(instance_id);
             }
-            "commandContent" => parts.push(&task.content),
+            "commandContent" => parts.push(task.content),
             _ => {}
         }
     }
@@ -411,6 +525,10 @@ pub struct SignatureVerifier {
     instance_id: String,
     strict: bool,
     cert_path: String,
+    /// DER `SubjectPublicKeyInfo`s a certificate's key must be one of; empty: any key.
+    pinned: Vec<Vec<u8>>,
+    /// What strict mode wants signed whatever the certificate lists.
+    required_fields: Vec<String>,
     /// Certificates by key; `None` until the cache file is read (once, on first use). Only the
     /// thread that owns the verifier touches it.
     certs: RefCell<Option<BTreeMap<String, Cert>>>,
@@ -446,6 +564,10 @@ impl SignatureVerifier {
             instance_id,
             strict,
             cert_path: DEFAULT_CERT_PATH.to_string(),
+            pinned: Vec::new(),
+            required_fields: crate::config::DEFAULT_SIGNATURE_REQUIRED_FIELDS
+                .map(str::to_string)
+                .to_vec(),
             certs: RefCell::new(None),
             failed: RefCell::new(BTreeMap::new()),
             retry_after: CERT_RETRY_AFTER,
@@ -458,10 +580,39 @@ impl SignatureVerifier {
         self
     }
 
-    /// The check itself: `Ok` only for a signature that verified.
-    pub fn check(&self, task: &RunTaskInfo) -> Result<(), SignatureError> {
-        let parsed = parse_signature(&task.signature)?;
-        let cert = self.cert(&parsed, &task.task_id)?;
+    /// Only certificates whose key is one of `keys` (DER `SubjectPublicKeyInfo`s) are used
+    /// (`signature_pinned_keys`); none given: any key the server sends.
+    pub fn with_pinned_keys(mut self, keys: Vec<Vec<u8>>) -> SignatureVerifier {
+        self.pinned = keys;
+        self
+    }
+
+    /// What strict mode requires a certificate to sign (`signature_required_fields`).
+    pub fn with_required_fields(mut self, fields: Vec<String>) -> SignatureVerifier {
+        self.required_fields = fields;
+        self
+    }
+
+    /// The check itself: `Ok` only for a signature that verified, with a pinned key (when
+    /// keys are pinned) and, in strict mode, over at least the required fields.
+    pub fn check<'a>(&self, task: impl Into<Signed<'a>>) -> Result<(), SignatureError> {
+        let task = &task.into();
+        let parsed = parse_signature(task.signature)?;
+        let cert = self.cert(&parsed, task.task_id)?;
+        if !self.pinned.is_empty() && !self.pinned.contains(&cert.spki_der) {
+            return Err(SignatureError::NotPinned);
+        }
+        if self.strict {
+            let missing: Vec<String> = self
+                .required_fields
+                .iter()
+                .filter(|f| !cert.fields.contains(f))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                return Err(SignatureError::FieldsNotSigned(missing));
+            }
+        }
         let data = signed_data(&cert.fields, task, &self.instance_id)?;
         verify_with(&cert, data.as_bytes(), &parsed.signature)
     }
@@ -473,9 +624,24 @@ impl SignatureVerifier {
     /// strict mode. Strict mode: anything but a verified signature is an invalid task, with the
     /// reason as the report's value.
     pub fn verify(&self, task: &RunTaskInfo) -> Result<(), Invalid> {
-        let id = &task.task_id;
+        self.decide(&Signed::from(task))
+    }
+
+    /// A send-file entry (an assistd extension: the reference checks only the content's MD5).
+    /// Strict mode refuses an entry without a signature that verifies; soft mode checks a
+    /// signature when the entry carries one and decides as for run tasks, and lets an unsigned
+    /// entry through as the reference does.
+    pub fn verify_send_file(&self, file: &SendFileTaskInfo) -> Result<(), Invalid> {
+        if !self.strict && file.task_signature.is_empty() {
+            return Ok(());
+        }
+        self.decide(&Signed::from(file))
+    }
+
+    fn decide(&self, task: &Signed<'_>) -> Result<(), Invalid> {
+        let id = task.task_id;
         let v = task.invoke_version;
-        match self.check(task) {
+        match self.check(*task) {
             Ok(()) => {
                 log::info!("task={id} invoke={v} phase=verify signature is OK");
                 Ok(())
@@ -623,18 +789,6 @@ fn mismatch() -> Invalid {
     }
 }
 
-/// `error: cause: cause` on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -685,6 +839,89 @@ pub(crate) mod tests {
     }
     fn sm2_sig() -> String {
         format!("3#1#{}", SM2_SIG.trim())
+    }
+
+    fn rsa_http(fields: &[&str]) -> Arc<FakeHttp> {
+        let cert = json!({
+            "keypairVersion": 1,
+            "signatureVersion": 2,
+            "publicKey": RSA_PUB,
+            "algorithm": "SHA256WithRSA",
+            "signatureFields": fields,
+        })
+        .to_string();
+        Arc::new(FakeHttp::answering(vec![FakeHttp::ok(&cert)]))
+    }
+
+    #[test]
+    fn only_a_pinned_key_verifies() {
+        let dir = TempDir::new("sig-pinned");
+        let ours = pem_public_keys_der(&format!("comment\n{RSA_PUB}\n{SM2_PUB}"));
+        assert_eq!(ours.len(), 2, "both blocks of a key file");
+        let fields = ["userId", "instanceId", "commandContent"];
+        let v = verifier(&dir, rsa_http(&fields), true).with_pinned_keys(ours.clone());
+        v.check(&task(&rsa_sig())).expect("pinned RSA key");
+
+        let dir = TempDir::new("sig-unpinned");
+        let v = verifier(&dir, rsa_http(&fields), true).with_pinned_keys(vec![ours[1].clone()]);
+        assert!(matches!(
+            v.check(&task(&rsa_sig())),
+            Err(SignatureError::NotPinned)
+        ));
+        let refused = v.verify(&task(&rsa_sig())).expect_err("strict refuses");
+        assert_eq!(
+            refused.value,
+            "certificate key is not one of signature_pinned_keys"
+        );
+    }
+
+    #[test]
+    fn strict_mode_wants_the_required_fields_signed() {
+        let dir = TempDir::new("sig-fields");
+        // A certificate that signs the content alone: a forged task could name any account.
+        let v = verifier(&dir, rsa_http(&["commandContent"]), true);
+        match v.check(&task(&rsa_sig())) {
+            Err(SignatureError::FieldsNotSigned(missing)) => {
+                assert_eq!(missing, ["userId", "instanceId"])
+            }
+            other => panic!("{other:?}"),
+        }
+        let dir = TempDir::new("sig-fields-set");
+        let v = verifier(&dir, rsa_http(&["commandContent"]), true)
+            .with_required_fields(vec!["commandContent".into()]);
+        // Only the content is signed now, so the vector (over three fields) does not match.
+        assert!(matches!(
+            v.check(&task(&rsa_sig())),
+            Err(SignatureError::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn send_files_are_checked_in_strict_mode_and_when_signed() {
+        let file = |sig: &str| SendFileTaskInfo {
+            task_id: "f-1".into(),
+            user_id: "1234567890".into(),
+            content: "ZWNobyBoZWxsbwo=".into(),
+            task_signature: sig.into(),
+            ..SendFileTaskInfo::default()
+        };
+        let fields = ["userId", "instanceId", "commandContent"];
+        let dir = TempDir::new("sig-file-strict");
+        let strict = verifier(&dir, rsa_http(&fields), true);
+        assert_eq!(strict.verify_send_file(&file(&rsa_sig())), Ok(()));
+        assert!(strict.verify_send_file(&file("")).is_err(), "unsigned");
+        let mut tampered = file(&rsa_sig());
+        tampered.content = "ZWNobyBieWUK".into();
+        assert_eq!(strict.verify_send_file(&tampered), Err(mismatch()));
+
+        let dir = TempDir::new("sig-file-soft");
+        let http = rsa_http(&fields);
+        let soft = verifier(&dir, http.clone(), false);
+        assert_eq!(soft.verify_send_file(&file("")), Ok(()), "as the reference");
+        assert!(
+            http.paths().is_empty(),
+            "an unsigned entry asks for nothing"
+        );
     }
 
     #[test]
