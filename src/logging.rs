@@ -1,6 +1,7 @@
 //! Where the agent's log lines go: stderr (journald, runit, a terminal) or a file that it
-//! rotates by size. It formats with `simplelog` and must never read config files or decide
-//! what gets logged; it only carries finished lines to their sink.
+//! rotates by size. It formats each record as `<RFC 3339 UTC time> [LEVEL] message` and must
+//! never read config files or decide what gets logged; it only carries finished lines to
+//! their sink.
 //!
 //! A record reaches the sink in one `write` (stderr) or one `O_APPEND` write (file), after
 //! the whole record is formatted, so two threads never interleave inside a line and a
@@ -12,7 +13,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::{LevelFilter, Log, Metadata, Record};
-use simplelog::{SharedLogger, WriteLogger};
 
 /// Where the packaged init scripts (OpenRC, SysV, busybox) put the log file.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/assistd/assistd.log";
@@ -59,44 +59,55 @@ pub fn init(cfg: &LogConfig) -> io::Result<()> {
 /// The logger `init` installs, without installing it: tests and tools can log through it
 /// directly.
 pub fn build(cfg: &LogConfig) -> io::Result<Box<dyn Log>> {
-    let format = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(LevelFilter::Off)
-        .build();
-    let inner: Box<dyn SharedLogger> = match &cfg.target {
-        LogTarget::Stderr => WriteLogger::new(cfg.level, format, RecordWriter::new(io::stderr())),
+    Ok(match &cfg.target {
+        LogTarget::Stderr => Box::new(Logger::new(cfg.level, io::stderr())),
         LogTarget::File {
             path,
             max_bytes,
             keep,
-        } => WriteLogger::new(
+        } => Box::new(Logger::new(
             cfg.level,
-            format,
-            RecordWriter::new(RotatingFile::open(path, *max_bytes, *keep)?),
-        ),
-    };
-    Ok(Box::new(FlushEachRecord(inner.as_log())))
+            RotatingFile::open(path, *max_bytes, *keep)?,
+        )),
+    })
 }
 
-/// Flushes after every record. `simplelog` formats one record in several small writes under
-/// its lock; the `RecordWriter` below holds them back until this flush, which is therefore
-/// the record boundary.
-struct FlushEachRecord(Box<dyn Log>);
+/// Formats a record whole under its lock (`<time> [LEVEL] message`, the time in UTC with
+/// microseconds), then flushes it: the flush is the record boundary for `RecordWriter`.
+/// (simplelog did this before, with the `time` crate for the stamp; chrono, already linked,
+/// writes the same RFC 3339 form, and the binary is about 30 KiB smaller without both.)
+struct Logger<S: LineSink> {
+    level: LevelFilter,
+    writer: parking_lot::Mutex<RecordWriter<S>>,
+}
 
-impl Log for FlushEachRecord {
+impl<S: LineSink> Logger<S> {
+    fn new(level: LevelFilter, sink: S) -> Logger<S> {
+        Logger {
+            level,
+            writer: parking_lot::Mutex::new(RecordWriter::new(sink)),
+        }
+    }
+}
+
+impl<S: LineSink + Send> Log for Logger<S> {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.0.enabled(metadata)
+        metadata.level() <= self.level
     }
 
     fn log(&self, record: &Record<'_>) {
-        if self.0.enabled(record.metadata()) {
-            self.0.log(record);
-            self.0.flush();
+        if !self.enabled(record.metadata()) {
+            return;
         }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut w = self.writer.lock();
+        // A failed write cannot be logged; the record is dropped, as every logger does.
+        let _ = writeln!(w, "{now} [{}] {}", record.level(), record.args());
+        let _ = w.flush();
     }
 
     fn flush(&self) {
-        self.0.flush();
+        let _ = self.writer.lock().flush();
     }
 }
 
@@ -463,9 +474,23 @@ mod tests {
         };
         record(log::Level::Info, "phase=startup hello");
         record(log::Level::Debug, "below the level");
+        record(log::Level::Warn, "task=a\n[INFO] forged");
         let text = read(&path);
-        assert!(text.ends_with("phase=startup hello\n"), "{text:?}");
-        assert_eq!(text.lines().count(), 1, "{text:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        // `2026-12-01T16:28:16.589504Z [INFO] …`: RFC 3339, UTC, microseconds.
+        let (stamp, rest) = lines[0].split_once(' ').expect("stamp");
+        assert_eq!(rest, "[INFO] phase=startup hello");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(stamp).is_ok()
+                && stamp.ends_with('Z')
+                && stamp.len() == "2026-12-01T16:28:16.589504Z".len(),
+            "{stamp}"
+        );
+        assert!(
+            lines[1].ends_with(" [WARN] task=a\\n[INFO] forged"),
+            "{text:?}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 
