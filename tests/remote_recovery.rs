@@ -85,3 +85,60 @@ fn a_task_left_by_a_killed_agent_is_killed_reported_and_never_run_again() {
         "the second agent started the task"
     );
 }
+
+/// The soak found it: an agent killed while a final report's burst runs (the server not
+/// answering, or answering too late) lost the report, or left a run record that the next
+/// agent reported as a second, different final. Now the final is written to the spool before
+/// its first attempt: the next agent sends exactly that report, once, and makes no
+/// `AgentRestarted` error for the invocation.
+#[test]
+fn a_final_report_whose_burst_a_kill_cut_short_arrives_once_from_the_next_agent() {
+    const FINISH: &str = "/luban/api/v1/task/finish";
+    let dir = TestDir::new("recover-burst");
+    let server = Server::start();
+    server.set_default(FINISH, Reply::status(503));
+    server.push(
+        TASK_LIST,
+        list(&[shell_entry("t-burst", "echo done", "", "Once", OUTPUT)]),
+    );
+    let mut first = start_remote(&dir, &server, &[]);
+    // The first attempt was refused; the next comes 2 s later. Kill the agent in between.
+    let refused = expect(&first, &server, "the first finish attempt", |r| {
+        about(r, FINISH, "t-burst")
+    });
+    first.signal(libc::SIGKILL);
+    first.wait_exit("the agent did not die of SIGKILL");
+    let spooled: Vec<String> = std::fs::read_dir(dir.state().join("spool"))
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        spooled.len() == 1 && spooled[0].ends_with(".sending"),
+        "{spooled:?}"
+    );
+
+    server.set_default(FINISH, Reply::ok("success"));
+    let before = server.requests().len();
+    let second = start_remote(&dir, &server, &[]);
+    // The refused attempt, then the one the second agent sends.
+    let sent = support::expect_n(&second, &server, "the finish from the spool", 2, |r| {
+        about(r, FINISH, "t-burst")
+    })
+    .pop()
+    .expect("two");
+    assert_eq!(sent.query, refused.query, "the same request, byte for byte");
+    assert_eq!(sent.body_text(), "done\n");
+    second.expect_line("its final report is in the spool already");
+    // Give a wrong second report the time to show up: the spool's startup pass is done once
+    // the startup fetch went out.
+    support::expect_n(&second, &server, "the startup fetch", 2, |r| {
+        r.path == TASK_LIST
+    });
+    let after: Vec<_> = server.requests().into_iter().skip(before).collect();
+    let finals = after
+        .iter()
+        .filter(|r| r.param("taskId") == Some("t-burst") && r.path != TASK_LIST)
+        .count();
+    assert_eq!(finals, 1, "{after:#?}");
+}

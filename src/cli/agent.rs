@@ -131,11 +131,18 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
 /// What an agent that died left running: killed, reported as errors (on the engine's reports
 /// thread, so a server that is away does not hold up the start), and the once-invocations
 /// among them never run again. Before any invocation starts.
-pub(super) fn recover_interrupted(state: &StateDir, engine: &mut Engine) {
+/// Restart recovery (see `runner::record::recover`): tells the engine which once-invocations
+/// must not run again and returns the error reports to send; `already_final` as there.
+pub(super) fn recover_interrupted(
+    state: &StateDir,
+    engine: &mut Engine,
+    already_final: &dyn Fn(&crate::report::ReportHead, i64) -> bool,
+) -> Vec<crate::report::Report> {
     let recovery = crate::runner::record::recover(
         &crate::runner::record::RecordDir::new(state.running_dir()),
         Path::new("/proc"),
         chrono::Utc::now().timestamp_millis(),
+        already_final,
     );
     if !recovery.reports.is_empty() {
         log::warn!(
@@ -145,7 +152,7 @@ pub(super) fn recover_interrupted(state: &StateDir, engine: &mut Engine) {
         );
     }
     engine.set_interrupted(recovery.interrupted);
-    engine.send_later(recovery.reports);
+    recovery.reports
 }
 
 pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
@@ -199,7 +206,9 @@ fn run_local(
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let journal = Arc::new(journal);
     let mut engine = Engine::new(engine_config(cfg, state), journal, timer);
-    recover_interrupted(state, &mut engine);
+    // Journaled off the start path, by the engine's reports thread.
+    let recovered = recover_interrupted(state, &mut engine, &|_, _| false);
+    engine.send_later(recovered);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.

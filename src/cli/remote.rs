@@ -237,6 +237,9 @@ fn run_remote(
     // spool's after it sent what the last run left.
     let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
     let (enable_tx, enable) = crossbeam_channel::bounded::<()>(0);
+    // Read before the spool thread starts deleting what it delivers: the finals a killed agent
+    // wrote, so recovery does not report their invocations a second time.
+    let spooled_finals = spool::spooled_finals(&state.spool_dir());
     let spool = spool::spawn(
         state.spool_dir(),
         spool::SpoolConfig {
@@ -255,7 +258,24 @@ fn run_remote(
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
-    recover_interrupted(state, &mut engine);
+    // Recovered reports go to the spool at once (durably; its thread sends them in order and
+    // leaves what is not sent at shutdown for the next start), so a long recovery list never
+    // holds up the start or the shutdown.
+    let recovered = recover_interrupted(state, &mut engine, &|head, start| {
+        spooled_finals.contains(&(head.task_id.clone(), head.invoke_version, start))
+    });
+    let mut unspooled = Vec::new();
+    for report in recovered {
+        if let Err(e) = crate::remote::reporter::spool_recovered(&spool.writer, &report) {
+            log::warn!(
+                "task={} invoke_version={} phase=recover cannot spool the report ({e}); sending it directly",
+                report.head().task_id,
+                report.head().invoke_version
+            );
+            unspooled.push(report);
+        }
+    }
+    engine.send_later(unspooled);
     // Task signatures (spec §7): soft by default, as the reference; `strict_signatures` refuses
     // unsigned or unverifiable tasks. A certificate download blocks dispatch for at most one
     // request timeout, once per certificate.

@@ -193,10 +193,55 @@ fn report_error(e: TransportError) -> ReportError {
     }
 }
 
+/// The request of one attempt, as the spool keeps it.
+fn spooled(report: &Report, path_and_query: String) -> SpooledRequest {
+    let head = report.head();
+    SpooledRequest {
+        path_and_query,
+        content_type: REPORT_CONTENT_TYPE.to_string(),
+        body: report.output().to_vec(),
+        label: format!(
+            "task={} invoke_version={} {}",
+            head.task_id,
+            head.invoke_version,
+            report.event()
+        ),
+    }
+}
+
+/// A report recovered at start (the agent died while its invocation ran) as the spool keeps
+/// it: never tried yet, so it goes out as soon as the spool thread can send it.
+pub fn spool_recovered(spool: &SpoolWriter, report: &Report) -> std::io::Result<String> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    spool.push_now(&spooled(report, path_and_query(report, now_ms)))
+}
+
 impl Reporter for RemoteReporter {
+    /// A final report is first written ahead to the spool (one small fsynced file), then
+    /// tried 1 + 3 times; delivered, the file goes; not delivered, the last attempt's request
+    /// is spooled for re-sending. So a kill during the burst loses nothing: the next start
+    /// sends what was written ahead.
     fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
         let attempts = if retried(report) { RETRY_ATTEMPTS } else { 1 };
         let head = report.head();
+        let ahead = match &self.spool {
+            Some(spool) if report.is_final() => {
+                let req = spooled(report, path_and_query(report, (self.now_ms)()));
+                match spool.write_ahead(&req) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        log::warn!(
+                            "task={} invoke_version={} phase=report cannot write the {} report ahead to the spool ({e}); a kill during its attempts would lose it",
+                            head.task_id,
+                            head.invoke_version,
+                            report.event()
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut attempt = 0;
         let mut last_target = String::new();
         let sent = with_retries(attempts, self.retry_pause, None, || {
@@ -220,21 +265,21 @@ impl Reporter for RemoteReporter {
             r
         });
         let resp = match (sent, &self.spool) {
-            (Ok(resp), _) => resp,
+            (Ok(resp), _) => {
+                if let Some(f) = ahead {
+                    f.delivered();
+                }
+                resp
+            }
             (Err(e), Some(spool)) if report.is_final() => {
                 // The exact request of the last attempt, so the re-send is byte-identical.
-                let req = SpooledRequest {
-                    path_and_query: last_target,
-                    content_type: REPORT_CONTENT_TYPE.to_string(),
-                    body: report.output().to_vec(),
-                    label: format!(
-                        "task={} invoke_version={} {}",
-                        head.task_id,
-                        head.invoke_version,
-                        report.event()
-                    ),
+                let req = spooled(report, last_target);
+                let kept_ahead = ahead.is_some();
+                let pushed = match ahead {
+                    Some(f) => f.spool(spool, &req),
+                    None => spool.push(&req),
                 };
-                return match spool.push(&req) {
+                return match pushed {
                     Ok(name) => {
                         log::warn!(
                             "task={} invoke_version={} phase=report {} report not delivered after {attempts} attempt(s) ({e}); spooled as {name}",
@@ -246,10 +291,15 @@ impl Reporter for RemoteReporter {
                     }
                     Err(io) => {
                         log::error!(
-                            "task={} invoke_version={} phase=report {} report not delivered ({e}) and cannot be spooled ({io})",
+                            "task={} invoke_version={} phase=report {} report not delivered ({e}) and cannot be spooled ({io}){}",
                             head.task_id,
                             head.invoke_version,
-                            report.event()
+                            report.event(),
+                            if kept_ahead {
+                                "; what was written ahead is sent at the next start"
+                            } else {
+                                ""
+                            }
                         );
                         Err(report_error(e))
                     }

@@ -10,7 +10,7 @@
 //! This module never builds a report and never decides what a report says; it only carries
 //! requests that `reporter` (and send-file) already made.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -37,6 +37,10 @@ const MAGIC: &str = "assistd-spool 1";
 /// Spool files end in this; anything else in the directory (temp files of a write that a
 /// crash interrupted, files set aside as unreadable) is not a report.
 const SUFFIX: &str = ".report";
+/// A final report written ahead of its first attempt (`SpoolWriter::write_ahead`): deleted once
+/// the server takes it, handed to the thread as a `.report` when the burst fails. One left by
+/// an agent that died mid-burst is sent at the next start like any spooled report.
+const SENDING_SUFFIX: &str = ".sending";
 
 /// How much the spool may hold (past either bound the oldest report is dropped and counted),
 /// and how long a new report waits before its first re-send.
@@ -164,23 +168,49 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    /// Writes `req` durably and hands it to the spool thread; the name it got on success.
+    /// Writes `req` durably and hands it to the spool thread, which re-sends it no sooner than
+    /// the first re-send delay; the name it got on success.
     pub fn push(&self, req: &SpooledRequest) -> io::Result<String> {
+        self.push_after(req, self.first_resend_delay)
+    }
+
+    /// `push` for a report that was never tried (one a restart recovered): the thread sends it
+    /// as soon as the reports before it went.
+    pub fn push_now(&self, req: &SpooledRequest) -> io::Result<String> {
+        self.push_after(req, Duration::ZERO)
+    }
+
+    fn push_after(&self, req: &SpooledRequest, delay: Duration) -> io::Result<String> {
         let bytes = encode(req);
-        let ms = chrono::Utc::now().timestamp_millis().max(0);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        // Names sort in the order the reports were spooled (the pid keeps two agents apart in
-        // one test process; the lock keeps them apart on a host).
-        let name = format!("{ms:015}-{:010}-{seq:010}{SUFFIX}", std::process::id());
+        let name = self.next_name(SUFFIX);
         fsutil::write_atomic(&self.dir.join(&name), &bytes, 0o600)?;
         // The thread ends only after every writer is gone, so this send fails only during
         // shutdown; the file stays and the next start sends it.
         let _ = self.tx.send(SpoolMsg::Added {
             name: name.clone(),
             bytes: bytes.len() as u64,
-            not_before: Instant::now() + self.first_resend_delay,
+            not_before: Instant::now() + delay,
         });
         Ok(name)
+    }
+
+    /// Writes a final report durably before its first attempt, so that an agent killed during
+    /// the attempts (a SIGKILL, a power cut) still sends it at its next start. The thread is not
+    /// told: the reporter that wrote it either deletes it (`InFlight::delivered`) or hands it
+    /// over (`InFlight::spool`).
+    pub fn write_ahead(&self, req: &SpooledRequest) -> io::Result<InFlight> {
+        let name = self.next_name(SENDING_SUFFIX);
+        let path = self.dir.join(&name);
+        fsutil::write_atomic(&path, &encode(req), 0o600)?;
+        Ok(InFlight { path })
+    }
+
+    /// Names sort in the order the reports were written (the pid keeps two agents apart in one
+    /// test process; the lock keeps them apart on a host).
+    fn next_name(&self, suffix: &str) -> String {
+        let ms = chrono::Utc::now().timestamp_millis().max(0);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{ms:015}-{:010}-{seq:010}{suffix}", std::process::id())
     }
 
     /// Wraps `http` so that every request it gets an answer to (status ≤ 400) tells the spool
@@ -228,6 +258,66 @@ impl Http for ObservedHttp {
         self.notice(&r);
         r
     }
+}
+
+/// A final report on disk while its burst runs (see `SpoolWriter::write_ahead`).
+#[derive(Debug)]
+#[must_use = "an in-flight report is deleted or spooled, else the next start re-sends it"]
+pub struct InFlight {
+    path: PathBuf,
+}
+
+impl InFlight {
+    /// The server took it: nothing to re-send. (Not fsynced: should the deletion be lost to a
+    /// power cut, the next start sends the same bytes again, which the server has seen.)
+    pub fn delivered(self) {
+        if let Err(e) = fs::remove_file(&self.path) {
+            log::warn!(
+                "phase=spool cannot remove {} ({e}); the next start sends it again",
+                self.path.display()
+            );
+        }
+    }
+
+    /// The burst failed: `req` (its last attempt) goes to the spool thread. If that cannot be
+    /// written, this file stays, so the next start still sends the report.
+    pub fn spool(self, writer: &SpoolWriter, req: &SpooledRequest) -> io::Result<String> {
+        let name = writer.push(req)?;
+        self.delivered();
+        Ok(name)
+    }
+}
+
+/// The (task id, invoke version, start) of every final report in the spool dir, written ahead
+/// or spooled. Read before the spool thread starts: a restart's recovery must not report again
+/// an invocation whose final an earlier agent had written (it may even have been delivered,
+/// the answer lost to the kill).
+pub fn spooled_finals(dir: &Path) -> HashSet<(String, i64, i64)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(SUFFIX) || name.ends_with(SENDING_SUFFIX)
+        })
+        .filter_map(|e| decode(&fs::read(e.path()).ok()?).ok())
+        .filter_map(|req| {
+            let (_, query) = req.path_and_query.split_once('?')?;
+            let param = |key: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            };
+            Some((
+                param("taskId")?.to_string(),
+                param("invokeVersion")?.parse().ok()?,
+                param("start")?.parse().ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// The spool thread's handles: the writer for reporters, the join handle.
@@ -328,7 +418,7 @@ impl SpoolState {
                         let _ = fs::remove_file(entry.path());
                         continue;
                     }
-                    if !name.ends_with(SUFFIX) {
+                    if !name.ends_with(SUFFIX) && !name.ends_with(SENDING_SUFFIX) {
                         continue;
                     }
                     let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
@@ -731,5 +821,84 @@ mod tests {
         // Shut down before its first re-send: the report stays for the next start.
         assert_eq!(stats.left, 1);
         assert!(dir.path().join(&name).exists());
+    }
+
+    #[test]
+    fn a_report_written_ahead_is_deleted_handed_over_or_sent_at_the_next_start() {
+        let dir = TempDir::new("spool-ahead");
+        let http = Arc::new(FakeHttp::default().with_fallback(b"success"));
+        let (stop_tx, stop) = bounded::<()>(0);
+        let (gate_tx, gate) = bounded::<()>(0);
+        let spool = spawn(
+            dir.path().to_path_buf(),
+            limits(),
+            http.clone(),
+            stop,
+            gate_tx,
+        )
+        .expect("spawn spool thread");
+        assert!(gate.recv_timeout(Duration::from_secs(30)).is_err());
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir.path())
+                .expect("list")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        // Delivered: gone.
+        spool
+            .writer
+            .write_ahead(&req("ok", b"1"))
+            .expect("ahead")
+            .delivered();
+        assert!(names().is_empty());
+        // The burst failed: the last attempt's request becomes a `.report`.
+        let ahead = spool
+            .writer
+            .write_ahead(&req("refused", b"2"))
+            .expect("ahead");
+        let name = ahead
+            .spool(&spool.writer, &req("refused", b"2"))
+            .expect("spool");
+        assert_eq!(names(), [name]);
+        // The agent dies mid-burst: the `.sending` file stays, and a later start sends it.
+        std::mem::forget(spool.writer.write_ahead(&req("cut", b"3")).expect("ahead"));
+        let finals = spooled_finals(dir.path());
+        assert!(finals.is_empty(), "no start= in these queries: {finals:?}");
+        drop(spool.writer);
+        drop(stop_tx);
+        spool.join.join().expect("spool thread ends");
+        assert_eq!(names().len(), 2);
+        let mut state = SpoolState::load(dir.path().to_path_buf(), limits(), http.clone());
+        state.startup_pass();
+        let sent = http.paths();
+        assert_eq!(
+            sent,
+            [
+                "/luban/api/v1/task/finish?taskId=refused&invokeVersion=1",
+                "/luban/api/v1/task/finish?taskId=cut&invokeVersion=1"
+            ]
+        );
+        assert!(names().is_empty());
+    }
+
+    #[test]
+    fn spooled_finals_names_each_invocation_and_start() {
+        let dir = TempDir::new("spool-finals");
+        let mut r = req("t-1", b"x");
+        r.path_and_query =
+            "/luban/api/v1/task/finish?taskId=t-1&invokeVersion=4&start=1700&end=1800&exitCode=0"
+                .to_string();
+        write_file(dir.path(), "000000000000001-1-1.sending", &r);
+        r.path_and_query =
+            "/luban/api/v1/task/stopped?taskId=p&invokeVersion=2&start=0&end=0".to_string();
+        write_file(dir.path(), "000000000000002-1-1.report", &r);
+        write_file(dir.path(), "000000000000003-1-1.bad", &r);
+        assert_eq!(
+            spooled_finals(dir.path()),
+            HashSet::from([("t-1".to_string(), 4, 1700), ("p".to_string(), 2, 0)])
+        );
     }
 }

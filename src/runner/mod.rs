@@ -183,9 +183,10 @@ impl Invocation<'_> {
             }
             Err(e) => {
                 log::warn!(
-                    "{} cannot send {} report: {e}",
+                    "{} cannot send {} report: {}",
                     self.tag(Phase::Report),
-                    report.event()
+                    report.event(),
+                    crate::error_chain::error_chain(&e)
                 );
                 None
             }

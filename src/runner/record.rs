@@ -226,8 +226,16 @@ pub struct Recovery {
 
 /// Startup, before any invocation runs: kills every process a crashed agent left (found by
 /// its environment), makes an `error` report with `ERR_AGENT_RESTARTED` for each interrupted
-/// invocation, and returns which once-invocations must not run again.
-pub fn recover(records: &RecordDir, proc_root: &Path, now_ms: i64) -> Recovery {
+/// invocation, and returns which once-invocations must not run again. `already_final(head,
+/// start_ms)` tells an invocation whose final report the crashed agent had already written
+/// durably (remote mode: into its spool, which sends it): no second, different final is made
+/// for it.
+pub fn recover(
+    records: &RecordDir,
+    proc_root: &Path,
+    now_ms: i64,
+    already_final: &dyn Fn(&ReportHead, i64) -> bool,
+) -> Recovery {
     let mut out = Recovery::default();
     let entries = match fs::read_dir(&records.dir) {
         Ok(e) => e,
@@ -269,6 +277,21 @@ pub fn recover(records: &RecordDir, proc_root: &Path, now_ms: i64) -> Recovery {
             continue;
         }
         let found = kill_invocation(proc_root, &record.head);
+        if already_final(&record.head, record.start_ms) {
+            // It ended and its final was written; only the record's removal was lost.
+            log::info!(
+                "task={id} invoke_version={version} phase=recover its final report is in the spool already; not reported again{}",
+                if found > 0 { format!(" ({found} process(es) it left were killed)") } else { String::new() }
+            );
+            if once {
+                record.reported = true;
+                let _ = fsutil::write_atomic(&path, encode(&record).as_bytes(), 0o600);
+                out.interrupted.insert((id, version));
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+            continue;
+        }
         let killed = found > 0;
         if killed {
             out.killed += 1;
@@ -425,7 +448,7 @@ mod tests {
         std::mem::forget(periodic);
         fs::write(state.path().join("junk.json"), b"{").expect("write junk");
         let now = 1_700_000_005_000;
-        let got = recover(&dir, proc_dir.path(), now);
+        let got = recover(&dir, proc_dir.path(), now, &|_, _| false);
         assert_eq!(got.reports.len(), 2);
         assert_eq!(got.killed, 0);
         assert_eq!(
@@ -443,16 +466,46 @@ mod tests {
         }
         assert!(state.path().join("junk.json.bad").exists());
         // A second start reports nothing again and still remembers the once-invocation.
-        let got = recover(&dir, proc_dir.path(), now + 1000);
+        let got = recover(&dir, proc_dir.path(), now + 1000, &|_, _| false);
         assert!(got.reports.is_empty());
         assert_eq!(got.interrupted, HashSet::from([("once".to_string(), 3)]));
         // After REMEMBER_MS the mark goes.
-        let got = recover(&dir, proc_dir.path(), now + REMEMBER_MS + 1);
+        let got = recover(&dir, proc_dir.path(), now + REMEMBER_MS + 1, &|_, _| false);
         assert!(got.interrupted.is_empty());
         assert_eq!(
             fs::read_dir(state.path()).expect("list").count(),
             1,
             "only junk.json.bad is left"
+        );
+    }
+
+    #[test]
+    fn an_invocation_whose_final_was_written_is_not_reported_again() {
+        let state = TempDir::new("record-final");
+        let proc_dir = TempDir::new("record-final-proc");
+        let dir = RecordDir::new(state.path());
+        std::mem::forget(
+            dir.write(&record("done", RepeatType::Once, 1_700_000_000_000))
+                .expect("write"),
+        );
+        std::mem::forget(
+            dir.write(&record("cut", RepeatType::Period, 1_700_000_000_000))
+                .expect("write"),
+        );
+        // The killed agent had spooled the final of `done` (the server may even have it).
+        let got = recover(&dir, proc_dir.path(), 1_700_000_005_000, &|head, start| {
+            head.task_id == "done" && start == 1_700_000_000_000
+        });
+        let reported: Vec<&str> = got
+            .reports
+            .iter()
+            .map(|r| r.head().task_id.as_str())
+            .collect();
+        assert_eq!(reported, ["cut"]);
+        assert_eq!(
+            got.interrupted,
+            HashSet::from([("done".to_string(), 3)]),
+            "a once-invocation that ended is not run again on re-delivery"
         );
     }
 
