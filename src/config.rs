@@ -11,6 +11,11 @@ use serde_json::Value;
 /// (spec §7 names these three; parameters, user name and directory are never signed).
 pub const DEFAULT_SIGNATURE_REQUIRED_FIELDS: [&str; 3] = ["userId", "instanceId", "commandContent"];
 
+/// Default of `poweroff_command`: what exit code 193 runs (with `allow_power_actions`).
+pub const DEFAULT_POWEROFF_COMMAND: &str = "/sbin/poweroff";
+/// Default of `reboot_command`: what exit code 194 runs.
+pub const DEFAULT_REBOOT_COMMAND: &str = "/sbin/reboot";
+
 /// Default location of the config file.
 pub const DEFAULT_CONFIG: &str = "/etc/assistd/config.json";
 /// Default of `max_log_quota`: 4 MiB, 700 times the reference's default quota and still a
@@ -37,6 +42,9 @@ pub struct Config {
     pub workers: usize,
     pub shutdown_grace: Duration,
     pub allow_power_actions: bool,
+    /// The programs exit codes 193 and 194 run (absolute paths, no arguments).
+    pub poweroff_command: PathBuf,
+    pub reboot_command: PathBuf,
     pub journal_max_bytes: u64,
     pub journal_keep: usize,
     pub log_level: log::LevelFilter,
@@ -98,6 +106,8 @@ impl Default for Config {
             workers: 8,
             shutdown_grace: Duration::from_secs(10),
             allow_power_actions: false,
+            poweroff_command: PathBuf::from(DEFAULT_POWEROFF_COMMAND),
+            reboot_command: PathBuf::from(DEFAULT_REBOOT_COMMAND),
             journal_max_bytes: 10 * 1024 * 1024,
             journal_keep: 3,
             log_level: log::LevelFilter::Info,
@@ -264,6 +274,18 @@ impl Config {
                         v.as_u64()
                             .ok_or_else(|| bad(key, "a whole number of seconds"))?,
                     )
+                }
+                "poweroff_command" | "reboot_command" => {
+                    let path = v
+                        .as_str()
+                        .filter(|p| p.starts_with('/'))
+                        .map(PathBuf::from)
+                        .ok_or_else(|| bad(key, "an absolute path"))?;
+                    if key == "poweroff_command" {
+                        cfg.poweroff_command = path;
+                    } else {
+                        cfg.reboot_command = path;
+                    }
                 }
                 "allow_power_actions" => {
                     cfg.allow_power_actions =
@@ -488,6 +510,14 @@ impl Config {
         check(
             self.allow_power_actions != other.allow_power_actions,
             "allow_power_actions",
+        );
+        check(
+            self.poweroff_command != other.poweroff_command,
+            "poweroff_command",
+        );
+        check(
+            self.reboot_command != other.reboot_command,
+            "reboot_command",
         );
         check(
             self.journal_max_bytes != other.journal_max_bytes,

@@ -378,3 +378,56 @@ fn detach_terminal_leaves_the_starting_terminal() {
         drop(agent);
     }
 }
+
+/// Review item 10: exit code 193 from any task powered the host off. Only a root task may
+/// ask, and only with `allow_power_actions`; the program is the config's `poweroff_command`
+/// (here a script that leaves a mark, so the test can run on a real host).
+#[test]
+fn only_a_root_task_can_power_the_host_off() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: switching to another user needs root");
+        return;
+    }
+    let dir = TestDir::new("sec-power");
+    for p in [&dir.root, &dir.state()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+    }
+    let marks = dir.path("powered-off");
+    let fake = dir.path("fake-poweroff");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$(id -u)\" >> {}\n", marks.display()),
+    )
+    .expect("write fake poweroff");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let config = dir.path("config.json");
+    std::fs::write(
+        &config,
+        json!({"allow_power_actions": true, "poweroff_command": fake}).to_string(),
+    )
+    .expect("write config");
+    dir.task(
+        "nobody-asks",
+        &json!({"command": "exit 193", "user": "daemon", "workdir": "/"}),
+    );
+    let mut args = local_args(&dir);
+    args.extend(["--config".to_string(), config.display().to_string()]);
+    let agent = Agent::spawn(args.clone(), &dir.root);
+    agent.expect_line("ignored: the task did not run as root");
+    drop(agent);
+    assert!(!marks.exists(), "an unprivileged task ran the power action");
+
+    dir.remove_task("nobody-asks");
+    dir.task("root-asks", &json!({"command": "exit 193"}));
+    let agent = Agent::spawn(args, &dir.root);
+    agent.expect_line("exit code 193: running");
+    // The fake runs as the agent, root; wait for its mark (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !marks.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&marks).expect("mark"), "0\n");
+}

@@ -161,6 +161,10 @@ pub(super) fn engine_config(cfg: &Config, state: &StateDir) -> EngineConfig {
         runner: RunnerConfig {
             script_dir: state.script_dir(),
             allow_power_actions: cfg.allow_power_actions,
+            power_commands: crate::runner::PowerCommands {
+                poweroff: cfg.poweroff_command.clone(),
+                reboot: cfg.reboot_command.clone(),
+            },
             records: Some(crate::runner::record::RecordDir::new(state.running_dir())),
             max_log_quota: cfg.max_log_quota,
             clean_task_env: cfg.clean_task_env,

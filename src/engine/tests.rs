@@ -47,6 +47,7 @@ impl Harness {
             runner: RunnerConfig {
                 script_dir: script_dir.clone(),
                 allow_power_actions: false,
+                power_commands: Default::default(),
                 records: None,
                 max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
                 clean_task_env: false,

@@ -32,6 +32,8 @@ pub struct RunnerConfig {
     pub script_dir: PathBuf,
     /// Act on exit codes 193 (power off) and 194 (reboot); otherwise only log them.
     pub allow_power_actions: bool,
+    /// The programs those exit codes run (`poweroff_command`, `reboot_command`).
+    pub power_commands: PowerCommands,
     /// Where each running child is recorded until its final report is sent (`<state>/running`);
     /// `None` keeps no records (tests).
     pub records: Option<record::RecordDir>,
@@ -42,6 +44,22 @@ pub struct RunnerConfig {
     /// Every task's output lines go to the agent's log as they arrive (`log_task_output`);
     /// a local task file can ask for it alone with `logOutput`.
     pub log_task_output: bool,
+}
+
+/// What exit codes 193 and 194 run, with no arguments, when power actions are allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowerCommands {
+    pub poweroff: PathBuf,
+    pub reboot: PathBuf,
+}
+
+impl Default for PowerCommands {
+    fn default() -> PowerCommands {
+        PowerCommands {
+            poweroff: PathBuf::from(crate::config::DEFAULT_POWEROFF_COMMAND),
+            reboot: PathBuf::from(crate::config::DEFAULT_REBOOT_COMMAND),
+        }
+    }
 }
 
 /// A request to end a running invocation.
@@ -557,10 +575,11 @@ fn write_record(
 /// Exit code 193 powers off and 194 reboots, when the configuration allows it (spec §4.10).
 fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig, as_root: bool) {
     let (program, what) = match code {
-        EXIT_POWEROFF => ("/sbin/poweroff", "power off"),
-        EXIT_REBOOT => ("/sbin/reboot", "reboot"),
+        EXIT_POWEROFF => (&cfg.power_commands.poweroff, "power off"),
+        EXIT_REBOOT => (&cfg.power_commands.reboot, "reboot"),
         _ => return,
     };
+    let program = program.display();
     let tag = inv.tag(Phase::Report);
     if !cfg.allow_power_actions {
         log::info!("{tag} exit code {code} asks to {what}; ignored by configuration");
@@ -571,7 +590,7 @@ fn power_action(inv: &Invocation<'_>, code: i32, cfg: &RunnerConfig, as_root: bo
         return;
     }
     log::warn!("{tag} exit code {code}: running {program}");
-    match std::process::Command::new(program).status() {
+    match std::process::Command::new(program.to_string()).status() {
         Ok(s) if s.success() => {}
         Ok(s) => log::warn!("{tag} {program} ended with {s}"),
         Err(e) => log::warn!("{tag} cannot run {program}: {e}"),

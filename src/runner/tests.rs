@@ -48,6 +48,7 @@ impl TestDir {
         RunnerConfig {
             script_dir: self.0.join("scripts"),
             allow_power_actions: false,
+            power_commands: Default::default(),
             records: None,
             max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
             clean_task_env: false,
@@ -613,6 +614,7 @@ fn another_user_runs_a_script_file_in_the_state_dir() {
     let cfg = RunnerConfig {
         script_dir: state.script_dir(),
         allow_power_actions: false,
+        power_commands: Default::default(),
         records: None,
         max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
         clean_task_env: false,
@@ -652,6 +654,7 @@ fn a_closed_state_dir_runs_another_user_inline() {
     let cfg = RunnerConfig {
         script_dir: state.script_dir(),
         allow_power_actions: false,
+        power_commands: Default::default(),
         records: None,
         max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
         clean_task_env: false,
