@@ -257,7 +257,10 @@ fn run_remote(
 
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
-    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    let mut engine = Engine::new(engine_config(cfg, state), reporter.clone(), timer);
+    // At shutdown, queued reports get one attempt each, and none once the server fails one
+    // (they stay in the spool): a backlog never holds the exit up.
+    engine.on_shutdown(move || reporter.begin_shutdown());
     // Recovered reports go to the spool at once (durably; its thread sends them in order and
     // leaves what is not sent at shutdown for the next start), so a long recovery list never
     // holds up the start or the shutdown.

@@ -280,7 +280,7 @@ impl Engine {
         }
     }
 
-    /// Reports from the control loop go through the reports thread: a slow receiver never
+    /// Reports from the control loop go through the reports threads: a slow receiver never
     /// blocks the loop, and busy workers never delay them.
     pub(super) fn report_async(&self, report: Report) {
         let ctx = self.ctx.clone();
@@ -288,7 +288,7 @@ impl Engine {
     }
 
     /// Reports the engine did not make but must send (the error reports of invocations a
-    /// crashed agent left): on the reports thread, in order, without holding up the start.
+    /// crashed agent left): on the reports threads, without holding up the start.
     pub fn send_later(&self, reports: Vec<Report>) {
         for report in reports {
             self.report_async(report);

@@ -30,6 +30,13 @@ use registry::Registry;
 
 use crate::config::MAX_WORKERS;
 
+/// At most this many threads send the reports the control loop owes (stopped reports of idle
+/// periodic tasks, invalid reports, recovery's errors in local mode). More than one: a report
+/// whose receiver fails holds its thread for a whole retry burst (1 + 3 attempts, 2 s apart),
+/// and a stop of 5,000 periodic tasks against a server failing one request in ten took one
+/// thread most of an hour. Reports of different invocations need no order among them.
+const REPORT_THREADS: usize = 8;
+
 /// How long a worker (or the reports thread) waits for a job before it ends. Workers start
 /// on demand, so an idle agent holds none; this only saves restarting threads for tasks that
 /// fire every few seconds. Each idle worker wakes once, at this timeout, and ends.
@@ -148,7 +155,7 @@ impl Engine {
             verifier: None,
             reports: Pool::new(PoolConfig {
                 name: "reports",
-                max: 1,
+                max: REPORT_THREADS,
                 idle_timeout: WORKER_IDLE,
             }),
             pending: std::collections::HashMap::new(),

@@ -2,10 +2,11 @@
 //! (E4–E12), the retry rule per report kind, and the reading of the server's answer into a
 //! `Verdict` (spec §9). It never decides what to do about a verdict; the runner and the engine do.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::remote::spool::{SpoolWriter, SpooledRequest};
+use crate::remote::spool::{InFlight, SpoolWriter, SpooledRequest};
 use crate::remote::transport::{
     query_escape, with_retries, Http, TransportError, DEFAULT_TIMEOUT, RETRY_ATTEMPTS, RETRY_PAUSE,
 };
@@ -24,7 +25,14 @@ pub struct RemoteReporter {
     now_ms: fn() -> i64,
     /// Where a final report goes when its burst failed; `None`: it is only logged.
     spool: Option<SpoolWriter>,
+    /// `RUNNING`, then (`begin_shutdown`) `DRAINING`, then after the first failed request
+    /// `SPOOL_ONLY`: see `begin_shutdown`.
+    mode: AtomicU8,
 }
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const SPOOL_ONLY: u8 = 2;
 
 fn wall_now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -37,7 +45,19 @@ impl RemoteReporter {
             retry_pause: RETRY_PAUSE,
             now_ms: wall_now_ms,
             spool: None,
+            mode: AtomicU8::new(RUNNING),
         }
+    }
+
+    /// The agent is shutting down: whatever is still queued must not hold the exit up for a
+    /// retry burst each. From here a report gets one attempt, with no pause; after the first
+    /// request that fails, final reports are not tried at all but left in the spool (written
+    /// ahead already), which the next start sends. While the server answers, the queue still
+    /// drains to it at the speed of one request each.
+    pub fn begin_shutdown(&self) {
+        let _ = self
+            .mode
+            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Final reports that the burst could not deliver are spooled and re-sent from there.
@@ -222,25 +242,74 @@ impl Reporter for RemoteReporter {
     /// is spooled for re-sending. So a kill during the burst loses nothing: the next start
     /// sends what was written ahead.
     fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
-        let attempts = if retried(report) { RETRY_ATTEMPTS } else { 1 };
-        let head = report.head();
-        let ahead = match &self.spool {
-            Some(spool) if report.is_final() => {
-                let req = spooled(report, path_and_query(report, (self.now_ms)()));
-                match spool.write_ahead(&req) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        log::warn!(
-                            "task={} invoke_version={} phase=report cannot write the {} report ahead to the spool ({e}); a kill during its attempts would lose it",
-                            head.task_id,
-                            head.invoke_version,
-                            report.event()
-                        );
-                        None
-                    }
-                }
+        let ahead = self.write_ahead(report);
+        self.attempts(report, ahead)
+    }
+
+    /// Written ahead, the report is safe before its first attempt: `durable` is called then,
+    /// so the run record goes before the network is touched, and a kill during the attempts
+    /// leaves the spool file alone (sent again at the next start) and no record (no second,
+    /// different report).
+    fn send_final(
+        &self,
+        report: &Report,
+        durable: &mut dyn FnMut(),
+    ) -> Result<Verdict, ReportError> {
+        match self.write_ahead(report) {
+            Some(ahead) => {
+                durable();
+                self.attempts(report, Some(ahead))
             }
-            _ => None,
+            None => {
+                let result = self.attempts(report, None);
+                durable();
+                result
+            }
+        }
+    }
+}
+
+impl RemoteReporter {
+    /// A final report, written to the spool before its first attempt; `None` for other
+    /// reports, without a spool, or when the write failed (logged).
+    fn write_ahead(&self, report: &Report) -> Option<InFlight> {
+        let spool = self.spool.as_ref().filter(|_| report.is_final())?;
+        let head = report.head();
+        let req = spooled(report, path_and_query(report, (self.now_ms)()));
+        match spool.write_ahead(&req) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::warn!(
+                    "task={} invoke_version={} phase=report cannot write the {} report ahead to the spool ({e}); a kill during its attempts would lose it",
+                    head.task_id,
+                    head.invoke_version,
+                    report.event()
+                );
+                None
+            }
+        }
+    }
+
+    /// The 1 + 3 burst (one attempt for running reports), then the spool when it failed.
+    fn attempts(&self, report: &Report, ahead: Option<InFlight>) -> Result<Verdict, ReportError> {
+        let head = report.head();
+        let mode = self.mode.load(Ordering::Acquire);
+        if mode == SPOOL_ONLY {
+            if let Some(f) = ahead {
+                let name = f.keep();
+                log::info!(
+                    "task={} invoke_version={} phase=report shutting down with the server not answering: the {} report stays in the spool ({name}) for the next start",
+                    head.task_id,
+                    head.invoke_version,
+                    report.event()
+                );
+                return Ok(Verdict::Accepted);
+            }
+        }
+        let attempts = if retried(report) && mode == RUNNING {
+            RETRY_ATTEMPTS
+        } else {
+            1
         };
         let mut attempt = 0;
         let mut last_target = String::new();
@@ -264,6 +333,9 @@ impl Reporter for RemoteReporter {
             }
             r
         });
+        if sent.is_err() && mode != RUNNING {
+            self.mode.store(SPOOL_ONLY, Ordering::Release);
+        }
         let resp = match (sent, &self.spool) {
             (Ok(resp), _) => {
                 if let Some(f) = ahead {
@@ -516,5 +588,66 @@ mod tests {
         };
         assert!(matches!(r.send(&running), Err(ReportError::Status(500))));
         assert_eq!(http.paths().len(), 1);
+    }
+
+    #[test]
+    fn at_shutdown_a_report_gets_one_attempt_and_none_after_a_failure() {
+        use crate::remote::spool::{spawn, SpoolConfig};
+        let dir = crate::fsutil::tests::TempDir::new("reporter-shutdown");
+        let (http, r) = reporter(vec![Err(TransportError::Status(500))]);
+        let (stop_tx, stop) = crossbeam_channel::bounded::<()>(0);
+        let (gate_tx, _gate) = crossbeam_channel::bounded::<()>(0);
+        let limits = SpoolConfig {
+            max_reports: 100,
+            max_bytes: 1 << 20,
+            first_resend_delay: Duration::from_secs(3600),
+        };
+        let spool = spawn(
+            dir.path().to_path_buf(),
+            limits,
+            http.clone(),
+            stop,
+            gate_tx,
+        )
+        .expect("spool");
+        let r = r.with_spool(spool.writer.clone());
+        let fin = |v: i64| Report::Finished {
+            head: ReportHead {
+                invoke_version: v,
+                ..head(WallClock::None)
+            },
+            span: span(),
+            output: vec![],
+        };
+        let mut durable = 0;
+        r.begin_shutdown();
+        assert_eq!(
+            r.send_final(&fin(1), &mut || durable += 1).ok(),
+            Some(Verdict::Accepted)
+        );
+        assert_eq!(http.paths().len(), 1, "one attempt, no burst");
+        // The server failed once: the rest is not tried, and stays written ahead.
+        assert_eq!(
+            r.send_final(&fin(2), &mut || durable += 1).ok(),
+            Some(Verdict::Accepted)
+        );
+        assert_eq!(http.paths().len(), 1);
+        assert_eq!(durable, 2, "each report is safe before it returns");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names[0].ends_with(".report") && names[1].ends_with(".sending"),
+            "{names:?}"
+        );
+        drop(r);
+        drop(spool.writer);
+        drop(stop_tx);
+        spool.join.join().expect("spool thread");
     }
 }

@@ -279,6 +279,14 @@ impl InFlight {
         }
     }
 
+    /// Leaves the file for the next start (the agent is shutting down); its name.
+    pub fn keep(self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The burst failed: `req` (its last attempt) goes to the spool thread. If that cannot be
     /// written, this file stays, so the next start still sends the report.
     pub fn spool(self, writer: &SpoolWriter, req: &SpooledRequest) -> io::Result<String> {

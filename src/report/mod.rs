@@ -263,11 +263,34 @@ impl std::error::Error for ReportError {
 /// and must be cheap to share; they do their own retries and return the final outcome.
 pub trait Reporter: Send + Sync {
     fn send(&self, report: &Report) -> Result<Verdict, ReportError>;
+
+    /// `send` for an invocation's final report, calling `durable` as soon as the report can no
+    /// longer be lost to a crash of the agent: the runner then removes the invocation's run
+    /// record, so a restart neither loses the report nor makes a second one. By default that
+    /// is once `send` returned; a reporter that writes the report down before it is delivered
+    /// (the remote one's spool) calls it earlier.
+    fn send_final(
+        &self,
+        report: &Report,
+        durable: &mut dyn FnMut(),
+    ) -> Result<Verdict, ReportError> {
+        let result = self.send(report);
+        durable();
+        result
+    }
 }
 
 impl<R: Reporter + ?Sized> Reporter for Arc<R> {
     fn send(&self, report: &Report) -> Result<Verdict, ReportError> {
         (**self).send(report)
+    }
+
+    fn send_final(
+        &self,
+        report: &Report,
+        durable: &mut dyn FnMut(),
+    ) -> Result<Verdict, ReportError> {
+        (**self).send_final(report, durable)
     }
 }
 

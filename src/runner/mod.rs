@@ -187,7 +187,29 @@ impl Invocation<'_> {
 
     /// Sends a report; remembers the first task error. `None` when it was not delivered.
     fn send(&mut self, report: &Report) -> Option<Verdict> {
-        match self.reporter.send(report) {
+        let sent = self.reporter.send(report);
+        self.took(report, sent)
+    }
+
+    /// `send` for the final report of a child that ran: its run record goes as soon as the
+    /// reporter has the report safe (see `Reporter::send_final`).
+    fn send_final(
+        &mut self,
+        report: &Report,
+        record: &mut Option<record::RecordGuard>,
+    ) -> Option<Verdict> {
+        let sent = self
+            .reporter
+            .send_final(report, &mut || drop(record.take()));
+        self.took(report, sent)
+    }
+
+    fn took(
+        &mut self,
+        report: &Report,
+        sent: Result<Verdict, crate::report::ReportError>,
+    ) -> Option<Verdict> {
+        match sent {
             Ok(verdict) => {
                 if verdict.is_task_error() && self.task_error.is_none() {
                     log::warn!(
@@ -398,10 +420,10 @@ pub fn run(
         clean_env: cfg.clean_task_env,
         env: &task_env,
     };
-    // Written before the spawn, so no child ever runs without one; removed (dropped) when this
-    // function returns: after the final report, or on a path that sends none. Left behind
-    // only when the agent dies meanwhile; the next start recovers it.
-    let _record = cfg
+    // Written before the spawn, so no child ever runs without one; removed (dropped) once the
+    // final report is safe (`send_final`), or when this function returns on a path that sends
+    // none. Left behind only when the agent dies meanwhile; the next start recovers it.
+    let mut record = cfg
         .records
         .as_ref()
         .and_then(|dir| write_record(dir, &inv, start_ms));
@@ -537,7 +559,7 @@ pub fn run(
             Ending::Stopped,
         ),
     };
-    inv.send(&report);
+    inv.send_final(&report, &mut record);
     if matches!(end, End::Exited) {
         // Only a task that ran as root may ask for a power action: an unprivileged task (or
         // any program it ran) exiting 193 must not power the host off.
