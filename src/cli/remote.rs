@@ -418,6 +418,7 @@ fn kick_config(
     let mut kcfg = kick::KickConfig::new(url);
     kcfg.headers = Some(websocket_headers(tcfg, hybrid));
     kcfg.critical_action = Some(critical);
+    kcfg.proxy = tcfg.proxy.clone();
     if kcfg.url.starts_with("wss://") {
         kcfg.tls = Some(
             crate::remote::transport::kick_tls_config(tcfg.ca_file.as_deref())
