@@ -288,3 +288,63 @@ fn a_port_that_refuses_is_open_port_failed() {
     );
     expect_status(&agent, &server, "p-refused", "Failed", "Open_port_failed");
 }
+
+/// The agent with the session limits of `config` (a JSON object), kick channel up.
+fn agent_with_config(dir: &TestDir, server: &Server, config: &str) -> Agent {
+    let path = dir.path("config.json");
+    std::fs::write(&path, config).expect("write config");
+    let path = path.display().to_string();
+    let agent = start_remote(dir, server, &["--config", &path]);
+    expect_kick_channel(&agent, server, 1);
+    agent.expect_line("startup fetch done");
+    agent
+}
+
+#[test]
+fn a_session_without_frames_from_the_server_ends_at_the_idle_limit() {
+    let dir = TestDir::new("session-idle");
+    let server = Server::start();
+    let agent = agent_with_config(&dir, &server, r#"{"session_idle_timeout_secs": 1}"#);
+    let (port, closed) = echo_server();
+    start_session(
+        &agent,
+        &server,
+        "p-idle",
+        &format!(r#"{{"channelId":"p-idle","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
+    );
+    let mut peer = peer(&agent, &server, "p-idle");
+    // Nothing is sent: the session must end by itself, reported once as Timeout.
+    expect_status(&agent, &server, "p-idle", "Success", "Timeout");
+    agent.expect_line("phase=session idle limit");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the idle limit");
+    }
+    if closed.recv_timeout(DEADLINE).is_err() {
+        agent.fail("the target connection stayed open after the idle limit");
+    }
+}
+
+#[test]
+fn a_session_ends_at_its_maximum_time_before_its_idle_limit() {
+    let dir = TestDir::new("session-max");
+    let server = Server::start();
+    let agent = agent_with_config(
+        &dir,
+        &server,
+        r#"{"session_idle_timeout_secs": 3600, "session_max_secs": 2}"#,
+    );
+    let (port, _closed) = echo_server();
+    start_session(
+        &agent,
+        &server,
+        "p-max",
+        &format!(r#"{{"channelId":"p-max","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
+    );
+    // The idle limit is an hour: only the maximum time can end it (the log says which did).
+    let mut peer = peer(&agent, &server, "p-max");
+    expect_status(&agent, &server, "p-max", "Success", "Timeout");
+    agent.expect_line("phase=session maximum session time reached");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the maximum time");
+    }
+}

@@ -309,7 +309,11 @@ fn run_remote(
             headers: Some(websocket_headers(&tcfg, header_hook.clone())),
             tls: session_tls,
             proxy: tcfg.proxy.clone(),
-            limits: crate::remote::session::channel::Limits::default(),
+            limits: crate::remote::session::channel::Limits {
+                idle: Duration::from_secs(cfg.session_idle_timeout_secs),
+                max: Duration::from_secs(cfg.session_max_secs),
+                ..Default::default()
+            },
         },
         stop.clone(),
     )

@@ -183,7 +183,12 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
     loop {
         match clocks.due(Instant::now(), s.limits) {
             Due::End => {
-                log::info!("task={id} invoke_version=0 phase=session idle or time limit reached");
+                let which = if Instant::now() >= clocks.started + s.limits.max {
+                    "maximum session time"
+                } else {
+                    "idle limit (no frame from the server)"
+                };
+                log::info!("task={id} invoke_version=0 phase=session {which} reached");
                 return Code::Timeout;
             }
             Due::Ping => {
