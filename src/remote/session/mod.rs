@@ -460,7 +460,7 @@ impl Session<'_> {
             "port"
         };
         log::info!("task={id} invoke_version=0 phase=session starting a {kind} session");
-        let mut ws = match self.open() {
+        let ws = match self.open() {
             Ok(ws) => ws,
             Err(code) => return guard.report(code),
         };
@@ -481,29 +481,92 @@ impl Session<'_> {
         } else {
             shell::Shell::open(self.info, outputs).map(|s| Box::new(s) as Box<dyn channel::Plugin>)
         };
+        let mut ws = Some(ws);
         let code = match plugin {
             Ok(mut plugin) => {
-                let code = channel::serve(
-                    &mut ws,
-                    channel::Serve {
-                        session_id: id,
-                        pumped: pump_rx,
-                        control: &self.control,
-                        wake_rx: &self.wake_rx,
-                        pace: &pace,
-                        limits: &self.cfg.limits,
-                    },
-                    plugin.as_mut(),
-                );
+                let mut progress = channel::Progress::new(Instant::now());
+                let code = loop {
+                    let Some(open) = ws.as_mut() else {
+                        break Code::Timeout;
+                    };
+                    let outcome = channel::serve(
+                        open,
+                        channel::Serve {
+                            session_id: id,
+                            pumped: &pump_rx,
+                            control: &self.control,
+                            wake_rx: &self.wake_rx,
+                            pace: &pace,
+                            limits: &self.cfg.limits,
+                            progress: &mut progress,
+                        },
+                        plugin.as_mut(),
+                    );
+                    match outcome {
+                        channel::Outcome::End(code) => break code,
+                        channel::Outcome::Lost => {
+                            // Closed without a Close frame, as the reference does (§2.5).
+                            if let Some(old) = ws.take() {
+                                let _ = old.get_ref().tcp().shutdown(Shutdown::Both);
+                            }
+                            match self.reconnect(&progress) {
+                                Ok(new) => {
+                                    progress.reopened(Instant::now());
+                                    ws = Some(new);
+                                }
+                                Err(code) => break code,
+                            }
+                        }
+                    }
+                };
+                // A pump blocked on the full channel ends once nobody can receive.
+                drop(pump_rx);
                 plugin.finish();
                 code
             }
             Err(code) => code,
         };
         // Output already framed goes out before the report.
-        channel::flush_blocking(&mut ws, Duration::from_secs(5));
+        if let Some(open) = ws.as_mut() {
+            channel::flush_blocking(open, Duration::from_secs(5));
+        }
         guard.report(code);
-        close(ws);
+        if let Some(open) = ws {
+            close(open);
+        }
+    }
+
+    /// Spec §2.3: up to 11 dials of the same URL (fresh headers each time), 100 ms doubling
+    /// to 2 s between them. A stop or shutdown during a pause ends the session as `Notified`;
+    /// the idle or maximum limit passing ends it as `Timeout`, and so do 11 failed dials.
+    /// Output and sequence numbers carry over: the pump waits meanwhile.
+    fn reconnect(
+        &self,
+        progress: &channel::Progress,
+    ) -> Result<tungstenite::WebSocket<Stream>, Code> {
+        let id = self.info.session_id.as_str();
+        let attempts = channel::RECONNECT_PAUSES_MS.len() + 1;
+        for attempt in 1..=attempts {
+            if progress.clocks.due(Instant::now(), &self.cfg.limits) == channel::Due::End {
+                log::info!("task={id} invoke_version=0 phase=session time limit reached while reconnecting");
+                return Err(Code::Timeout);
+            }
+            log::info!("task={id} invoke_version=0 phase=session reconnecting (attempt {attempt} of {attempts})");
+            match self.open() {
+                Ok(ws) => return Ok(ws),
+                Err(_) if attempt == attempts => break,
+                Err(_) => {}
+            }
+            let pause = Duration::from_millis(channel::RECONNECT_PAUSES_MS[attempt - 1]);
+            match self.control.recv_timeout(pause) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(Code::Notified)
+                }
+            }
+        }
+        log::warn!("task={id} invoke_version=0 phase=session the channel could not be reopened");
+        Err(Code::Timeout)
     }
 
     fn open(&self) -> Result<tungstenite::WebSocket<Stream>, Code> {
