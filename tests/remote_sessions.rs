@@ -289,6 +289,29 @@ fn a_port_that_refuses_is_open_port_failed() {
         &format!(r#"{{"channelId":"p-refused","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
     );
     expect_status(&agent, &server, "p-refused", "Failed", "Open_port_failed");
+    // A failure with an error object sends the two metrics of spec §1.6.
+    let metrics = support::expect_n(&agent, &server, "failure metrics", 2, |r| {
+        r.path == "/luban/api/metrics"
+    });
+    let events: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("metrics JSON"))
+        .collect();
+    assert_eq!(events[0]["eventId"], "agent.task.failed");
+    assert_eq!(events[1]["eventId"], "agent.session.failed");
+    assert_eq!(events[1]["category"], "SESSION");
+    let keywords: serde_json::Value =
+        serde_json::from_str(events[1]["keywords"].as_str().expect("keywords string"))
+            .expect("keywords JSON");
+    assert_eq!(keywords["sessionId"], "p-refused");
+    assert_eq!(keywords["code"], "Open_port_failed");
+    assert_eq!(
+        keywords["wsURL"],
+        format!(
+            "{}/luban/session/backend?channelId=p-refused",
+            server.url().replacen("http", "ws", 1)
+        )
+    );
 }
 
 /// The agent with the session limits of `config` (a JSON object), kick channel up.

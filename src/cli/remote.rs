@@ -314,6 +314,12 @@ fn run_remote(
                 max: Duration::from_secs(cfg.session_max_secs),
                 ..Default::default()
             },
+            metrics: Some(Arc::new(crate::remote::metrics::Metrics::new(
+                crate::remote::metrics::Common {
+                    instance_id: tcfg.instance_id.clone(),
+                    os_version: facts.os_version.clone(),
+                },
+            ))),
         },
         stop.clone(),
     )
