@@ -13,19 +13,39 @@
 //! its next poll (or `kill -HUP <agent>`). `POST /dev/submit-list` queues a whole task-list JSON
 //! body as is and sends a plain `kick_vm`. The agents' kick replies are printed with the
 //! requests that follow them.
+//!
+//! `--shell USER` opens a shell session (Session Manager) on this terminal as soon as an agent
+//! has its notify websocket up: the dev-server queues a session entry for `USER`, kicks
+//! `kick_vm session start s-dev-1`, and relays the session websocket to the terminal (raw
+//! mode; the window size is sent once at the start). The session ends when the shell exits,
+//! or with Ctrl-] (a `kick_vm session stop`); the terminal is restored and the dev-server goes
+//! on serving and printing reports, the session's status report first.
 
 #[path = "../tests/support/server.rs"]
 mod server;
 
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use server::{shell_entry, Reply, Server, HEARTBEAT, OUTPUT, TASK_LIST};
+use server::{
+    shell_entry, Reply, Server, SessionEvent, HEARTBEAT, OUTPUT, SESSION_LIST, TASK_LIST,
+};
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut port = 8080;
+    let mut shell_user = None;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--shell" => match args.next() {
+                Some(u) => shell_user = Some(u),
+                None => {
+                    eprintln!("error: --shell needs a user name (not root: the agent refuses it)");
+                    std::process::exit(2);
+                }
+            },
             "--port" => match args.next().and_then(|p| p.parse().ok()) {
                 Some(p) => port = p,
                 None => {
@@ -34,7 +54,7 @@ fn main() {
                 }
             },
             "--help" | "-h" => {
-                println!("usage: dev-server [--port PORT]   (0 picks a free port)");
+                println!("usage: dev-server [--port PORT] [--shell USER]   (0 picks a free port)");
                 return;
             }
             other => {
@@ -56,6 +76,9 @@ fn main() {
         "submit: curl --data-binary 'echo hello' {}/dev/submit",
         server.url()
     );
+    if let Some(user) = shell_user {
+        shell_session(&server, &user);
+    }
     let mut seen = 0;
     let mut replies_seen = 0;
     let mut next_id = 1;
@@ -108,6 +131,145 @@ fn main() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The detach key: Ctrl-].
+const DETACH: u8 = 0x1d;
+
+/// One shell session on this terminal (see the module docs).
+fn shell_session(server: &Server, user: &str) {
+    println!("--shell: waiting for an agent's notify websocket...");
+    while server
+        .wait_kicks(Instant::now() + Duration::from_secs(3600), |k| {
+            (k.live >= 1).then_some(())
+        })
+        .is_none()
+    {}
+    let id = "s-dev-1";
+    let user = user.replace(['"', '\\'], "");
+    server.push(
+        SESSION_LIST,
+        Reply::ok(format!(
+            r#"{{"code":200,"instanceId":"i-dev","session":[{{"channelId":"{id}","username":"{user}"}}]}}"#
+        )),
+    );
+    // The agent drops kicks until its startup fetch is done (as the reference does): wait for
+    // that fetch, then kick until the session list is asked for.
+    let _ = server.wait_for(Instant::now() + Duration::from_secs(3600), |r| {
+        r.path == TASK_LIST
+    });
+    for _ in 0..10 {
+        server.push_kick(&format!("kick_vm session start {id}"));
+        let asked = server.wait_for(Instant::now() + Duration::from_secs(2), |r| {
+            r.path == SESSION_LIST
+        });
+        if asked.is_some() {
+            break;
+        }
+    }
+    let Some(peer) = server.wait_session(Instant::now() + Duration::from_secs(60), id) else {
+        println!("--shell: the agent opened no session websocket within 60 s; see its log");
+        return;
+    };
+    println!("--shell: session {id} as {user}; Ctrl-] ends it\r");
+    let events = peer.events();
+    let peer = Arc::new(Mutex::new(peer));
+    if let Some((cols, rows)) = window_size() {
+        peer.lock().expect("peer").resize(cols, rows);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let raw = RawTerminal::enter();
+    {
+        // Keystrokes as they come. This thread stays blocked in `read` after the session;
+        // the next key it gets is dropped (the flag), and it ends.
+        let (peer, done, server) = (peer.clone(), done.clone(), server.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            let mut stdin = std::io::stdin().lock();
+            while let Ok(n @ 1..) = stdin.read(&mut buf) {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                if buf[..n].contains(&DETACH) {
+                    server.push_kick(&format!("kick_vm session stop {id}"));
+                    return;
+                }
+                peer.lock()
+                    .expect("peer")
+                    .send_frame(server::INPUT_FRAME, &buf[..n]);
+            }
+        });
+    }
+    {
+        // The agent ends a session after 180 s without a frame from the server: an empty
+        // input frame (a no-op) every minute keeps an idle terminal's session open.
+        let (peer, done) = (peer.clone(), done.clone());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(60));
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            peer.lock()
+                .expect("peer")
+                .send_frame(server::INPUT_FRAME, b"");
+        });
+    }
+    let mut out = std::io::stdout();
+    for event in events.iter() {
+        match event {
+            SessionEvent::Frame(Ok(f)) => {
+                let _ = out.write_all(&f.payload);
+                let _ = out.flush();
+            }
+            SessionEvent::Frame(Err(e)) => {
+                let _ = write!(out, "\r\n[dev-server: bad frame from the agent: {e}]\r\n");
+            }
+            SessionEvent::Ping(_) => {}
+            SessionEvent::Closed => break,
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    drop(raw);
+    println!("\n--shell: session {id} closed by the agent");
+}
+
+/// The terminal's size, when stdout is one.
+fn window_size() -> Option<(u32, u32)> {
+    // SAFETY: TIOCGWINSZ fills a winsize we own.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_col > 0).then(|| (u32::from(ws.ws_col), u32::from(ws.ws_row)))
+}
+
+/// Raw mode on stdin while it lives (when stdin is a terminal), so keys go to the remote
+/// shell as typed (Ctrl-C included); the old settings come back on drop.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a termios we own.
+        unsafe {
+            let mut old: libc::termios = std::mem::zeroed();
+            if libc::isatty(0) != 1 || libc::tcgetattr(0, &mut old) != 0 {
+                return RawTerminal(None);
+            }
+            let mut raw = old;
+            libc::cfmakeraw(&mut raw);
+            if libc::tcsetattr(0, libc::TCSANOW, &raw) != 0 {
+                return RawTerminal(None);
+            }
+            RawTerminal(Some(old))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            // SAFETY: restores the settings read in `enter`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, old) };
         }
     }
 }

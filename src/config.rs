@@ -96,6 +96,12 @@ pub struct Config {
     pub clean_task_env: bool,
     /// Every task's output lines go to the agent's log as they arrive.
     pub log_task_output: bool,
+    /// Remote mode: a session without a valid frame from the server this long ends as
+    /// `Timeout` (the reference's 180 s).
+    pub session_idle_timeout_secs: u64,
+    /// Remote mode: a session ends as `Timeout` this long after it started (the reference's
+    /// 3 h).
+    pub session_max_secs: u64,
 }
 
 impl Default for Config {
@@ -134,6 +140,8 @@ impl Default for Config {
             spool_max_bytes: 64 * 1024 * 1024,
             max_log_quota: DEFAULT_MAX_LOG_QUOTA,
             clean_task_env: false,
+            session_idle_timeout_secs: 180,
+            session_max_secs: 3 * 60 * 60,
             log_task_output: false,
         }
     }
@@ -385,6 +393,18 @@ impl Config {
                 "log_task_output" => {
                     cfg.log_task_output = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
+                "session_idle_timeout_secs" => {
+                    cfg.session_idle_timeout_secs = v
+                        .as_u64()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| bad(key, "a whole number of seconds, at least 1"))?
+                }
+                "session_max_secs" => {
+                    cfg.session_max_secs = v
+                        .as_u64()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| bad(key, "a whole number of seconds, at least 1"))?
+                }
                 "clean_task_env" => {
                     cfg.clean_task_env = v.as_bool().ok_or_else(|| bad(key, "true or false"))?
                 }
@@ -569,6 +589,14 @@ impl Config {
             self.signature_required_fields != other.signature_required_fields,
             "signature_required_fields",
         );
+        check(
+            self.session_idle_timeout_secs != other.session_idle_timeout_secs,
+            "session_idle_timeout_secs",
+        );
+        check(
+            self.session_max_secs != other.session_max_secs,
+            "session_max_secs",
+        );
         keys
     }
 }
@@ -625,6 +653,24 @@ mod tests {
         assert_eq!(cfg.state_dir, PathBuf::from("/tmp/s"));
         assert!(cfg.allow_power_actions);
         assert_eq!(cfg.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn session_limits_default_to_the_reference_and_are_read() {
+        let d = Config::default();
+        assert_eq!(
+            (d.session_idle_timeout_secs, d.session_max_secs),
+            (180, 10_800)
+        );
+        let cfg = parse(r#"{"session_idle_timeout_secs": 2, "session_max_secs": 5}"#)
+            .expect("valid config");
+        assert_eq!(
+            (cfg.session_idle_timeout_secs, cfg.session_max_secs),
+            (2, 5)
+        );
+        assert!(parse(r#"{"session_max_secs": 0}"#)
+            .unwrap_err()
+            .contains("session_max_secs"));
     }
 
     #[test]

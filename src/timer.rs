@@ -193,7 +193,15 @@ impl<C: WallClock> TimerState<C> {
                 callback,
             } => {
                 let now = self.clock.now();
-                let Some(next) = schedule.next_after(now) else {
+                let next = match &*schedule {
+                    // Whether an `at()` has expired was decided by the caller, once
+                    // (`Schedule::first_after`, which lets one due this millisecond run and
+                    // reports an expired one). Deciding again here, a moment later, would
+                    // drop a due `at()` without a report; a past instant fires at once.
+                    Schedule::At(at) => Some(at.at()),
+                    other => other.next_after(now),
+                };
+                let Some(next) = next else {
                     log::info!("task={key} phase=schedule no run left; not armed");
                     self.wheel.remove(&key);
                     return;
@@ -731,6 +739,43 @@ mod tests {
         state.fire_due();
         let scheduled: Vec<_> = rx.try_iter().map(|f| f.scheduled).collect();
         assert_eq!(scheduled, vec![t(11_000)]);
+    }
+
+    fn at(when: DateTime<Utc>) -> Arc<Schedule> {
+        let expr = format!("at({})", when.format("%Y-%m-%dT%H:%M:%S"));
+        Arc::new(Schedule::parse(&expr, ScheduleKind::At, 0, &Zone::utc()).expect("valid at"))
+    }
+
+    #[test]
+    fn an_at_armed_at_its_instant_fires_once() {
+        let (mut state, _clock, rx) = manual_timer(at(t(0)));
+        state.fire_due();
+        let fired: Vec<Firing> = rx.try_iter().collect();
+        assert_eq!(
+            fired,
+            vec![Firing {
+                scheduled: t(0),
+                last: true
+            }]
+        );
+        state.fire_due();
+        assert_eq!(rx.try_iter().count(), 0, "fired twice");
+    }
+
+    #[test]
+    fn an_at_armed_just_after_the_caller_judged_it_due_still_fires() {
+        // The caller's `first_after` ran at t(0); the timer sees the message 1 ms later.
+        let clock = ManualClock(Arc::new(parking_lot::Mutex::new(t(1))));
+        let mut state = TimerState::new(clock.clone(), true);
+        let (tx, rx) = unbounded();
+        state.handle(TimerCtl::Arm {
+            key: "k".to_string(),
+            schedule: at(t(0)),
+            callback: Box::new(move |f| tx.send(f).expect("test receiver alive")),
+        });
+        state.fire_due();
+        let scheduled: Vec<_> = rx.try_iter().map(|f| f.scheduled).collect();
+        assert_eq!(scheduled, vec![t(0)]);
     }
 
     #[test]

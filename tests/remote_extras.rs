@@ -427,16 +427,45 @@ fn register_then_agent_signs_its_requests_then_deregister_removes_the_keys() {
     let state = dir.state().display().to_string();
     let hybrid = dir.state().join("hybrid");
     let secret = "activation-secret-42";
-    let register = || {
-        Command::new(bin())
-            .args(["register", "--server", &server.url(), "--activation-id"])
-            .args(["act-1", "--region", "cn-test", "--state-dir", &state])
+    // No server anywhere: refused with a line that names the three places.
+    let empty = dir.path("empty-config.json");
+    std::fs::write(&empty, "{}").expect("config");
+    let none = Command::new(bin())
+        .args([
+            "register",
+            "--activation-id",
+            "act-1",
+            "--state-dir",
+            &state,
+            "--config",
+        ])
+        .arg(&empty)
+        .env("ASSISTD_ACTIVATION_CODE", secret)
+        .env_remove("ALIYUN_ASSIST_SERVER_HOST")
+        .env_remove("ALIYUN_ASSIST_PROXY")
+        .output()
+        .expect("run assistd register");
+    assert_eq!(none.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&none.stderr);
+    assert!(why.contains("ALIYUN_ASSIST_SERVER_HOST"), "{why}");
+    assert!(!hybrid.exists());
+    // `server_host`: `--server` when given, else the environment, as for `agent`.
+    let register = |server_flag: Option<&str>, server_host: &str| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("register");
+        if let Some(url) = server_flag {
+            cmd.args(["--server", url]);
+        }
+        cmd.args(["--activation-id", "act-1", "--region", "cn-test"])
+            .args(["--state-dir", &state])
             .env("ASSISTD_ACTIVATION_CODE", secret)
+            .env("ALIYUN_ASSIST_SERVER_HOST", server_host)
             .env_remove("ALIYUN_ASSIST_PROXY")
             .output()
             .expect("run assistd register")
     };
-    let out = register();
+    // The server from ALIYUN_ASSIST_SERVER_HOST alone.
+    let out = register(None, &server.url());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -475,7 +504,10 @@ fn register_then_agent_signs_its_requests_then_deregister_removes_the_keys() {
         REGISTERED_ID
     );
     // A second registration is refused and keeps the keys.
-    let again = register();
+    // (--server wins over the environment, which names a closed port here.)
+    let again = register(Some(&server.url()), "http://127.0.0.1:1");
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("already registered"), "{why}");
     assert_eq!(again.status.code(), Some(2));
     assert!(hybrid.join("pri-key").exists());
 
@@ -500,14 +532,13 @@ fn register_then_agent_signs_its_requests_then_deregister_removes_the_keys() {
     let status = agent.stop();
     assert_eq!(status.code(), Some(0));
 
+    // The server from the config's `server`, which wins over the environment's closed port.
+    let config = dir.path("config.json");
+    std::fs::write(&config, format!(r#"{{"server": "{}"}}"#, server.url())).expect("config");
     let out = Command::new(bin())
-        .args([
-            "deregister",
-            "--server",
-            &server.url(),
-            "--state-dir",
-            &state,
-        ])
+        .args(["deregister", "--state-dir", &state, "--config"])
+        .arg(&config)
+        .env("ALIYUN_ASSIST_SERVER_HOST", "http://127.0.0.1:1")
         .env_remove("ALIYUN_ASSIST_PROXY")
         .output()
         .expect("run assistd deregister");

@@ -66,7 +66,7 @@ fn startup_fetch_is_retried_until_it_succeeds_then_kicks_fetch_kickoff() {
     }
     let hb = expect(&agent, &server, "heart-beat", |r| r.path == HEARTBEAT);
     assert_eq!(hb.method, "GET");
-    assert!(hb.query.contains("&index=0&seq_no=1&"), "{}", hb.query);
+    assert!(hb.query.contains("&index=0&seq_no=0&"), "{}", hb.query);
     assert!(hb.query.ends_with("&cold_start=true"), "{}", hb.query);
     agent.expect_line("startup fetch done");
 

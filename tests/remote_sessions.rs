@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::Instant;
 
-use support::server::{Reply, Request, Server, SessionPeer, SESSION_LIST, SESSION_STATUS};
+use support::server::{
+    Reply, Request, Server, SessionPeer, SESSION_BACKEND, SESSION_LIST, SESSION_STATUS,
+};
 use support::{expect, expect_kick_channel, expect_kick_reply, start_remote};
 use util::{alive, wait_gone, Agent, TestDir, DEADLINE};
 
@@ -287,4 +289,154 @@ fn a_port_that_refuses_is_open_port_failed() {
         &format!(r#"{{"channelId":"p-refused","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
     );
     expect_status(&agent, &server, "p-refused", "Failed", "Open_port_failed");
+    // A failure with an error object sends the two metrics of spec §1.6.
+    let metrics = support::expect_n(&agent, &server, "failure metrics", 2, |r| {
+        r.path == "/luban/api/metrics"
+    });
+    let events: Vec<serde_json::Value> = metrics
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("metrics JSON"))
+        .collect();
+    assert_eq!(events[0]["eventId"], "agent.task.failed");
+    assert_eq!(events[1]["eventId"], "agent.session.failed");
+    assert_eq!(events[1]["category"], "SESSION");
+    let keywords: serde_json::Value =
+        serde_json::from_str(events[1]["keywords"].as_str().expect("keywords string"))
+            .expect("keywords JSON");
+    assert_eq!(keywords["sessionId"], "p-refused");
+    assert_eq!(keywords["code"], "Open_port_failed");
+    assert_eq!(
+        keywords["wsURL"],
+        format!(
+            "{}/luban/session/backend?channelId=p-refused",
+            server.url().replacen("http", "ws", 1)
+        )
+    );
+}
+
+/// The agent with the session limits of `config` (a JSON object), kick channel up.
+fn agent_with_config(dir: &TestDir, server: &Server, config: &str) -> Agent {
+    let path = dir.path("config.json");
+    std::fs::write(&path, config).expect("write config");
+    let path = path.display().to_string();
+    let agent = start_remote(dir, server, &["--config", &path]);
+    expect_kick_channel(&agent, server, 1);
+    agent.expect_line("startup fetch done");
+    agent
+}
+
+#[test]
+fn a_session_without_frames_from_the_server_ends_at_the_idle_limit() {
+    let dir = TestDir::new("session-idle");
+    let server = Server::start();
+    let agent = agent_with_config(&dir, &server, r#"{"session_idle_timeout_secs": 1}"#);
+    let (port, closed) = echo_server();
+    start_session(
+        &agent,
+        &server,
+        "p-idle",
+        &format!(r#"{{"channelId":"p-idle","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
+    );
+    let mut peer = peer(&agent, &server, "p-idle");
+    // Nothing is sent: the session must end by itself, reported once as Timeout.
+    expect_status(&agent, &server, "p-idle", "Success", "Timeout");
+    agent.expect_line("phase=session idle limit");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the idle limit");
+    }
+    if closed.recv_timeout(DEADLINE).is_err() {
+        agent.fail("the target connection stayed open after the idle limit");
+    }
+}
+
+#[test]
+fn a_session_ends_at_its_maximum_time_before_its_idle_limit() {
+    let dir = TestDir::new("session-max");
+    let server = Server::start();
+    let agent = agent_with_config(
+        &dir,
+        &server,
+        r#"{"session_idle_timeout_secs": 3600, "session_max_secs": 2}"#,
+    );
+    let (port, _closed) = echo_server();
+    start_session(
+        &agent,
+        &server,
+        "p-max",
+        &format!(r#"{{"channelId":"p-max","portNumber":"{port}","targetHost":"127.0.0.1"}}"#),
+    );
+    // The idle limit is an hour: only the maximum time can end it (the log says which did).
+    let mut peer = peer(&agent, &server, "p-max");
+    expect_status(&agent, &server, "p-max", "Success", "Timeout");
+    agent.expect_line("phase=session maximum session time reached");
+    if !peer.wait_closed(Instant::now() + DEADLINE) {
+        agent.fail("the session websocket stayed open after the maximum time");
+    }
+}
+
+#[test]
+fn a_channel_the_server_closes_is_reopened_and_the_session_goes_on() {
+    let dir = TestDir::new("session-reconnect");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    let (port, _closed) = echo_server();
+    let entry = format!(r#"{{"channelId":"p-re","portNumber":"{port}","targetHost":"127.0.0.1"}}"#);
+    start_session(&agent, &server, "p-re", &entry);
+    let mut first = peer(&agent, &server, "p-re");
+    first.input("before\n");
+    expect_output(&agent, &mut first, "before\n");
+    let sent_before = first.seqs.len() as i64;
+    first.close();
+    // The same channel id, dialled again (spec §2.3), with fresh identity headers.
+    let mut second = peer(&agent, &server, "p-re");
+    let upgrades: Vec<Request> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == SESSION_BACKEND)
+        .collect();
+    assert_eq!(upgrades.len(), 2, "{upgrades:?}");
+    assert_eq!(upgrades[1].query, "channelId=p-re");
+    assert_eq!(upgrades[1].header("x-client-instance-id"), Some("i-test"));
+    if !second.wait_ping(Instant::now() + DEADLINE) {
+        agent.fail("no keepalive ping on the new connection");
+    }
+    second.input("after\n");
+    expect_output(&agent, &mut second, "after\n");
+    // Sequence numbers continue across the reconnect; the session is still the same one.
+    assert!(
+        second.seqs.first().is_some_and(|&s| s >= sent_before),
+        "{:?} after {sent_before}",
+        second.seqs
+    );
+    assert!(
+        !server.requests().iter().any(|r| status_of(r, "p-re")),
+        "the reconnect was reported"
+    );
+    server.push_kick("kick_vm session stop p-re");
+    expect_status(&agent, &server, "p-re", "Success", "Notified");
+}
+
+#[test]
+fn a_channel_that_cannot_be_reopened_ends_as_timeout_after_eleven_dials() {
+    let dir = TestDir::new("session-reconnect-fails");
+    let server = Server::start();
+    let agent = agent(&dir, &server);
+    let (port, closed) = echo_server();
+    let entry =
+        format!(r#"{{"channelId":"p-gone","portNumber":"{port}","targetHost":"127.0.0.1"}}"#);
+    start_session(&agent, &server, "p-gone", &entry);
+    let mut peer = peer(&agent, &server, "p-gone");
+    // From now on every upgrade is refused.
+    server.set_default(SESSION_BACKEND, Reply::status(503));
+    peer.close();
+    expect_status(&agent, &server, "p-gone", "Success", "Timeout");
+    let dials = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == SESSION_BACKEND)
+        .count();
+    assert_eq!(dials, 1 + 11, "the first open and 11 reconnect attempts");
+    if closed.recv_timeout(DEADLINE).is_err() {
+        agent.fail("the target connection stayed open after the session ended");
+    }
 }

@@ -58,9 +58,9 @@ USAGE:
     #[cfg(feature = "remote")]
     text.push_str(
         "\
-    assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
+    assistd register [--server URL] --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
                      (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
-    assistd deregister --server URL [--state-dir DIR]
+    assistd deregister [--server URL] [--state-dir DIR]
     assistd update --check | --apply [--allow-downgrade] [--server URL] [--instance-id ID]
                    [--config FILE]
 ",
@@ -106,6 +106,8 @@ COMMANDS:
     register  register this machine as a hybrid (non-ECS) instance; keys go to
               <state-dir>/hybrid with mode 0600
     deregister  undo `register` at the server and remove the keys
+              (both find the server as `agent` does: --server, the config's server, then
+              $ALIYUN_ASSIST_SERVER_HOST; no metadata discovery)
     update    --check: ask the server whether a newer agent is offered and print the answer.
               --apply: download, verify and install it over this executable (the previous
               one is kept as <exe>.old); a running agent must then be restarted. Only a

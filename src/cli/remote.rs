@@ -345,7 +345,17 @@ fn run_remote(
             headers: Some(websocket_headers(&tcfg, header_hook.clone())),
             tls: session_tls,
             proxy: tcfg.proxy.clone(),
-            limits: crate::remote::session::channel::Limits::default(),
+            limits: crate::remote::session::channel::Limits {
+                idle: Duration::from_secs(cfg.session_idle_timeout_secs),
+                max: Duration::from_secs(cfg.session_max_secs),
+                ..Default::default()
+            },
+            metrics: Some(Arc::new(crate::remote::metrics::Metrics::new(
+                crate::remote::metrics::Common {
+                    instance_id: tcfg.instance_id.clone(),
+                    os_version: facts.os_version.clone(),
+                },
+            ))),
         },
         stop.clone(),
     )
@@ -455,6 +465,7 @@ fn kick_config(
     let mut kcfg = kick::KickConfig::new(url);
     kcfg.headers = Some(websocket_headers(tcfg, hybrid));
     kcfg.critical_action = Some(critical);
+    kcfg.proxy = tcfg.proxy.clone();
     if kcfg.url.starts_with("wss://") {
         kcfg.tls = Some(
             crate::remote::transport::kick_tls_config(tcfg.ca_file.as_deref())
@@ -585,22 +596,29 @@ pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The server client for `register`/`deregister`: `--server` (or the config's `server`).
-fn hybrid_http(args: &mut Args, cfg: &Config) -> Result<UreqHttp, CliError> {
-    let server = args
-        .value("--server")?
-        .or_else(|| cfg.server.clone())
-        .ok_or_else(|| CliError::Usage("--server URL is required".to_string()))?;
+/// The server client for `register`/`deregister`, found as `agent` and `update` find it
+/// (`configured_server`: `--server`, the config's `server`, `ALIYUN_ASSIST_SERVER_HOST`). No
+/// metadata discovery: a machine that registers is by definition not an ECS instance.
+fn hybrid_http(args: &mut Args, cfg: &mut Config) -> Result<UreqHttp, CliError> {
+    if let Some(server) = args.value("--server")? {
+        cfg.server = Some(server);
+    }
+    let base_url = configured_server(cfg).ok_or_else(|| {
+        CliError::Usage(
+            "no server: give --server URL, the config's server or ALIYUN_ASSIST_SERVER_HOST"
+                .to_string(),
+        )
+    })?;
     let tcfg = TransportConfig {
-        base_url: transport::server_base_url(&server),
+        base_url,
         ..transport_config(cfg)
     };
     UreqHttp::new(&tcfg).map_err(CliError::Transport)
 }
 
 pub(super) fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
-    let cfg = load_config(&mut args)?;
-    let http = hybrid_http(&mut args, &cfg)?;
+    let mut cfg = load_config(&mut args)?;
+    let http = hybrid_http(&mut args, &mut cfg)?;
     let activation_id = args
         .value("--activation-id")?
         .ok_or_else(|| CliError::Usage("--activation-id is required".to_string()))?;
@@ -641,8 +659,8 @@ pub(super) fn cmd_register(mut args: Args) -> Result<ExitCode, CliError> {
 }
 
 pub(super) fn cmd_deregister(mut args: Args) -> Result<ExitCode, CliError> {
-    let cfg = load_config(&mut args)?;
-    let mut http = hybrid_http(&mut args, &cfg)?;
+    let mut cfg = load_config(&mut args)?;
+    let mut http = hybrid_http(&mut args, &mut cfg)?;
     args.finish()?;
     let dir = identity::HybridDir::new(StateDir::new(cfg.state_dir.clone()).root.join("hybrid"));
     match identity::Identity::load(&dir, None).map_err(|source| CliError::Identity {

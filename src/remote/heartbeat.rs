@@ -104,14 +104,17 @@ impl Heartbeat {
         }
     }
 
-    /// The request target of the next heartbeat.
+    /// The request target of the next heartbeat. Both counters start at 0, as the reference's
+    /// do (spec appendix A): `index` counts the heartbeats the server acknowledged, `seq_no`
+    /// the ones sent before this one, so the first is `index=0&seq_no=0`, the next (after an
+    /// answer) `index=1&seq_no=1`, and one after a failed attempt `index=0&seq_no=1`.
     pub fn target(&self, now_ms: i64, uptime_ms: u64) -> String {
         let mut q = format!(
             "{HEARTBEAT_PATH}?uptime={uptime_ms}&timestamp={now_ms}&pid={}&process_uptime={}&index={}&seq_no={}",
             std::process::id(),
             self.started.elapsed().as_millis(),
             self.acked,
-            self.sent + 1
+            self.sent
         );
         let first = self.acked == 0;
         if self.full_form {
@@ -255,14 +258,47 @@ mod tests {
             t.starts_with("/luban/api/heart-beat?uptime=2000&timestamp=1000&pid="),
             "{t}"
         );
-        assert!(t.contains("&index=0&seq_no=1&virt_type=kvm&os_version=Linux_6.1&az=cn-hangzhou-h&machineid=abc&cold_start=true"), "{t}");
+        assert!(t.contains("&index=0&seq_no=0&virt_type=kvm&os_version=Linux_6.1&az=cn-hangzhou-h&machineid=abc&cold_start=true"), "{t}");
         hb.sent = 1;
+        let t = hb.target(1000, 2000);
+        assert!(
+            t.contains("&index=0&seq_no=1&virt_type=kvm&os_version"),
+            "{t}"
+        );
         hb.acked = 1;
         let t = hb.target(1000, 2000);
-        assert!(t.ends_with("&index=1&seq_no=2"), "{t}");
+        assert!(t.ends_with("&index=1&seq_no=1"), "{t}");
         hb.full_form = true;
         let t = hb.target(1000, 2000);
         assert!(t.ends_with(&format!("&virt_type=kvm&lang=golang&os_type=linux&os_version=Linux_6.1&app_version={}&az=cn-hangzhou-h", env!("CARGO_PKG_VERSION"))), "{t}");
+    }
+
+    /// What the counters say on the wire, heartbeat by heartbeat, through `ping` itself.
+    #[test]
+    fn counters_start_at_zero_and_seq_no_counts_failed_attempts_too() {
+        use crate::remote::transport::testing::FakeHttp;
+        let http = FakeHttp::answering(vec![
+            FakeHttp::ok("{}"),
+            Err(TransportError::Status(500)),
+            FakeHttp::ok("{}"),
+        ]);
+        let mut hb = Heartbeat::new(facts());
+        for _ in 0..3 {
+            let _ = hb.ping(&http);
+        }
+        let counters: Vec<String> = http
+            .paths()
+            .iter()
+            .map(|p| {
+                let at = p.find("&index=").expect("index");
+                let end = p[at + 1..].find("&virt").map_or(p.len(), |e| at + 1 + e);
+                p[at + 1..end].to_string()
+            })
+            .collect();
+        assert_eq!(
+            counters,
+            ["index=0&seq_no=0", "index=1&seq_no=1", "index=1&seq_no=2"]
+        );
     }
 
     #[test]

@@ -273,6 +273,9 @@ pub struct KickConfig {
     /// TLS settings for `wss://` (the transport's config, so both share one set of roots).
     /// Required for `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The proxy every request uses (`ALIYUN_ASSIST_PROXY` or the config's `proxy`); the
+    /// dial tunnels through it with CONNECT unless the server is loopback.
+    pub proxy: Option<String>,
     /// Bound on connecting, the TLS handshake and the websocket upgrade.
     pub connect_timeout: Duration,
     /// How long a read waits before the thread pings the server; two silent periods in a row
@@ -292,6 +295,7 @@ impl KickConfig {
             url,
             headers: None,
             tls: None,
+            proxy: None,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_secs(1),
@@ -306,6 +310,8 @@ impl fmt::Debug for KickConfig {
         f.debug_struct("KickConfig")
             .field("url", &self.url)
             .field("tls", &self.tls.is_some())
+            // The proxy URL may hold a password.
+            .field("proxy", &self.proxy.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
@@ -478,7 +484,7 @@ impl Worker {
             url: &self.cfg.url,
             headers: self.cfg.headers.as_ref(),
             tls: self.cfg.tls.as_ref(),
-            proxy: None,
+            proxy: self.cfg.proxy.as_deref(),
             timeout: self.cfg.connect_timeout,
         };
         let ws = websocket::dial(&dial, |tcp| {

@@ -10,12 +10,14 @@
 //! - `websocket`: the client side of a websocket to the server (kicks and sessions).
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
+//! - `metrics`: metrics events (appendix B), sent for failed sessions.
 
 pub mod fetch;
 pub mod heartbeat;
 pub mod identity;
 pub mod kick;
 pub mod kick_bridge;
+pub mod metrics;
 pub mod reporter;
 pub mod sendfile;
 pub mod session;

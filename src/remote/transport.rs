@@ -153,7 +153,26 @@ pub fn server_base_url(server: &str) -> String {
     }
 }
 
-/// How the one ureq agent is built.
+/// The reference's proxy rule (Go's `httpproxy.useProxy`): `localhost` and loopback addresses
+/// (127.0.0.0/8, `::1`, and IPv4-mapped loopback) are always reached directly, whatever
+/// `ALIYUN_ASSIST_PROXY` or the config's `proxy` say; every other host goes through the proxy.
+/// There is no `NO_PROXY`. `host` is a URL's host, with or without IPv6 brackets. HTTP
+/// requests, the notify websocket and session websockets all decide with this one function.
+pub fn bypasses_proxy(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// How the ureq agent is built.
 #[derive(Clone, Debug, Default)]
 pub struct TransportConfig {
     /// `https://host` or a full URL; see `server_base_url`.
@@ -162,7 +181,8 @@ pub struct TransportConfig {
     pub instance_id: String,
     /// PEM file of the root certificates to trust instead of the bundled Mozilla roots.
     pub ca_file: Option<PathBuf>,
-    /// Proxy URL for every request (`ALIYUN_ASSIST_PROXY`, or the config's `proxy`).
+    /// Proxy URL for every request to a host that is not loopback (`bypasses_proxy`):
+    /// `ALIYUN_ASSIST_PROXY`, or the config's `proxy`.
     pub proxy: Option<String>,
 }
 
@@ -242,7 +262,11 @@ pub fn kick_tls_config(
 /// The ureq implementation of `Http`: one `Agent` (one connection pool), cheap to clone.
 #[derive(Clone)]
 pub struct UreqHttp {
+    /// Requests to every host but loopback: through the proxy when one is set.
     agent: ureq::Agent,
+    /// Requests to `localhost` and loopback addresses (`bypasses_proxy`): never proxied. The
+    /// same agent as `agent` when no proxy is set.
+    direct: ureq::Agent,
     base: String,
     instance_id: String,
     identity: Option<Arc<IdentityHeaders>>,
@@ -299,20 +323,32 @@ impl UreqHttp {
             })?),
             None => None,
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .user_agent(user_agent())
-            .proxy(proxy)
-            .tls_config(tls.build())
-            .timeout_global(Some(DEFAULT_TIMEOUT))
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_recv_response(Some(DEFAULT_TIMEOUT))
-            .timeout_recv_body(Some(DEFAULT_TIMEOUT))
-            .max_redirects(0)
-            .build()
-            .into();
+        let tls = tls.build();
+        // ureq tunnels every proxied request with CONNECT (http and https targets alike) and
+        // lets the proxy resolve the target's name (`resolve_target` is false for HTTP
+        // proxies), so with a proxy the agent never resolves a server name itself.
+        let build = |proxy: Option<ureq::Proxy>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .user_agent(user_agent())
+                .proxy(proxy)
+                .tls_config(tls.clone())
+                .timeout_global(Some(DEFAULT_TIMEOUT))
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .timeout_recv_response(Some(DEFAULT_TIMEOUT))
+                .timeout_recv_body(Some(DEFAULT_TIMEOUT))
+                .max_redirects(0)
+                .build()
+                .into()
+        };
+        let direct = build(None);
+        let agent = match proxy {
+            Some(proxy) => build(Some(proxy)),
+            None => direct.clone(),
+        };
         Ok(UreqHttp {
             agent,
+            direct,
             base: server_base_url(&cfg.base_url),
             instance_id: if cfg.instance_id.is_empty() {
                 "unknown".to_string()
@@ -334,10 +370,19 @@ impl UreqHttp {
         &self.base
     }
 
+    /// The agent for `url`: direct for a loopback host, else the (maybe proxied) one.
+    fn agent_for(&self, url: &str) -> &ureq::Agent {
+        let host = url.parse::<ureq::http::Uri>().ok();
+        match host.as_ref().and_then(|u| u.host()) {
+            Some(host) if bypasses_proxy(host) => &self.direct,
+            _ => &self.agent,
+        }
+    }
+
     /// A GET to an absolute URL outside the server (metadata, connection detect): only the
     /// User-Agent header, as in the reference.
     pub fn get_url(&self, url: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
-        classify(with_timeout(self.agent.get(url), timeout).call())
+        classify(with_timeout(self.agent_for(url).get(url), timeout).call())
     }
 
     /// Like `get_url`, but the caller streams the body (`get_url` buffers at most 10 MiB, too
@@ -349,7 +394,7 @@ impl UreqHttp {
         url: &str,
         timeout: Duration,
     ) -> Result<Box<dyn std::io::Read + Send>, TransportError> {
-        let resp = with_timeout(self.agent.get(url), timeout)
+        let resp = with_timeout(self.agent_for(url).get(url), timeout)
             .call()
             .map_err(|e| TransportError::Unreachable(Box::new(e)))?;
         let status = resp.status().as_u16();
@@ -420,9 +465,10 @@ impl Http for UreqHttp {
         content_type: &str,
         timeout: Duration,
     ) -> Result<HttpResponse, TransportError> {
+        let url = format!("{}{path_and_query}", self.base);
         let req = self
-            .agent
-            .post(format!("{}{path_and_query}", self.base))
+            .agent_for(&url)
+            .post(&url)
             .header("Content-Type", content_type);
         classify(
             self.prepare(req, "POST", path_and_query, timeout)
@@ -431,7 +477,8 @@ impl Http for UreqHttp {
     }
 
     fn get(&self, path_and_query: &str, timeout: Duration) -> Result<HttpResponse, TransportError> {
-        let req = self.agent.get(format!("{}{path_and_query}", self.base));
+        let url = format!("{}{path_and_query}", self.base);
+        let req = self.agent_for(&url).get(&url);
         classify(self.prepare(req, "GET", path_and_query, timeout).call())
     }
 }
@@ -643,6 +690,90 @@ mod tests {
             .get_url(&serve_once(MAX_BODY_LEN + 4096), timeout)
             .expect("answer");
         assert_eq!((over.body.len(), over.is_cut()), (MAX_BODY_LEN + 1, true));
+    }
+
+    #[test]
+    fn loopback_hosts_bypass_the_proxy_and_no_other_does() {
+        for host in [
+            "localhost",
+            "LocalHost",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(bypasses_proxy(host), "{host}");
+        }
+        for host in [
+            "server.test",
+            "localhost.example",
+            "my-localhost",
+            "10.0.0.1",
+            "100.100.100.200",
+            "128.0.0.1",
+            "::2",
+            "[fe80::1]",
+            "",
+        ] {
+            assert!(!bypasses_proxy(host), "{host}");
+        }
+    }
+
+    /// A proxy double that records the first CONNECT it is asked for and refuses it.
+    fn refusing_proxy() -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line.trim_end().to_string());
+            let _ = (&stream).write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn https_to_a_name_goes_through_a_connect_tunnel_for_that_name() {
+        let (proxy, asked) = refusing_proxy();
+        let http = UreqHttp::new(&TransportConfig {
+            base_url: "https://server.test".into(),
+            instance_id: String::new(),
+            ca_file: None,
+            proxy: Some(proxy),
+        })
+        .expect("transport");
+        // The proxy refuses, so the request fails; what matters is what it was asked.
+        assert!(http.get("/x", Duration::from_secs(30)).is_err());
+        assert_eq!(
+            asked
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the proxy was asked"),
+            "CONNECT server.test:443 HTTP/1.1"
+        );
+    }
+
+    #[test]
+    fn a_loopback_url_is_fetched_directly_with_a_proxy_set() {
+        let (proxy, asked) = refusing_proxy();
+        let http = UreqHttp::new(&TransportConfig {
+            base_url: "http://127.0.0.1".into(),
+            instance_id: String::new(),
+            ca_file: None,
+            proxy: Some(proxy),
+        })
+        .expect("transport");
+        let answer = http
+            .get_url(&serve_once(10), Duration::from_secs(30))
+            .expect("answer");
+        assert_eq!(answer.body.len(), 10);
+        assert!(asked.try_recv().is_err(), "the proxy was asked");
     }
 
     #[test]

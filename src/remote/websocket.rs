@@ -13,6 +13,8 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocket;
 
+use crate::remote::transport::bypasses_proxy;
+
 /// Extra headers for a request, given its method and path (the identity headers, spec §2.2).
 pub type HeaderHook = Arc<dyn Fn(&str, &str) -> Vec<(String, String)> + Send + Sync>;
 
@@ -145,6 +147,9 @@ pub struct Dial<'a> {
     /// Required for `wss://`.
     pub tls: Option<&'a Arc<rustls::ClientConfig>>,
     /// `http://[user:password@]host:port` of an HTTP CONNECT proxy, or direct when `None`.
+    /// A loopback target is reached directly even with a proxy (`transport::bypasses_proxy`);
+    /// any other is tunnelled with CONNECT, `ws://` and `wss://` alike, and its name is
+    /// resolved by the proxy, never here.
     pub proxy: Option<&'a str>,
     /// Bound on each connect, the proxy's answer, the TLS handshake and the upgrade.
     pub timeout: Duration,
@@ -197,7 +202,8 @@ pub fn dial(
     on_tcp: impl FnOnce(&TcpStream) -> io::Result<()>,
 ) -> Result<WebSocket<Stream>, DialError> {
     let t = d.target;
-    let tcp = match d.proxy {
+    let proxy = d.proxy.filter(|_| !bypasses_proxy(&t.host));
+    let tcp = match proxy {
         Some(proxy) => {
             let (host, port, auth) = parse_proxy(proxy)?;
             let tcp = connect(&host, port, d.timeout)?;
@@ -395,6 +401,39 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_target_is_dialled_directly_with_a_proxy_set() {
+        let ws_server = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ws_addr = ws_server.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = ws_server.accept().expect("accept");
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut ws = tungstenite::accept(tcp).expect("upgrade");
+            ws.send(tungstenite::Message::Text("direct".into()))
+                .expect("send");
+        });
+        // Port 1 on loopback: nothing listens, so going through this "proxy" fails the dial.
+        let url = format!("ws://{ws_addr}/x");
+        let target = Target::parse(&url).expect("parse");
+        let mut ws = dial(
+            &Dial {
+                target: &target,
+                url: &url,
+                headers: None,
+                tls: None,
+                proxy: Some("http://127.0.0.1:1"),
+                timeout: Duration::from_secs(30),
+            },
+            |_| Ok(()),
+        )
+        .expect("dial directly");
+        assert_eq!(
+            ws.read().expect("message").into_text().expect("text"),
+            "direct"
+        );
+        server.join().expect("server");
+    }
+
+    #[test]
     fn a_connect_proxy_carries_the_upgrade() {
         // A one-shot proxy that checks the CONNECT line, then relays to a websocket server.
         let ws_server = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -418,8 +457,12 @@ mod tests {
                 head.push(b[0]);
             }
             let head = String::from_utf8(head).expect("text");
+            // The name, as given: the proxy resolves it (here: to the loopback server).
             assert!(
-                head.starts_with(&format!("CONNECT {ws_addr} HTTP/1.1\r\n")),
+                head.starts_with(&format!(
+                    "CONNECT server.test:{} HTTP/1.1\r\n",
+                    ws_addr.port()
+                )),
                 "{head}"
             );
             assert!(
@@ -441,7 +484,8 @@ mod tests {
             let _ = client.shutdown(std::net::Shutdown::Both);
             let _ = up.join();
         });
-        let url = format!("ws://{ws_addr}/x");
+        // A loopback target would bypass the proxy: a name only the relay knows.
+        let url = format!("ws://server.test:{}/x", ws_addr.port());
         let target = Target::parse(&url).expect("parse");
         let proxy_url = format!("http://u:p@{proxy_addr}");
         let mut ws = dial(

@@ -36,9 +36,17 @@ impl AtSchedule {
         self.at
     }
 
-    /// The moment if it is strictly after `from`, else `None` (expired).
+    /// The moment if it is strictly after `from`, else `None`: the run after a run at `from`
+    /// (there is none once the moment has fired).
     pub fn next_after(&self, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
         (self.at > from).then_some(self.at)
+    }
+
+    /// The first run of a schedule that starts at `now`: the moment unless it is before `now`
+    /// to the millisecond. An `at()` whose instant is exactly now fires (the reference expires
+    /// it only when `now` is after it); one already past, even by 1 ms, is expired (`None`).
+    pub fn first_from(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (self.at.timestamp_millis() >= now.timestamp_millis()).then_some(self.at)
     }
 }
 
@@ -76,6 +84,16 @@ mod tests {
         );
     }
 
+    /// `first_from(now)`: what a newly scheduled `at()` does at `now`.
+    fn check_first(expr: &str, now: &str, expected: Option<&str>) {
+        let at = AtSchedule::parse(expr).expect("valid at");
+        assert_eq!(
+            at.first_from(utc(now)),
+            expected.map(utc),
+            "{expr} at {now}"
+        );
+    }
+
     fn check_err(expr: &str, expected: &str) {
         let got = AtSchedule::parse(expr).map_err(|e| e.to_string());
         assert_eq!(got, Err(expected.to_string()), "{expr:?}");
@@ -110,8 +128,37 @@ mod tests {
         check("at(2024-03-15T12:00:00)", "2024-03-15T13:00:00Z", None);
     }
     #[test]
-    fn at_the_moment_is_expired() {
+    fn after_it_fired_nothing_is_left() {
         check("at(2024-03-15T12:00:00)", "2024-03-15T12:00:00Z", None);
+    }
+    #[test]
+    fn scheduled_exactly_at_its_moment_it_fires() {
+        check_first(
+            "at(2024-03-15T12:00:00)",
+            "2024-03-15T12:00:00Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn scheduled_within_the_same_millisecond_it_fires() {
+        check_first(
+            "at(2024-03-15T12:00:00)",
+            "2024-03-15T12:00:00.000900Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn scheduled_before_its_moment_it_fires() {
+        check_first(
+            "at(2024-03-15T12:00:00)",
+            "2024-03-15T11:59:59.999Z",
+            Some("2024-03-15T12:00:00Z"),
+        );
+    }
+    #[test]
+    fn scheduled_a_millisecond_late_it_is_expired() {
+        check_first("at(2024-03-15T12:00:00)", "2024-03-15T12:00:00.001Z", None);
+        check_first("at(2024-03-15T12:00:00)", "2024-03-15T13:00:00Z", None);
     }
     #[test]
     fn space_instead_of_t() {

@@ -181,9 +181,16 @@ impl Schedule {
         }
     }
 
-    /// Like `next_after`, but no run at all is an error (`CronExpressionExpired`, `AtExpressionExpired`).
+    /// The first run of a schedule that starts at `now`, and where expiry is decided: like
+    /// `next_after`, except that an `at()` whose instant is `now` to the millisecond still
+    /// runs (`AtSchedule::first_from`). No run at all is an error (`CronExpressionExpired`,
+    /// `AtExpressionExpired`).
     pub fn first_after(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, ScheduleError> {
-        self.next_after(now).ok_or_else(|| {
+        let first = match self {
+            Schedule::At(a) => a.first_from(now),
+            other => other.next_after(now),
+        };
+        first.ok_or_else(|| {
             ScheduleError::new(match self {
                 Schedule::At(_) => ErrorCode::AtExpressionExpired,
                 _ => ErrorCode::CronExpressionExpired,
@@ -335,6 +342,22 @@ mod tests {
         assert_eq!(
             ScheduleError::new(ErrorCode::AtExpressionExpired).wire_value(),
             "AtExpressionExpired"
+        );
+    }
+
+    #[test]
+    fn an_at_due_this_millisecond_is_not_expired_and_one_past_is() {
+        use testing::utc;
+        let at = Schedule::parse("at(2024-03-15T12:00:00)", ScheduleKind::At, 0, &Zone::utc())
+            .expect("valid at");
+        assert_eq!(
+            at.first_after(utc("2024-03-15T12:00:00Z")),
+            Ok(utc("2024-03-15T12:00:00Z"))
+        );
+        assert_eq!(
+            at.first_after(utc("2024-03-15T12:00:00.001Z"))
+                .map_err(|e| e.code),
+            Err(ErrorCode::AtExpressionExpired)
         );
     }
 

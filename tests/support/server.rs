@@ -649,6 +649,9 @@ fn serve_websocket(
     shared.changed.notify_all();
 }
 
+/// The frame type of keystrokes (type 0), for `SessionPeer::send_frame`.
+pub const INPUT_FRAME: u32 = assistd::remote::session::frame::INPUT_STREAM_DATA;
+
 /// What the agent sent on a session websocket.
 #[derive(Debug)]
 pub enum SessionEvent {
@@ -693,6 +696,13 @@ impl SessionPeer {
         self.writer
             .send(Message::Binary(bytes))
             .expect("session frame sent");
+    }
+
+    /// What the agent sends, for a program that reads it on one thread while another writes
+    /// through this peer (the dev-server's terminal session). Events taken there are not
+    /// seen by `wait_output` and the other waits.
+    pub fn events(&self) -> crossbeam_channel::Receiver<SessionEvent> {
+        self.events.clone()
     }
 
     /// Keystrokes (type 0).

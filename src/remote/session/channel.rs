@@ -162,29 +162,73 @@ impl Clocks {
     }
 }
 
+/// How `serve` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The session is over, with this code.
+    End(Code),
+    /// The connection was lost (a read or write error, or a Close frame from the server):
+    /// the caller reconnects (spec §2.3) and serves again with the same `Progress`.
+    Lost,
+}
+
+/// What carries over from one connection of a session to the next (spec §2.3): the output
+/// sequence counter and the clocks; the idle and maximum limits keep counting while the
+/// agent reconnects.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub seq: i64,
+    pub clocks: Clocks,
+}
+
+impl Progress {
+    pub fn new(now: Instant) -> Progress {
+        Progress {
+            seq: 0,
+            clocks: Clocks::new(now),
+        }
+    }
+
+    /// A new connection is open: its first ping goes out at once (spec §2.2).
+    pub fn reopened(&mut self, now: Instant) {
+        self.clocks.next_ping = now;
+    }
+}
+
+/// The pauses between the reconnect attempts of spec §2.3: 11 attempts, 100 ms doubling to
+/// a cap of 2 s, no jitter (13.1 s in all, plus the dials).
+pub const RECONNECT_PAUSES_MS: [u64; 10] = [100, 200, 400, 800, 1600, 2000, 2000, 2000, 2000, 2000];
+
 /// The loop's inputs besides the websocket and the plugin.
 pub struct Serve<'a> {
     pub session_id: &'a str,
-    /// Dropped when the loop returns, so a pump blocked on a full channel ends.
-    pub pumped: Receiver<Pumped>,
+    /// The caller drops it once the session is over, so a pump blocked on a full channel
+    /// ends; across a reconnect it is kept, and the pump waits.
+    pub pumped: &'a Receiver<Pumped>,
     pub control: &'a Receiver<Control>,
     pub wake_rx: &'a OwnedFd,
     pub pace: &'a Pace,
     pub limits: &'a Limits,
+    pub progress: &'a mut Progress,
 }
 
-/// Runs the session until it ends; returns its code. The socket is non-blocking.
-pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) -> Code {
+/// Runs the session on one connection until it ends or the connection is lost. The socket
+/// is non-blocking.
+pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) -> Outcome {
     let id = s.session_id;
-    let mut clocks = Clocks::new(Instant::now());
-    let mut seq: i64 = 0;
+    let Progress { seq, clocks } = s.progress;
     // A flush that could not finish: poll for POLLOUT, and take no more output meanwhile.
     let mut flushing = false;
     loop {
         match clocks.due(Instant::now(), s.limits) {
             Due::End => {
-                log::info!("task={id} invoke_version=0 phase=session idle or time limit reached");
-                return Code::Timeout;
+                let which = if Instant::now() >= clocks.started + s.limits.max {
+                    "maximum session time"
+                } else {
+                    "idle limit (no frame from the server)"
+                };
+                log::info!("task={id} invoke_version=0 phase=session {which} reached");
+                return Outcome::End(Code::Timeout);
             }
             Due::Ping => {
                 clocks.next_ping = Instant::now() + s.limits.ping_every;
@@ -214,16 +258,16 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                         .duration_since(UNIX_EPOCH)
                         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                         .unwrap_or(1);
-                    let bytes = match frame::encode_output(id, created, seq, &data) {
+                    let bytes = match frame::encode_output(id, created, *seq, &data) {
                         Ok(b) => b,
                         Err(e) => {
                             log::warn!(
                                 "task={id} invoke_version=0 phase=session cannot frame output: {e}"
                             );
-                            return plugin.frame_error();
+                            return Outcome::End(plugin.frame_error());
                         }
                     };
-                    seq += 1;
+                    *seq += 1;
                     match ws.write(Message::Binary(bytes)) {
                         Ok(()) => {}
                         Err(e) if would_block(&e) => {}
@@ -237,13 +281,13 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                 }
                 Ok(Pumped::Ended) => {
                     if let Some(code) = plugin.output_ended() {
-                        return code;
+                        return Outcome::End(code);
                     }
                 }
                 Err(TryRecvError::Empty) => break,
                 // The pump is gone without saying so (it panicked): as if it had ended.
                 Err(TryRecvError::Disconnected) => {
-                    return plugin.output_ended().unwrap_or(Code::UnknownError)
+                    return Outcome::End(plugin.output_ended().unwrap_or(Code::UnknownError))
                 }
             }
         }
@@ -251,22 +295,22 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
         loop {
             match ws.read() {
                 Ok(Message::Binary(b)) => {
-                    if let Some(code) = inbound(&b, &mut clocks, s.pace, plugin) {
-                        return code;
+                    if let Some(code) = inbound(&b, clocks, s.pace, plugin) {
+                        return Outcome::End(code);
                     }
                 }
                 Ok(Message::Text(t)) => {
-                    if let Some(code) = inbound(t.as_bytes(), &mut clocks, s.pace, plugin) {
-                        return code;
+                    if let Some(code) = inbound(t.as_bytes(), clocks, s.pace, plugin) {
+                        return Outcome::End(code);
                     }
                 }
                 Ok(Message::Close(_)) => {
-                    // The reference reconnects until the server refuses, then reports
-                    // `Timeout`; a server that closes is taken at its word here.
+                    // As in the reference, a server's Close does not end the session by
+                    // itself: the agent reconnects (spec §2.5, §2.3).
                     log::info!(
                         "task={id} invoke_version=0 phase=session the server closed the channel"
                     );
-                    return Code::Timeout;
+                    return Outcome::Lost;
                 }
                 // Pings are answered by tungstenite; pongs and raw frames mean nothing.
                 Ok(_) => {}
@@ -280,9 +324,9 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
             }
         }
         match s.control.try_recv() {
-            Ok(Control::Stop) | Ok(Control::Shutdown) => return Code::Notified,
+            Ok(Control::Stop) | Ok(Control::Shutdown) => return Outcome::End(Code::Notified),
             Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => return Code::Notified,
+            Err(TryRecvError::Disconnected) => return Outcome::End(Code::Notified),
         }
         if !flushing && !s.pumped.is_empty() {
             continue;
@@ -293,7 +337,7 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
         };
         if let Err(e) = wait_ready(ws.get_ref().tcp().as_raw_fd(), s.wake_rx, flushing, wait) {
             log::warn!("task={id} invoke_version=0 phase=session poll failed: {e}");
-            return Code::Timeout;
+            return Outcome::End(Code::Timeout);
         }
         drain(s.wake_rx);
     }
@@ -338,12 +382,9 @@ fn would_block(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-fn lost(id: &str, e: &tungstenite::Error) -> Code {
-    // The reference retries the dial 11 times over 13 s and then reports `Timeout`; the
-    // server's acceptance of a second connection is unknown (spec §2.3), so the session
-    // ends with the code the reference would reach.
+fn lost(id: &str, e: &tungstenite::Error) -> Outcome {
     log::info!("task={id} invoke_version=0 phase=session channel lost: {e}");
-    Code::Timeout
+    Outcome::Lost
 }
 
 /// Blocks until the socket is readable (or writable, while `flushing`), the wake pipe has a
@@ -452,6 +493,17 @@ mod tests {
             c.due(t0 + Duration::from_secs(180), &l),
             Due::Wait(Duration::from_secs(170))
         );
+    }
+
+    #[test]
+    fn reconnects_are_eleven_dials_over_thirteen_point_one_seconds() {
+        assert_eq!(RECONNECT_PAUSES_MS.len() + 1, 11);
+        assert_eq!(RECONNECT_PAUSES_MS.iter().sum::<u64>(), 13_100);
+        let mut p = Progress::new(Instant::now());
+        p.seq = 7;
+        let later = p.clocks.started + Duration::from_secs(5);
+        p.reopened(later);
+        assert_eq!((p.seq, p.clocks.next_ping), (7, later));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select_biased, Receiver, Sender};
 
 use crate::model::SessionTaskInfo;
+use crate::remote::metrics::{Event, Metrics};
 use crate::remote::transport::{Http, DEFAULT_TIMEOUT};
 use crate::remote::websocket::{self, Dial, HeaderHook, Stream, Target};
 use channel::{Control, Limits, Waker};
@@ -85,6 +86,68 @@ impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+impl Code {
+    /// Whether the reference attaches an error object to this result, and so sends the
+    /// failure metrics (spec §1.6).
+    pub fn has_error_object(self) -> bool {
+        matches!(
+            self,
+            Code::SessionIdDuplicate
+                | Code::InitChannelFailed
+                | Code::OpenChannelFailed
+                | Code::OpenPtyFailed
+                | Code::UnknownError
+                | Code::OpenPortFailed
+        )
+    }
+
+    /// The `errormsg` of the failure metrics.
+    fn describe(self) -> &'static str {
+        match self {
+            Code::SessionIdDuplicate => "the channel id is already in use by a live session",
+            Code::InitChannelFailed => "the session channel could not be set up",
+            Code::OpenChannelFailed => "the session websocket could not be opened",
+            Code::OpenPtyFailed => "the shell could not be started on a pty",
+            Code::OpenPortFailed => "the target port could not be connected",
+            _ => "the session failed",
+        }
+    }
+}
+
+/// The two failure events of a session that ended with `code` (spec §1.6), or none.
+pub fn failure_events(channel_id: &str, code: Code, ws_url: &str) -> Vec<Event> {
+    if !code.has_error_object() {
+        return Vec::new();
+    }
+    let msg = code.describe().to_string();
+    vec![
+        Event {
+            event_id: "agent.task.failed",
+            category: "TASK",
+            level: "ERROR",
+            keywords: vec![
+                ("errormsg", msg.clone()),
+                ("taskid", channel_id.to_string()),
+                ("sessionid", channel_id.to_string()),
+                ("code", code.as_str().to_string()),
+                ("wsURL", ws_url.to_string()),
+            ],
+        },
+        Event {
+            event_id: "agent.session.failed",
+            category: "SESSION",
+            level: "ERROR",
+            keywords: vec![
+                ("sessionId", channel_id.to_string()),
+                ("errormsg", msg),
+                ("taskid", channel_id.to_string()),
+                ("code", code.as_str().to_string()),
+                ("wsURL", ws_url.to_string()),
+            ],
+        },
+    ]
 }
 
 /// The E15 target: keys in this order, values not escaped (spec §1.4).
@@ -165,6 +228,8 @@ pub struct SessionsConfig {
     /// The proxy every request goes through (`ALIYUN_ASSIST_PROXY` or the config's `proxy`).
     pub proxy: Option<String>,
     pub limits: Limits,
+    /// Where failed sessions send their metrics (spec §1.6); `None` sends none.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for SessionsConfig {
@@ -306,7 +371,7 @@ impl Sessions {
             log::warn!("task={id} invoke_version=0 phase=session duplicate channel id refused");
             let spawned = thread::Builder::new()
                 .name("session-dup".to_string())
-                .spawn(move || report(&*cfg.http, &id, Code::SessionIdDuplicate));
+                .spawn(move || report(&cfg, &id, Code::SessionIdDuplicate));
             if let Err(e) = spawned {
                 log::error!("phase=session cannot start a thread to report a duplicate: {e}");
             }
@@ -318,7 +383,7 @@ impl Sessions {
                 log::error!("task={id} invoke_version=0 phase=session cannot create a pipe: {e}");
                 let _ = thread::Builder::new()
                     .name("session-fail".to_string())
-                    .spawn(move || report(&*cfg.http, &id, Code::InitChannelFailed));
+                    .spawn(move || report(&cfg, &id, Code::InitChannelFailed));
                 return;
             }
         };
@@ -398,8 +463,20 @@ impl Sessions {
     }
 }
 
-/// Sends E15 once: one attempt, 5 s, response ignored (spec §1.4).
-fn report(http: &dyn Http, id: &str, code: Code) {
+/// Sends E15 once: one attempt, 5 s, response ignored (spec §1.4); then, for a failure, its
+/// metrics (§1.6).
+fn report(cfg: &SessionsConfig, id: &str, code: Code) {
+    report_status(&*cfg.http, id, code);
+    if let Some(metrics) = &cfg.metrics {
+        let path = format!("{BACKEND_PATH}?channelId={id}");
+        let ws_url = websocket::server_ws_url(&cfg.base_url, &path).unwrap_or_default();
+        for event in failure_events(id, code, &ws_url) {
+            metrics.send(&*cfg.http, &event);
+        }
+    }
+}
+
+fn report_status(http: &dyn Http, id: &str, code: Code) {
     let target = status_path(id, code);
     match http.post(&target, b"", "text/plain; charset=utf-8", DEFAULT_TIMEOUT) {
         Ok(_) => log::info!(
@@ -424,7 +501,7 @@ struct EndGuard<'a> {
 impl EndGuard<'_> {
     fn report(&mut self, code: Code) {
         if !std::mem::replace(&mut self.reported, true) {
-            report(&*self.cfg.http, self.id, code);
+            report(self.cfg, self.id, code);
         }
     }
 }
@@ -460,7 +537,7 @@ impl Session<'_> {
             "port"
         };
         log::info!("task={id} invoke_version=0 phase=session starting a {kind} session");
-        let mut ws = match self.open() {
+        let ws = match self.open() {
             Ok(ws) => ws,
             Err(code) => return guard.report(code),
         };
@@ -481,29 +558,92 @@ impl Session<'_> {
         } else {
             shell::Shell::open(self.info, outputs).map(|s| Box::new(s) as Box<dyn channel::Plugin>)
         };
+        let mut ws = Some(ws);
         let code = match plugin {
             Ok(mut plugin) => {
-                let code = channel::serve(
-                    &mut ws,
-                    channel::Serve {
-                        session_id: id,
-                        pumped: pump_rx,
-                        control: &self.control,
-                        wake_rx: &self.wake_rx,
-                        pace: &pace,
-                        limits: &self.cfg.limits,
-                    },
-                    plugin.as_mut(),
-                );
+                let mut progress = channel::Progress::new(Instant::now());
+                let code = loop {
+                    let Some(open) = ws.as_mut() else {
+                        break Code::Timeout;
+                    };
+                    let outcome = channel::serve(
+                        open,
+                        channel::Serve {
+                            session_id: id,
+                            pumped: &pump_rx,
+                            control: &self.control,
+                            wake_rx: &self.wake_rx,
+                            pace: &pace,
+                            limits: &self.cfg.limits,
+                            progress: &mut progress,
+                        },
+                        plugin.as_mut(),
+                    );
+                    match outcome {
+                        channel::Outcome::End(code) => break code,
+                        channel::Outcome::Lost => {
+                            // Closed without a Close frame, as the reference does (§2.5).
+                            if let Some(old) = ws.take() {
+                                let _ = old.get_ref().tcp().shutdown(Shutdown::Both);
+                            }
+                            match self.reconnect(&progress) {
+                                Ok(new) => {
+                                    progress.reopened(Instant::now());
+                                    ws = Some(new);
+                                }
+                                Err(code) => break code,
+                            }
+                        }
+                    }
+                };
+                // A pump blocked on the full channel ends once nobody can receive.
+                drop(pump_rx);
                 plugin.finish();
                 code
             }
             Err(code) => code,
         };
         // Output already framed goes out before the report.
-        channel::flush_blocking(&mut ws, Duration::from_secs(5));
+        if let Some(open) = ws.as_mut() {
+            channel::flush_blocking(open, Duration::from_secs(5));
+        }
         guard.report(code);
-        close(ws);
+        if let Some(open) = ws {
+            close(open);
+        }
+    }
+
+    /// Spec §2.3: up to 11 dials of the same URL (fresh headers each time), 100 ms doubling
+    /// to 2 s between them. A stop or shutdown during a pause ends the session as `Notified`;
+    /// the idle or maximum limit passing ends it as `Timeout`, and so do 11 failed dials.
+    /// Output and sequence numbers carry over: the pump waits meanwhile.
+    fn reconnect(
+        &self,
+        progress: &channel::Progress,
+    ) -> Result<tungstenite::WebSocket<Stream>, Code> {
+        let id = self.info.session_id.as_str();
+        let attempts = channel::RECONNECT_PAUSES_MS.len() + 1;
+        for attempt in 1..=attempts {
+            if progress.clocks.due(Instant::now(), &self.cfg.limits) == channel::Due::End {
+                log::info!("task={id} invoke_version=0 phase=session time limit reached while reconnecting");
+                return Err(Code::Timeout);
+            }
+            log::info!("task={id} invoke_version=0 phase=session reconnecting (attempt {attempt} of {attempts})");
+            match self.open() {
+                Ok(ws) => return Ok(ws),
+                Err(_) if attempt == attempts => break,
+                Err(_) => {}
+            }
+            let pause = Duration::from_millis(channel::RECONNECT_PAUSES_MS[attempt - 1]);
+            match self.control.recv_timeout(pause) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Ok(_) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(Code::Notified)
+                }
+            }
+        }
+        log::warn!("task={id} invoke_version=0 phase=session the channel could not be reopened");
+        Err(Code::Timeout)
     }
 
     fn open(&self) -> Result<tungstenite::WebSocket<Stream>, Code> {
@@ -573,6 +713,26 @@ mod tests {
             status_path("a b", Code::Ok),
             "/luban/api/v1/session/status?channelId=a b&status=Success&errorcode=Ok"
         );
+    }
+
+    #[test]
+    fn only_failures_with_an_error_object_send_metrics() {
+        for code in [
+            Code::Ok,
+            Code::Notified,
+            Code::Timeout,
+            Code::ProcessDataError,
+        ] {
+            assert!(failure_events("c", code, "ws://h/x").is_empty(), "{code}");
+        }
+        let events = failure_events("c-1", Code::OpenPortFailed, "ws://h/x");
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, ["agent.task.failed", "agent.session.failed"]);
+        let keys: Vec<&str> = events[1].keywords.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["sessionId", "errormsg", "taskid", "code", "wsURL"]);
+        assert!(events[0]
+            .keywords
+            .contains(&("code", "Open_port_failed".to_string())));
     }
 
     #[test]
