@@ -97,9 +97,12 @@ fn a_final_report_whose_burst_a_kill_cut_short_arrives_once_from_the_next_agent(
     let dir = TestDir::new("recover-burst");
     let server = Server::start();
     server.set_default(FINISH, Reply::status(503));
-    server.push(
+    let runs = dir.path("runs");
+    let script = format!("echo run >> {}; echo done", runs.display());
+    // Both agents get the task on their startup fetch: the server has not heard of its end.
+    server.set_default(
         TASK_LIST,
-        list(&[shell_entry("t-burst", "echo done", "", "Once", OUTPUT)]),
+        list(&[shell_entry("t-burst", &script, "", "Once", OUTPUT)]),
     );
     let mut first = start_remote(&dir, &server, &[]);
     // The first attempt was refused; the next comes 2 s later. Kill the agent in between.
@@ -147,4 +150,7 @@ fn a_final_report_whose_burst_a_kill_cut_short_arrives_once_from_the_next_agent(
         .filter(|r| r.param("taskId") == Some("t-burst") && r.path != TASK_LIST)
         .count();
     assert_eq!(finals, 1, "{after:#?}");
+    // Delivered again, it did not run again: its final was waiting in the spool.
+    second.expect_line("it never runs twice");
+    assert_eq!(std::fs::read_to_string(&runs).expect("runs"), "run\n");
 }

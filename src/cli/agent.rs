@@ -132,11 +132,13 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
 /// thread, so a server that is away does not hold up the start), and the once-invocations
 /// among them never run again. Before any invocation starts.
 /// Restart recovery (see `runner::record::recover`): tells the engine which once-invocations
-/// must not run again and returns the error reports to send; `already_final` as there.
+/// must not run again (those recovery found, and `also`: remote mode's invocations whose final
+/// report waits in the spool) and returns the error reports to send; `already_final` as there.
 pub(super) fn recover_interrupted(
     state: &StateDir,
     engine: &mut Engine,
     already_final: &dyn Fn(&crate::report::ReportHead, i64) -> bool,
+    also: std::collections::HashSet<(String, i64)>,
 ) -> Vec<crate::report::Report> {
     let recovery = crate::runner::record::recover(
         &crate::runner::record::RecordDir::new(state.running_dir()),
@@ -151,7 +153,9 @@ pub(super) fn recover_interrupted(
             recovery.killed
         );
     }
-    engine.set_interrupted(recovery.interrupted);
+    let mut interrupted = recovery.interrupted;
+    interrupted.extend(also);
+    engine.set_interrupted(interrupted);
     recovery.reports
 }
 
@@ -211,7 +215,7 @@ fn run_local(
     let journal = Arc::new(journal);
     let mut engine = Engine::new(engine_config(cfg, state), journal, timer);
     // Journaled off the start path, by the engine's reports thread.
-    let recovered = recover_interrupted(state, &mut engine, &|_, _| false);
+    let recovered = recover_interrupted(state, &mut engine, &|_, _| false, Default::default());
     engine.send_later(recovered);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);

@@ -264,9 +264,18 @@ fn run_remote(
     // Recovered reports go to the spool at once (durably; its thread sends them in order and
     // leaves what is not sent at shutdown for the next start), so a long recovery list never
     // holds up the start or the shutdown.
-    let recovered = recover_interrupted(state, &mut engine, &|head, start| {
-        spooled_finals.contains(&(head.task_id.clone(), head.invoke_version, start))
-    });
+    // An invocation whose final waits in the spool ran already: a re-delivery (the server has
+    // not heard of its end yet) must not run it again.
+    let ran: std::collections::HashSet<(String, i64)> = spooled_finals
+        .iter()
+        .map(|(id, version, _)| (id.clone(), *version))
+        .collect();
+    let recovered = recover_interrupted(
+        state,
+        &mut engine,
+        &|head, start| spooled_finals.contains(&(head.task_id.clone(), head.invoke_version, start)),
+        ran,
+    );
     let mut unspooled = Vec::new();
     for report in recovered {
         if let Err(e) = crate::remote::reporter::spool_recovered(&spool.writer, &report) {

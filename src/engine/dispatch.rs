@@ -49,7 +49,7 @@ impl Engine {
         let version = info.invoke_version;
         if !info.repeat.is_periodic() && self.interrupted.contains(&(id.clone(), version)) {
             log::info!(
-                "task={id} invoke_version={version} phase=dispatch skipped: this invocation was running when an earlier agent stopped, and was reported as error AgentRestarted; it never runs twice"
+                "task={id} invoke_version={version} phase=dispatch skipped: an earlier agent ran this invocation (it stopped while it ran, or its final report waits in the spool); it never runs twice"
             );
             return;
         }

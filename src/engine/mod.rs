@@ -34,8 +34,9 @@ use crate::config::MAX_WORKERS;
 /// periodic tasks, invalid reports, recovery's errors in local mode). More than one: a report
 /// whose receiver fails holds its thread for a whole retry burst (1 + 3 attempts, 2 s apart),
 /// and a stop of 5,000 periodic tasks against a server failing one request in ten took one
-/// thread most of an hour. Reports of different invocations need no order among them.
-const REPORT_THREADS: usize = 8;
+/// thread most of an hour, and 8 threads still some minutes. Threads start on demand and end
+/// when idle; reports of different invocations need no order among them.
+const REPORT_THREADS: usize = 32;
 
 /// How long a worker (or the reports thread) waits for a job before it ends. Workers start
 /// on demand, so an idle agent holds none; this only saves restarting threads for tasks that
