@@ -20,4 +20,5 @@ pub mod runner;
 pub mod schedule;
 pub mod signals;
 pub mod source;
+pub mod status;
 pub mod timer;
