@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod clockwatch;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod error_chain;
 pub mod escape;

@@ -23,8 +23,6 @@ use crate::fsutil;
 use crate::model::RunTaskInfo;
 use crate::report::{Report, ReportError, Reporter, StopResult, Verdict};
 
-/// The file's name in the state dir.
-pub const FILE_NAME: &str = "status.json";
 /// The file's format; a reader refuses a file of another one.
 pub const FORMAT: u32 = 1;
 /// Tasks beyond this many are left out of the file (and counted in `left_out`).
@@ -534,7 +532,7 @@ mod tests {
     #[test]
     fn a_run_is_recorded_from_start_to_end_and_survives_a_restart() {
         let dir = TempDir::new("status");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join("status.json");
         let status = Status::open(path.clone(), this_agent(5));
         status.task_added(&task("a", "0 * * * * *"));
         status.save();
@@ -591,7 +589,7 @@ mod tests {
         );
 
         let dir = TempDir::new("status");
-        let path = dir.path().join(FILE_NAME);
+        let path = dir.path().join("status.json");
         assert!(matches!(read(&path, 0), Err(StatusError::Missing(_))));
         crate::fsutil::write_atomic(&path, b"{\"format\":2,\"agent\":{\"pid\":1,\"start_ticks\":1,\"started_ms\":0},\"updated_ms\":0,\"tasks\":[]}", 0o644).expect("write");
         assert!(matches!(
@@ -614,7 +612,7 @@ mod tests {
     #[test]
     fn long_schedules_are_cut_and_the_written_text_is_kept() {
         let dir = TempDir::new("status");
-        let status = Status::open(dir.path().join(FILE_NAME), this_agent(0));
+        let status = Status::open(dir.path().join("status.json"), this_agent(0));
         let mut info = task("a", "0 */15 * * * *");
         info.local = Some(Box::new(crate::model::LocalExtras {
             cron_written: "*/15 * * * *".to_string(),
@@ -623,7 +621,7 @@ mod tests {
         status.task_added(&info);
         status.task_added(&task("b", &"1,".repeat(300)));
         status.save();
-        let file = read(&dir.path().join(FILE_NAME), fsutil::euid()).expect("readable");
+        let file = read(&dir.path().join("status.json"), fsutil::euid()).expect("readable");
         assert_eq!(file.tasks[0].schedule, "*/15 * * * *");
         assert_eq!(file.tasks[0].cron, "0 */15 * * * *");
         assert_eq!(file.tasks[1].schedule.len(), MAX_TEXT);

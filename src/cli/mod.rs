@@ -11,6 +11,7 @@ mod args;
 mod crontab;
 #[cfg(feature = "remote")]
 mod remote;
+mod status;
 mod tools;
 
 use std::ffi::OsString;
@@ -53,6 +54,8 @@ USAGE:
     assistd check DIR|FILE
     assistd import-crontab FILE [--user NAME | --system] [--out DIR]
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
+    assistd list [--json] [--state-dir DIR] [--config FILE]
+    assistd run ID [--state-dir DIR] [--config FILE]
 ",
     );
     #[cfg(feature = "remote")]
@@ -97,6 +100,13 @@ COMMANDS:
               have a user column, --user NAME runs a user crontab's tasks as NAME.
               Lines that do not carry over go to stderr with their line number
     journal   print the local journal for people
+    list      what the local agent has scheduled: one line per task with its schedule,
+              next run (local time and UTC, before any randomDelay) and last run (when,
+              result, exit code, duration); works while no agent runs (it says so and
+              shows the last known state). --json: the stable form (README)
+    run       run a task now, once, through the running local agent; if it is already
+              queued or running nothing starts (exit 1). Prints the journal command that
+              shows its result
 ",
     );
     #[cfg(feature = "remote")]
@@ -123,7 +133,8 @@ register, deregister and update are not available.
     text.push_str(
         "
 EXIT CODES:
-    0 ok, 1 `check` found problems or `import-crontab` left lines out, 2 error
+    0 ok, 1 `check` found problems, `import-crontab` left lines out or `run` found the
+    task already running, 2 error
 ",
     );
     text
@@ -152,6 +163,10 @@ pub enum CliError {
     /// A state dir (or an ancestor) that someone else could change.
     Untrusted(crate::fsutil::Distrust),
     Load(local::LoadError),
+    /// The status file could not be read (`list`).
+    Status(crate::status::StatusError),
+    /// The running agent said no (`run`).
+    Agent(String),
     #[cfg(feature = "remote")]
     Transport(crate::remote::transport::SetupError),
     #[cfg(feature = "remote")]
@@ -174,6 +189,8 @@ impl fmt::Display for CliError {
             CliError::Engine(e) => e.fmt(f),
             CliError::Untrusted(e) => write!(f, "refusing the state dir: {e}"),
             CliError::Load(e) => e.fmt(f),
+            CliError::Status(e) => e.fmt(f),
+            CliError::Agent(msg) => f.write_str(msg),
             #[cfg(feature = "remote")]
             CliError::Transport(e) => e.fmt(f),
             #[cfg(feature = "remote")]
@@ -190,6 +207,7 @@ impl std::error::Error for CliError {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
             CliError::Load(e) => e.source(),
+            CliError::Status(e) => e.source(),
             #[cfg(feature = "remote")]
             CliError::Identity { source, .. } => Some(source),
             #[cfg(feature = "remote")]
@@ -238,6 +256,8 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "next" => tools::cmd_next(args),
         "check" => tools::cmd_check(args),
         "journal" => tools::cmd_journal(args),
+        "list" => status::cmd_list(args),
+        "run" => status::cmd_run(args),
         "import-crontab" => crontab::cmd_import_crontab(args),
         #[cfg(feature = "remote")]
         "register" => remote::cmd_register(args),
