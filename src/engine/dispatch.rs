@@ -324,6 +324,16 @@ impl Engine {
             let head = head_for(&info, Some(&schedule));
             let (ctx, info) = (ctx.clone(), info.clone());
             let delay = random_delay(delay_secs);
+            if delay_secs > 0 {
+                log::info!(
+                    "task={} invoke_version={} phase=fire scheduled={} random_delay_ms={} (randomDelay {} s): waiting first",
+                    info.task_id,
+                    info.invoke_version,
+                    firing.scheduled.timestamp_millis(),
+                    delay.as_millis(),
+                    delay_secs
+                );
+            }
             pool.execute(move || run_job(ctx, info, head, cancel, completes_cron, delay));
         })
     }

@@ -80,12 +80,6 @@ pub fn run_job(
     };
     let mut early = None;
     if !delay.is_zero() {
-        log::info!(
-            "task={} invoke_version={} phase=fire waiting {} ms first (randomDelay)",
-            head.task_id,
-            head.invoke_version,
-            delay.as_millis()
-        );
         select! {
             recv(cancel) -> how => early = how.ok(),
             recv(after(delay)) -> _ => {}
