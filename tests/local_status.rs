@@ -372,3 +372,39 @@ fn random_delay_waits_within_its_bound_before_each_firing() {
     );
     cleanup(dir);
 }
+
+#[test]
+fn next_shows_a_task_files_undelayed_times_and_says_a_delay_applies() {
+    let dir = TestDir::new("next-delay");
+    dir.task(
+        "spread",
+        &json!({"command": "true", "cron": "30 3 * * *", "randomDelay": 600}),
+    );
+    let file = dir.tasks().join("spread.json");
+    let out = assistd()
+        .args(["next", "--task"])
+        .arg(&file)
+        .args(["--from", "2031-01-01T00:00:00Z", "--count", "2"])
+        .output()
+        .expect("next");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "2031-01-01T03:30:00Z\n2031-01-02T03:30:00Z\n");
+    assert!(stderr.contains("randomDelay 600"), "{stderr}");
+    assert!(stderr.contains("undelayed"), "{stderr}");
+
+    let out = assistd()
+        .args(["next", "0 0 * * * ?", "--random-delay", "5", "--count", "1"])
+        .output()
+        .expect("next");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("randomDelay 5"));
+    let out = assistd()
+        .args(["next", "0 0 * * * ?", "--random-delay", "-5"])
+        .output()
+        .expect("next");
+    assert_eq!(out.status.code(), Some(2));
+    cleanup(dir);
+}

@@ -49,8 +49,8 @@ USAGE:
     );
     text.push_str(
         "\
-    assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
-                 [--crontab]
+    assistd next EXPR | --task FILE [--from RFC3339] [--count N] [--repeat Period|Rate|At]
+                 [--creation-time MS] [--crontab] [--random-delay SECS]
     assistd check DIR|FILE
     assistd import-crontab FILE [--user NAME | --system] [--out DIR]
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
@@ -93,7 +93,9 @@ COMMANDS:
         "\
     next      print the next fire times of a cron, rate or at expression, in UTC; a
               crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
-              as seconds-first cron, and stderr says so
+              as seconds-first cron, and stderr says so. --task FILE: a task file's
+              schedule; with its randomDelay (or --random-delay) the times are the
+              undelayed ones, and stderr says a delay applies
     check     validate task files; one line per problem
     import-crontab  turn a crontab's entries into task files: printed, or written
               to --out DIR (mode 0600); /etc/crontab and cron.d files (or --system)
