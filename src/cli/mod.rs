@@ -77,6 +77,10 @@ COMMANDS:
               results go to the journal in the state dir (default /var/lib/assistd).
               SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
               --log-task-output logs every line tasks print, as it arrives.
+              Task file keys beyond the server's: id, command, user, workdir, repeat,
+              env, logOutput, catchUp (\"none\" | \"last\": run once at start if a run
+              was missed) and randomDelay (seconds: each firing waits [0, N) first).
+              `list` shows what is scheduled; `run ID` runs a task now.
 ",
     );
     #[cfg(feature = "remote")]
