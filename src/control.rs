@@ -118,10 +118,24 @@ fn accept_loop(listener: UnixListener, owner: u32, requests: Sender<Request>) {
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+            // A client that hung up before it was accepted.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+            {
                 log::warn!("phase=control cannot accept a connection: {e}");
-                // Out of descriptors: waiting for one to be freed is the only way on.
+                // Out of descriptors or memory: waiting for some to be freed is the only way
+                // on (only while the host is in that state; an idle agent never gets here).
                 thread::sleep(Duration::from_millis(100));
                 continue;
             }

@@ -325,6 +325,12 @@ impl Status {
         }
     }
 
+    /// The start is over: what the previous agent's file said is no longer needed (a task
+    /// added later starts with no history).
+    pub fn start_done(&self) {
+        self.inner.lock().previous.clear();
+    }
+
     /// What the previous agent's file said about `task_id`.
     pub fn previous(&self, task_id: &str) -> Option<TaskStatus> {
         self.inner.lock().previous.get(task_id).cloned()

@@ -248,6 +248,12 @@ impl Engine {
         let (schedule, first) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
+                // The version it replaced is gone: `assistd run` and `list` must not show it.
+                if self.held.remove(&info.task_id).is_some() {
+                    if let Some(status) = &self.status {
+                        status.task_removed(&info.task_id);
+                    }
+                }
                 // Unlike the reference, an expired `at()` is reported too: nothing is dropped silently.
                 log::warn!(
                     "task={} invoke_version={} phase=schedule invalid expression: {e}",

@@ -209,6 +209,64 @@ impl Drop for DoneGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RepeatType;
+    use crate::report::{MemoryReporter, WallClock};
+
+    #[test]
+    fn an_invocation_waiting_out_its_delay_is_queued_and_a_stop_ends_it_unrun() {
+        let registry = Arc::new(Registry::new());
+        let reporter = MemoryReporter::new();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let ctx = JobContext {
+            registry: registry.clone(),
+            reporter: reporter.clone(),
+            runner: Arc::new(RunnerConfig {
+                script_dir: std::path::PathBuf::from("/nonexistent/never-used"),
+                allow_power_actions: false,
+                records: None,
+                max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+                clean_task_env: false,
+                log_task_output: false,
+            }),
+            done: done_tx,
+            status: None,
+        };
+        let info = Arc::new(RunTaskInfo {
+            task_id: "d".to_string(),
+            invoke_version: 1,
+            repeat: RepeatType::Period,
+            ..RunTaskInfo::default()
+        });
+        assert!(registry.register_periodic("d", 1));
+        let cancel = registry
+            .try_add_periodic_invocation("d", 1)
+            .expect("first firing");
+        let head = ReportHead {
+            task_id: "d".to_string(),
+            invoke_version: 1,
+            repeat: RepeatType::Period,
+            wall_clock: WallClock::None,
+        };
+        let job = std::thread::spawn(move || {
+            run_job(ctx, info, head, cancel, false, Duration::from_secs(3600))
+        });
+        // While it waits: the next firing overlaps, and the shutdown's cancel of queued
+        // invocations reaches it.
+        assert!(registry.try_add_periodic_invocation("d", 1).is_none());
+        assert_eq!(registry.cancel_all(Cancel::Stop, true), 1);
+        let done = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("done long before the delay");
+        job.join().expect("job");
+        assert_eq!(done.outcome.ending, Ending::Stopped);
+        let reports = reporter.reports();
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        assert!(
+            matches!(&reports[0], Report::Stopped { span, result: StopResult::Killed, .. } if span.start_ms == 0),
+            "{reports:#?}"
+        );
+        assert_eq!(registry.live_count(), 0);
+    }
 
     #[test]
     fn random_delays_stay_below_their_bound_and_vary() {

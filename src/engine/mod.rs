@@ -248,7 +248,10 @@ impl Engine {
             self.handle_source_event(event);
         }
         self.starting = false;
-        self.save_status();
+        if let Some(status) = &self.status {
+            status.start_done();
+            status.save();
+        }
         let mut source = Some(source);
         let result = loop {
             let event = match self.next_event(&signals, source.as_ref()) {
