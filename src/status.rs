@@ -287,6 +287,10 @@ pub struct Status {
     /// The generation last written: writers serialise here, outside the table's lock, and
     /// skip a snapshot older than one already on disk.
     written: Mutex<u64>,
+    /// With a writer thread (`start_writer`): `save` only kicks it, so that no worker waits
+    /// for an fsync and a burst of events becomes one write. `None`: `save` writes itself.
+    kick: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -322,6 +326,8 @@ impl Status {
                 generation: 0,
             }),
             written: Mutex::new(0),
+            kick: Mutex::new(None),
+            writer: Mutex::new(None),
         }
     }
 
@@ -440,17 +446,51 @@ impl Status {
         self.save();
     }
 
-    /// The agent stops cleanly: an invocation still marked running never ends.
+    /// Starts the `status` thread that does the writes `save` asks for: it blocks on a
+    /// one-slot channel (an idle agent never wakes it), and a kick that arrives while it
+    /// writes becomes one more write of the newest table. It ends at `agent_stopped`.
+    pub fn start_writer(self: &std::sync::Arc<Self>) -> io::Result<()> {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let status = self.clone();
+        let join = std::thread::Builder::new()
+            .name("status".to_string())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    status.write_now();
+                }
+            })?;
+        *self.kick.lock() = Some(tx);
+        *self.writer.lock() = Some(join);
+        Ok(())
+    }
+
+    /// The agent stops cleanly: the writer thread ends and the last table, with the stop,
+    /// is written before this returns. An invocation still marked running never ends.
     pub fn agent_stopped(&self) {
         {
             let mut inner = self.inner.lock();
             inner.agent.stopped_ms = Some(now_ms());
         }
-        self.save();
+        drop(self.kick.lock().take());
+        let writer = self.writer.lock().take();
+        if let Some(join) = writer {
+            let _ = join.join();
+        }
+        self.write_now();
+    }
+
+    /// Asks for the table to be written: by the writer thread if there is one, else now.
+    pub fn save(&self) {
+        if let Some(kick) = &*self.kick.lock() {
+            // Full: a write is already due, and it will take the newest table.
+            let _ = kick.try_send(());
+            return;
+        }
+        self.write_now();
     }
 
     /// Writes the table now (atomically). A failure is logged; the next event tries again.
-    pub fn save(&self) {
+    fn write_now(&self) {
         let (generation, bytes) = {
             let mut inner = self.inner.lock();
             inner.generation += 1;
@@ -613,6 +653,28 @@ mod tests {
             read(&link, fsutil::euid()),
             Err(StatusError::Untrusted(_))
         ));
+    }
+
+    #[test]
+    fn the_writer_thread_writes_what_was_saved_and_the_stop_last() {
+        let dir = TempDir::new("status-writer");
+        let path = dir.path().join("status.json");
+        let status = std::sync::Arc::new(Status::open(path.clone(), this_agent(0)));
+        status.start_writer().expect("writer");
+        for i in 0..50 {
+            status.task_added(&task(&format!("t{i}"), "0 * * * * *"));
+            status.save();
+        }
+        status.agent_stopped();
+        let file = read(&path, fsutil::euid()).expect("readable");
+        assert_eq!(file.tasks.len(), 50);
+        assert!(file.agent.stopped_ms.is_some());
+        assert!(status.writer.lock().is_none(), "joined");
+        assert_eq!(
+            std::sync::Arc::strong_count(&status),
+            1,
+            "the thread let go"
+        );
     }
 
     #[test]

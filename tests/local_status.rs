@@ -37,6 +37,30 @@ fn list_json(dir: &TestDir) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("list --json is JSON ({e}): {out}"))
 }
 
+/// `list --json` once the agent's status file shows what `pred` wants: the agent writes it
+/// on its own thread, so it is re-read after each stderr line (or half a second).
+fn wait_list(agent: &Agent, dir: &TestDir, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + util::DEADLINE;
+    loop {
+        // Before the agent's first write there is no file yet (exit 2): wait on.
+        let (code, out, err) = tool(dir, &["list", "--json"]);
+        let list: Value = if code == 0 {
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+        } else {
+            Value::Null
+        };
+        if code == 0 && pred(&list) {
+            return list;
+        }
+        if std::time::Instant::now() > deadline {
+            agent.fail(&format!("list never showed {what}: {list:#} {err}"));
+        }
+        let _ = agent
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(500));
+    }
+}
+
 fn task<'a>(list: &'a Value, id: &str) -> &'a Value {
     list["tasks"]
         .as_array()
@@ -94,10 +118,11 @@ fn list_shows_schedules_and_last_results_while_running_and_after_a_stop() {
     agent.wait_journal(&dir, "hello finished", |r| {
         count(r, "hello", "finished") == 1
     });
-    // The status file is written after the report that ended the run.
-    agent.expect_line("task=hello invoke_version=1 phase=end");
-
-    let list = list_json(&dir);
+    let list = wait_list(&agent, &dir, "hello's result", |l| {
+        l["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["id"] == "hello" && !t["last"].is_null()))
+    });
     assert_eq!(list["agent"]["state"], "running", "{list:#}");
     let hello = task(&list, "hello");
     assert_eq!(hello["repeat"], "Once");
@@ -148,6 +173,22 @@ fn list_shows_schedules_and_last_results_while_running_and_after_a_stop() {
         !dir.state().join("control.sock").exists(),
         "the socket goes with the agent"
     );
+
+    // An agent that died without a clean stop: its pid names no process (a child that has
+    // been reaped), so it is gone, whatever the file says.
+    let mut dead = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let dead_pid = dead.id();
+    dead.wait().expect("reap");
+    let mut status = status_file(&dir);
+    status["agent"]["stopped_ms"] = Value::Null;
+    status["agent"]["pid"] = json!(dead_pid);
+    write_status(&dir, &status);
+    let list = list_json(&dir);
+    assert_eq!(list["agent"]["state"], "gone", "{list:#}");
+    let (_, text, _) = tool(&dir, &["list"]);
+    assert!(text.contains("ended without a clean stop"), "{text}");
     cleanup(dir);
 }
 
@@ -190,12 +231,18 @@ fn run_starts_a_task_now_once_and_obeys_non_overlap() {
     let (code, _, err) = tool(&dir, &["run", "nope"]);
     assert_eq!(code, 2);
     assert!(err.contains("no task \"nope\""), "{err}");
-    let list = list_json(&dir);
+    let list = wait_list(&agent, &dir, "slow running", |l| {
+        l["tasks"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["id"] == "slow" && !t["running"].is_null())
+        })
+    });
     assert_eq!(
         task(&list, "slow")["running"]["invoke_version"],
         1,
         "{list:#}"
     );
+    assert_eq!(task(&list, "slow")["last"], Value::Null, "{list:#}");
 
     std::fs::write(&go, b"").expect("go");
     let records = agent.wait_journal(&dir, "slow finished", |r| count(r, "slow", "finished") == 1);

@@ -201,6 +201,9 @@ fn run_local(
         inner: Arc::new(journal),
         status: status.clone(),
     });
+    status
+        .start_writer()
+        .map_err(io_err("cannot start the status writer thread"))?;
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
     engine.set_status(status);
     // Root and the agent's own uid may ask (the socket is 0600 besides).
