@@ -29,6 +29,11 @@ pub const FORMAT: u32 = 1;
 pub const MAX_TASKS: usize = 10_000;
 /// Schedule texts are cut at this many bytes in the file.
 const MAX_TEXT: usize = 256;
+/// The writer thread writes at most once per this long, however many tasks fire: the file
+/// lags an event by this much at most, and a host with thousands of tasks does not rewrite
+/// it (fsync and all) for each of them. Only events start the pause: an idle agent never
+/// wakes for it.
+const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// A file larger than this is refused by readers: `MAX_TASKS` entries fit easily.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -447,16 +452,32 @@ impl Status {
     }
 
     /// Starts the `status` thread that does the writes `save` asks for: it blocks on a
-    /// one-slot channel (an idle agent never wakes it), and a kick that arrives while it
-    /// writes becomes one more write of the newest table. It ends at `agent_stopped`.
+    /// one-slot channel (an idle agent never wakes it); kicks that arrive while it writes or
+    /// pauses (`MIN_WRITE_INTERVAL`) become one more write of the newest table. It ends at
+    /// `agent_stopped`.
     pub fn start_writer(self: &std::sync::Arc<Self>) -> io::Result<()> {
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         let status = self.clone();
         let join = std::thread::Builder::new()
             .name("status".to_string())
             .spawn(move || {
-                while rx.recv().is_ok() {
+                let mut due = rx.recv().is_ok();
+                while due {
                     status.write_now();
+                    // At most one write per `MIN_WRITE_INTERVAL`: kicks during the pause
+                    // become one write after it. Disconnected: the stop writes the rest.
+                    let until = std::time::Instant::now() + MIN_WRITE_INTERVAL;
+                    due = false;
+                    loop {
+                        match rx.recv_deadline(until) {
+                            Ok(()) => due = true,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    if !due {
+                        due = rx.recv().is_ok();
+                    }
                 }
             })?;
         *self.kick.lock() = Some(tx);
