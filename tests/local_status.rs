@@ -201,6 +201,13 @@ fn list_says_when_no_agent_ever_ran() {
     let (code, _, err) = tool(&dir, &["run", "x"]);
     assert_eq!(code, 2);
     assert!(err.contains("no agent is running"), "{err}");
+    std::fs::remove_dir(dir.state()).expect("remove the empty state dir");
+    let (code, _, err) = tool(&dir, &["list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no local agent has run"), "{err}");
+    let (code, _, err) = tool(&dir, &["run", "x"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no agent is running"), "{err}");
     cleanup(dir);
 }
 

@@ -213,6 +213,11 @@ pub(super) fn cmd_list(mut args: Args) -> Result<ExitCode, CliError> {
     }
     let state = StateDir::new(cfg.state_dir.clone());
     let uid = fsutil::euid();
+    if std::fs::symlink_metadata(&state.root).is_err() {
+        return Err(CliError::Status(status::StatusError::Missing(
+            state.status_file(),
+        )));
+    }
     state.check_trust(uid).map_err(CliError::Untrusted)?;
     let file = status::read(&state.status_file(), uid).map_err(CliError::Status)?;
     let boot = fsutil::boot_id().ok();
@@ -240,10 +245,16 @@ pub(super) fn cmd_run(mut args: Args) -> Result<ExitCode, CliError> {
         return Err(CliError::Usage("run takes one task id".to_string()));
     };
     let state = StateDir::new(cfg.state_dir.clone());
+    let socket = state.control_socket();
+    if std::fs::symlink_metadata(&state.root).is_err() {
+        return Err(CliError::Agent(format!(
+            "no agent is running with state dir {} (it does not exist)",
+            state.root.display()
+        )));
+    }
     state
         .check_trust(fsutil::euid())
         .map_err(CliError::Untrusted)?;
-    let socket = state.control_socket();
     let (answer, version) = crate::control::ask_run(&state.root, id).map_err(|e| {
         let what = match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
