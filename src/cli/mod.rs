@@ -41,15 +41,13 @@ USAGE:
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
+        "    assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
                   [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
                   [--log-file FILE | --log-stderr]
 ",
     );
     text.push_str(
-        "\
-    assistd next EXPR | --task FILE [--from RFC3339] [--count N] [--repeat Period|Rate|At]
+        "    assistd next EXPR | --task FILE [--from RFC3339] [--count N] [--repeat Period|Rate|At]
                  [--creation-time MS] [--crontab] [--random-delay SECS]
     assistd check DIR|FILE
     assistd import-crontab FILE [--user NAME | --system] [--out DIR]
@@ -60,8 +58,7 @@ USAGE:
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
+        "    assistd register --server URL --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
                      (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
     assistd deregister --server URL [--state-dir DIR]
     assistd update --check | --apply [--allow-downgrade] [--server URL] [--instance-id ID]
@@ -69,8 +66,7 @@ USAGE:
 ",
     );
     text.push_str(
-        "\
-    assistd --version | --help
+        "    assistd --version | --help
 
 COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
@@ -85,8 +81,7 @@ COMMANDS:
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-              Without --local: remote mode. Tasks come from the Cloud Assistant server
+        "              Without --local: remote mode. Tasks come from the Cloud Assistant server
               (--server host or URL, else $ALIYUN_ASSIST_SERVER_HOST, else metadata
               discovery); results are reported to it. Kicks arrive on its notify
               websocket; while that is down the task list is polled every
@@ -94,8 +89,7 @@ COMMANDS:
 ",
     );
     text.push_str(
-        "\
-    next      print the next fire times of a cron, rate or at expression, in UTC; a
+        "    next      print the next fire times of a cron, rate or at expression, in UTC; a
               crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
               as seconds-first cron, and stderr says so. --task FILE: a task file's
               schedule; with its randomDelay (or --random-delay) the times are the
@@ -117,8 +111,7 @@ COMMANDS:
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    register  register this machine as a hybrid (non-ECS) instance; keys go to
+        "    register  register this machine as a hybrid (non-ECS) instance; keys go to
               <state-dir>/hybrid with mode 0600
     deregister  undo `register` at the server and remove the keys
     update    --check: ask the server whether a newer agent is offered and print the answer.
