@@ -144,6 +144,13 @@ fn list_text(file: &StatusFile, live: Liveness, zone: &Zone, now: DateTime<Utc>)
             .flatten();
         let dash = || "-".to_string();
         let (last, result, exit, took) = match (t.running(), t.ended()) {
+            // Under way when the agent died: the next agent reports it as an error.
+            (Some(run), _) if live != Liveness::Running => (
+                utc(run.started_ms).map(rfc3339).unwrap_or_else(dash),
+                "interrupted".to_string(),
+                dash(),
+                dash(),
+            ),
             (Some(run), _) => (
                 utc(run.started_ms).map(rfc3339).unwrap_or_else(dash),
                 "running".to_string(),
