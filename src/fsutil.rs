@@ -620,6 +620,16 @@ impl StateDir {
         Ok(())
     }
 
+    /// What a local agent has scheduled and how each task last ran (`crate::status`), 0644.
+    pub fn status_file(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
+    /// The socket `assistd run` asks a running local agent through (`crate::control`), 0600.
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+
     /// The single-instance lock.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("assistd.lock")

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod clockwatch;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod error_chain;
 pub mod escape;
@@ -20,4 +21,5 @@ pub mod runner;
 pub mod schedule;
 pub mod signals;
 pub mod source;
+pub mod status;
 pub mod timer;

@@ -114,6 +114,13 @@ pub struct LocalExtras {
     pub env: Vec<(String, String)>,
     /// `logOutput`: every line the task prints goes to the agent's log as it arrives.
     pub log_output: bool,
+    /// `catchUp: "last"`: after start-up, run once if a run was due while no agent ran.
+    pub catch_up: bool,
+    /// `randomDelay`: each timer firing first waits a random time in [0, this) seconds.
+    pub random_delay_secs: u32,
+    /// `cron` as the file wrote it, when the agent rewrote it (a crontab(5) time); empty
+    /// when `cron` is the file's own text.
+    pub cron_written: String,
 }
 
 impl fmt::Debug for RunTaskInfo {

@@ -18,6 +18,7 @@ use crate::runner::RunnerConfig;
 use crate::schedule;
 use crate::source::local::{LocalSource, RebootState};
 use crate::source::SourceEvent;
+use crate::status::{Status, StatusReporter};
 use crate::{signals, timer};
 
 pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
@@ -212,13 +213,33 @@ fn run_local(
 
     let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
-    let journal = Arc::new(journal);
-    let mut engine = Engine::new(engine_config(cfg, state), journal, timer);
-    // Journaled off the start path, by the engine's reports thread.
+    let status = Arc::new(Status::open(
+        state.status_file(),
+        crate::status::this_agent(chrono::Utc::now().timestamp_millis()),
+    ));
+    let reporter = Arc::new(StatusReporter {
+        inner: Arc::new(journal),
+        status: status.clone(),
+    });
+    status
+        .start_writer()
+        .map_err(io_err("cannot start the status writer thread"))?;
+    let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
+    engine.set_status(status);
+    // Root and the agent's own uid may ask (the socket is 0600 besides).
+    let (control, requests) =
+        crate::control::listen(&state.root, crate::fsutil::euid()).map_err(io_err(format!(
+            "cannot listen on {}",
+            state.control_socket().display()
+        )))?;
+    engine.set_control(requests);
+    // Journaled off the start path, by the engine's reports threads.
     let recovered = recover_interrupted(state, &mut engine, &|_, _| false, Default::default());
     engine.send_later(recovered);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
+    // No more requests: the socket goes away (its thread is joined) before the agent ends.
+    drop(control);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
     result.map_err(CliError::Engine)?;

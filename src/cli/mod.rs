@@ -11,6 +11,7 @@ mod args;
 mod crontab;
 #[cfg(feature = "remote")]
 mod remote;
+mod status;
 mod tools;
 
 use std::ffi::OsString;
@@ -40,25 +41,24 @@ USAGE:
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
+        "    assistd agent [--server URL] [--instance-id ID] [--poll-interval SECS] [--coldstart-flag FILE]
                   [--state-dir DIR] [--config FILE] [--workers N] [--log-level LEVEL]
                   [--log-file FILE | --log-stderr] [--detach-terminal]
 ",
     );
     text.push_str(
-        "\
-    assistd next EXPR [--from RFC3339] [--count N] [--repeat Period|Rate|At] [--creation-time MS]
-                 [--crontab]
+        "    assistd next EXPR | --task FILE [--from RFC3339] [--count N] [--repeat Period|Rate|At]
+                 [--creation-time MS] [--crontab] [--random-delay SECS]
     assistd check DIR|FILE
     assistd import-crontab FILE [--user NAME | --system] [--out DIR]
     assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
+    assistd list [--json] [--state-dir DIR] [--config FILE]
+    assistd run ID [--state-dir DIR] [--config FILE]
 ",
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    assistd register [--server URL] --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
+        "    assistd register [--server URL] --activation-id ID [--region ID] [--name NAME] [--state-dir DIR]
                      (the activation code is read from ASSISTD_ACTIVATION_CODE, never from argv)
     assistd deregister [--server URL] [--state-dir DIR]
     assistd update --check | --apply [--allow-downgrade] [--server URL] [--instance-id ID]
@@ -66,8 +66,7 @@ USAGE:
 ",
     );
     text.push_str(
-        "\
-    assistd --version | --help
+        "    assistd --version | --help
 
 COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
@@ -75,12 +74,15 @@ COMMANDS:
               SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
               --log-task-output logs every line tasks print, as it arrives.
               --detach-terminal gives up the starting terminal (init scripts use it).
+              Task file keys beyond the server's: id, command, user, workdir, repeat,
+              env, logOutput, catchUp (\"none\" | \"last\": run once at start if a run
+              was missed) and randomDelay (seconds: each firing waits [0, N) first).
+              `list` shows what is scheduled; `run ID` runs a task now.
 ",
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-              Without --local: remote mode. Tasks come from the Cloud Assistant server
+        "              Without --local: remote mode. Tasks come from the Cloud Assistant server
               (--server host or URL, else $ALIYUN_ASSIST_SERVER_HOST, else metadata
               discovery); results are reported to it. Kicks arrive on its notify
               websocket; while that is down the task list is polled every
@@ -88,22 +90,29 @@ COMMANDS:
 ",
     );
     text.push_str(
-        "\
-    next      print the next fire times of a cron, rate or at expression, in UTC; a
+        "    next      print the next fire times of a cron, rate or at expression, in UTC; a
               crontab(5) time (5 fields, or @daily etc.; --crontab forces it) is read
-              as seconds-first cron, and stderr says so
+              as seconds-first cron, and stderr says so. --task FILE: a task file's
+              schedule; with its randomDelay (or --random-delay) the times are the
+              undelayed ones, and stderr says a delay applies
     check     validate task files; one line per problem
     import-crontab  turn a crontab's entries into task files: printed, or written
               to --out DIR (mode 0600); /etc/crontab and cron.d files (or --system)
               have a user column, --user NAME runs a user crontab's tasks as NAME.
               Lines that do not carry over go to stderr with their line number
     journal   print the local journal for people
+    list      what the local agent has scheduled: one line per task with its schedule,
+              next run (local time and UTC, before any randomDelay) and last run (when,
+              result, exit code, duration); works while no agent runs (it says so and
+              shows the last known state). --json: the stable form (README)
+    run       run a task now, once, through the running local agent; if it is already
+              queued or running nothing starts (exit 1). Prints the journal command that
+              shows its result
 ",
     );
     #[cfg(feature = "remote")]
     text.push_str(
-        "\
-    register  register this machine as a hybrid (non-ECS) instance; keys go to
+        "    register  register this machine as a hybrid (non-ECS) instance; keys go to
               <state-dir>/hybrid with mode 0600
     deregister  undo `register` at the server and remove the keys
               (both find the server as `agent` does: --server, the config's server, then
@@ -126,7 +135,8 @@ register, deregister and update are not available.
     text.push_str(
         "
 EXIT CODES:
-    0 ok, 1 `check` found problems or `import-crontab` left lines out, 2 error
+    0 ok, 1 `check` found problems, `import-crontab` left lines out or `run` found the
+    task already running, 2 error
 ",
     );
     text
@@ -155,6 +165,10 @@ pub enum CliError {
     /// A state dir (or an ancestor) that someone else could change.
     Untrusted(crate::fsutil::Distrust),
     Load(local::LoadError),
+    /// The status file could not be read (`list`).
+    Status(crate::status::StatusError),
+    /// The running agent said no (`run`).
+    Agent(String),
     #[cfg(feature = "remote")]
     Transport(crate::remote::transport::SetupError),
     #[cfg(feature = "remote")]
@@ -177,6 +191,8 @@ impl fmt::Display for CliError {
             CliError::Engine(e) => e.fmt(f),
             CliError::Untrusted(e) => write!(f, "refusing the state dir: {e}"),
             CliError::Load(e) => e.fmt(f),
+            CliError::Status(e) => e.fmt(f),
+            CliError::Agent(msg) => f.write_str(msg),
             #[cfg(feature = "remote")]
             CliError::Transport(e) => e.fmt(f),
             #[cfg(feature = "remote")]
@@ -193,6 +209,7 @@ impl std::error::Error for CliError {
             CliError::Config(e) => e.source(),
             CliError::Io { source, .. } => Some(source),
             CliError::Load(e) => e.source(),
+            CliError::Status(e) => e.source(),
             #[cfg(feature = "remote")]
             CliError::Identity { source, .. } => Some(source),
             #[cfg(feature = "remote")]
@@ -241,6 +258,8 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
         "next" => tools::cmd_next(args),
         "check" => tools::cmd_check(args),
         "journal" => tools::cmd_journal(args),
+        "list" => status::cmd_list(args),
+        "run" => status::cmd_run(args),
         "import-crontab" => crontab::cmd_import_crontab(args),
         #[cfg(feature = "remote")]
         "register" => remote::cmd_register(args),

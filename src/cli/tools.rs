@@ -60,11 +60,54 @@ pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
         None => 0,
     };
     let crontab_flag = args.flag("--crontab");
+    let task_file = args.value("--task")?;
+    let mut delay: u32 = match args.value("--random-delay")? {
+        Some(n) => n
+            .parse()
+            .ok()
+            .filter(|n| u64::from(*n) <= local::MAX_RANDOM_DELAY)
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "--random-delay must be whole seconds from 0 to {}, not {n:?}",
+                    local::MAX_RANDOM_DELAY
+                ))
+            })?,
+        None => 0,
+    };
     args.finish()?;
-    let [expr] = args.positionals.as_slice() else {
-        return Err(CliError::Usage(
-            "next takes exactly one expression (quote it)".to_string(),
-        ));
+    // `--task FILE`: the schedule, rate origin and randomDelay of a task file, as the agent
+    // reads them.
+    let mut creation_ms = creation_ms;
+    let mut kind = kind;
+    let from_task;
+    let expr = match (&task_file, args.positionals.as_slice()) {
+        (Some(path), []) => {
+            let info = local::load_file(Path::new(path)).map_err(CliError::Load)?;
+            kind = Some(match info.repeat {
+                crate::model::RepeatType::Period => ScheduleKind::Cron,
+                crate::model::RepeatType::Rate => ScheduleKind::Rate,
+                crate::model::RepeatType::At => ScheduleKind::At,
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "task {} has no fire times (repeat {other})",
+                        info.task_id
+                    )))
+                }
+            });
+            creation_ms = info.creation_time;
+            if let Some(extras) = &info.local {
+                delay = delay.max(extras.random_delay_secs);
+            }
+            eprintln!("task {}: {} {:?}", info.task_id, info.repeat, info.cron);
+            from_task = info.cron;
+            &from_task
+        }
+        (None, [expr]) => expr,
+        _ => {
+            return Err(CliError::Usage(
+                "next takes exactly one expression (quote it), or --task FILE".to_string(),
+            ))
+        }
     };
     let kind = kind.unwrap_or_else(|| guess_kind(expr));
     let looks_crontab = kind == ScheduleKind::Cron && crontab::is_crontab_form(expr);
@@ -103,6 +146,11 @@ pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
             Some(n) => next = n,
             None => break,
         }
+    }
+    if delay > 0 {
+        eprintln!(
+            "randomDelay {delay}: each firing first waits a random time in [0, {delay}) s; the times above are undelayed"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,8 +3,9 @@
 //! timer; it never runs a process and never blocks on a report (reports go through the pool).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 
 use crate::model::{RepeatType, RunTaskInfo};
 use crate::report::{Report, ReportHead, WallClock};
@@ -12,7 +13,7 @@ use crate::runner::{self, Cancel};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::timer::{Callback, Firing};
 
-use super::invocation::{run_job, stopped_without_run, JobContext};
+use super::invocation::{random_delay, run_job, stopped_without_run, JobContext};
 use super::pool::Pool;
 use super::Engine;
 use crate::report::StopResult;
@@ -114,6 +115,11 @@ impl Engine {
             info.invoke_version,
             info.repeat
         );
+        if self.held.remove(id).is_some() {
+            if let Some(status) = &self.status {
+                status.task_removed(id);
+            }
+        }
         if info.repeat.is_periodic() && self.ctx.registry.take_periodic(id).is_some() {
             if let Some(timer) = &self.timer {
                 timer.disarm(id);
@@ -167,8 +173,67 @@ impl Engine {
         let ctx = self.ctx.clone();
         let head = head_for(&info, None);
         let info = Arc::new(info);
+        self.hold(&info, None);
         self.pool
-            .execute(move || run_job(ctx, info, head, cancel, false));
+            .execute(move || run_job(ctx, info, head, cancel, false, Duration::ZERO));
+    }
+
+    /// Keeps a task the engine took for `assistd run` and tells the status (local mode only).
+    fn hold(&mut self, info: &Arc<RunTaskInfo>, schedule: Option<&Arc<Schedule>>) {
+        let Some(status) = &self.status else { return };
+        status.task_added(info);
+        self.held.insert(
+            info.task_id.clone(),
+            super::Held {
+                info: info.clone(),
+                schedule: schedule.cloned(),
+            },
+        );
+    }
+
+    /// `catchUp: "last"`, at start only: when the previous agent's status file shows that a
+    /// run fell due after the task last started (or was first seen) and before now, one
+    /// firing now. The reference time comes from the file, so a clock set back (a reference
+    /// in the future) finds nothing due: missed runs are never replayed one by one.
+    fn catch_up(&self, info: &Arc<RunTaskInfo>, schedule: &Arc<Schedule>) {
+        let wanted = info.local.as_ref().is_some_and(|l| l.catch_up);
+        let (Some(status), true, true) = (&self.status, wanted, self.starting) else {
+            return;
+        };
+        let Some(previous) = status.previous(&info.task_id) else {
+            log::info!(
+                "task={} invoke_version={} phase=catch-up none: the task is new",
+                info.task_id,
+                info.invoke_version
+            );
+            return;
+        };
+        let now = Utc::now();
+        let Some(reference) = Utc.timestamp_millis_opt(previous.reference_ms()).single() else {
+            return;
+        };
+        match schedule.next_after(reference) {
+            Some(due) if due <= now => {
+                log::info!(
+                    "task={} invoke_version={} phase=catch-up a run was due at {} while no agent ran (last {}); running once now",
+                    info.task_id,
+                    info.invoke_version,
+                    due.to_rfc3339(),
+                    reference.to_rfc3339()
+                );
+                let mut fire = self.periodic_callback(info.clone(), schedule.clone());
+                fire(Firing {
+                    scheduled: due,
+                    last: false,
+                });
+            }
+            _ => log::info!(
+                "task={} invoke_version={} phase=catch-up none: no run was due since {}",
+                info.task_id,
+                info.invoke_version,
+                reference.to_rfc3339()
+            ),
+        }
     }
 
     /// Spec §5.6: parse, check that a run is left, register, arm the timer.
@@ -183,6 +248,12 @@ impl Engine {
         let (schedule, first) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
+                // The version it replaced is gone: `assistd run` and `list` must not show it.
+                if self.held.remove(&info.task_id).is_some() {
+                    if let Some(status) = &self.status {
+                        status.task_removed(&info.task_id);
+                    }
+                }
                 // Unlike the reference, an expired `at()` is reported too: nothing is dropped silently.
                 log::warn!(
                     "task={} invoke_version={} phase=schedule invalid expression: {e}",
@@ -217,7 +288,9 @@ impl Engine {
             first.to_rfc3339()
         );
         let callback = self.periodic_callback(info.clone(), schedule.clone());
-        timer.arm(&info.task_id, schedule, callback);
+        timer.arm(&info.task_id, schedule.clone(), callback);
+        self.hold(&info, Some(&schedule));
+        self.catch_up(&info, &schedule);
     }
 
     /// What the timer calls on each firing: the non-overlap check, then a pool job. The
@@ -226,6 +299,7 @@ impl Engine {
     fn periodic_callback(&self, info: Arc<RunTaskInfo>, schedule: Arc<Schedule>) -> Callback {
         let launch = self.launch.clone();
         let is_cron = matches!(info.repeat, RepeatType::Period);
+        let delay_secs = info.local.as_ref().map_or(0, |l| l.random_delay_secs);
         Box::new(move |firing: Firing| {
             let Launch { ctx, pool } = &*launch;
             let completes_cron = is_cron && firing.last;
@@ -255,7 +329,18 @@ impl Engine {
             };
             let head = head_for(&info, Some(&schedule));
             let (ctx, info) = (ctx.clone(), info.clone());
-            pool.execute(move || run_job(ctx, info, head, cancel, completes_cron));
+            let delay = random_delay(delay_secs);
+            if delay_secs > 0 {
+                log::info!(
+                    "task={} invoke_version={} phase=fire scheduled={} random_delay_ms={} (randomDelay {} s): waiting first",
+                    info.task_id,
+                    info.invoke_version,
+                    firing.scheduled.timestamp_millis(),
+                    delay.as_millis(),
+                    delay_secs
+                );
+            }
+            pool.execute(move || run_job(ctx, info, head, cancel, completes_cron, delay));
         })
     }
 

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::time::Duration;
+
+use crossbeam_channel::{after, select, Receiver, Sender};
 
 use crate::model::RunTaskInfo;
 use crate::report::{Report, ReportHead, Reporter, Span, StopResult};
@@ -27,6 +29,8 @@ pub struct JobContext {
     pub reporter: Arc<dyn Reporter>,
     pub runner: Arc<RunnerConfig>,
     pub done: Sender<Done>,
+    /// The local agent's status file: told when an invocation starts.
+    pub status: Option<Arc<crate::status::Status>>,
 }
 
 impl JobContext {
@@ -56,13 +60,17 @@ pub fn stopped_without_run(head: ReportHead, result: StopResult) -> Report {
     }
 }
 
-/// Runs one invocation on a pool thread. `completes_cron` is set on the last firing of a cron.
+/// Runs one invocation on a pool thread. `completes_cron` is set on the last firing of a cron;
+/// `delay` (a task's `randomDelay`) is waited first, still counted as queued: a stop or a
+/// shutdown during it ends the invocation before it starts, and the task's next firing is
+/// skipped as an overlap until it has run.
 pub fn run_job(
     ctx: JobContext,
     info: Arc<RunTaskInfo>,
     head: ReportHead,
     cancel: Receiver<Cancel>,
     completes_cron: bool,
+    delay: Duration,
 ) {
     let mut guard = DoneGuard {
         ctx: ctx.clone(),
@@ -70,11 +78,18 @@ pub fn run_job(
         outcome: None,
         completes_cron,
     };
+    let mut early = None;
+    if !delay.is_zero() {
+        select! {
+            recv(cancel) -> how => early = how.ok(),
+            recv(after(delay)) -> _ => {}
+        }
+    }
     ctx.registry
         .mark_started(&head.task_id, head.invoke_version);
 
     // A cancel that arrived while the job was queued: nothing ran, so nothing to kill.
-    if let Ok(how) = cancel.try_recv() {
+    if let Some(how) = early.or_else(|| cancel.try_recv().ok()) {
         let ending = match how {
             Cancel::Stop => {
                 ctx.send(&stopped_without_run(head.clone(), StopResult::Killed));
@@ -95,6 +110,9 @@ pub fn run_job(
         head.invoke_version,
         info.repeat
     );
+    if let Some(status) = &ctx.status {
+        status.started(&head.task_id, head.invoke_version);
+    }
     let outcome = runner::run(&info, head.clone(), &ctx.runner, &cancel, &*ctx.reporter);
     log::info!(
         "task={} invoke_version={} phase=end ending={:?}",
@@ -103,6 +121,26 @@ pub fn run_job(
         outcome.ending
     );
     guard.outcome = Some(outcome);
+}
+
+/// A random time in [0, `secs`) seconds, in milliseconds: `getrandom(2)` (the kernel's
+/// generator; no seed to keep), or the clock's nanoseconds if that fails.
+pub fn random_delay(secs: u32) -> Duration {
+    if secs == 0 {
+        return Duration::ZERO;
+    }
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let r = if n == bytes.len() as isize {
+        u64::from_ne_bytes(bytes)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    };
+    Duration::from_millis(r % (u64::from(secs) * 1000))
 }
 
 /// Removes the invocation from the registry and tells the control loop, on every exit path.
@@ -165,5 +203,77 @@ impl Drop for DoneGuard {
             invoke_version: self.head.invoke_version,
             outcome,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RepeatType;
+    use crate::report::{MemoryReporter, WallClock};
+
+    #[test]
+    fn an_invocation_waiting_out_its_delay_is_queued_and_a_stop_ends_it_unrun() {
+        let registry = Arc::new(Registry::new());
+        let reporter = MemoryReporter::new();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let ctx = JobContext {
+            registry: registry.clone(),
+            reporter: reporter.clone(),
+            runner: Arc::new(RunnerConfig {
+                script_dir: std::path::PathBuf::from("/nonexistent/never-used"),
+                allow_power_actions: false,
+                power_commands: Default::default(),
+                records: None,
+                max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+                clean_task_env: false,
+                log_task_output: false,
+            }),
+            done: done_tx,
+            status: None,
+        };
+        let info = Arc::new(RunTaskInfo {
+            task_id: "d".to_string(),
+            invoke_version: 1,
+            repeat: RepeatType::Period,
+            ..RunTaskInfo::default()
+        });
+        assert!(registry.register_periodic("d", 1));
+        let cancel = registry
+            .try_add_periodic_invocation("d", 1)
+            .expect("first firing");
+        let head = ReportHead {
+            task_id: "d".to_string(),
+            invoke_version: 1,
+            repeat: RepeatType::Period,
+            wall_clock: WallClock::None,
+        };
+        let job = std::thread::spawn(move || {
+            run_job(ctx, info, head, cancel, false, Duration::from_secs(3600))
+        });
+        // While it waits: the next firing overlaps, and the shutdown's cancel of queued
+        // invocations reaches it.
+        assert!(registry.try_add_periodic_invocation("d", 1).is_none());
+        assert_eq!(registry.cancel_all(Cancel::Stop, true), 1);
+        let done = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("done long before the delay");
+        job.join().expect("job");
+        assert_eq!(done.outcome.ending, Ending::Stopped);
+        let reports = reporter.reports();
+        assert_eq!(reports.len(), 1, "{reports:#?}");
+        assert!(
+            matches!(&reports[0], Report::Stopped { span, result: StopResult::Killed, .. } if span.start_ms == 0),
+            "{reports:#?}"
+        );
+        assert_eq!(registry.live_count(), 0);
+    }
+
+    #[test]
+    fn random_delays_stay_below_their_bound_and_vary() {
+        assert_eq!(random_delay(0), Duration::ZERO);
+        let delays: Vec<Duration> = (0..200).map(|_| random_delay(2)).collect();
+        assert!(delays.iter().all(|d| *d < Duration::from_secs(2)));
+        assert!(delays.iter().any(|d| *d != delays[0]), "not all the same");
     }
 }

@@ -29,6 +29,9 @@ use pool::{Pool, PoolConfig};
 use registry::Registry;
 
 use crate::config::MAX_WORKERS;
+use crate::control::{Request, RunAnswer};
+use crate::schedule::Schedule;
+use crate::status::Status;
 
 /// At most this many threads send the reports the control loop owes (stopped reports of idle
 /// periodic tasks, invalid reports, recovery's errors in local mode). More than one: a report
@@ -83,6 +86,8 @@ pub enum EngineError {
     SourceLost,
     /// The signal thread died: a bug, since it only ends at exit.
     SignalsLost,
+    /// The control socket's thread ended (handled inside the loop; never returned).
+    ControlLost,
 }
 
 impl fmt::Display for EngineError {
@@ -90,6 +95,7 @@ impl fmt::Display for EngineError {
         match self {
             EngineError::SourceLost => f.write_str("the task source stopped unexpectedly"),
             EngineError::SignalsLost => f.write_str("the signal thread stopped unexpectedly"),
+            EngineError::ControlLost => f.write_str("the control socket's thread stopped"),
         }
     }
 }
@@ -100,6 +106,13 @@ enum Event {
     Signal(Signal),
     Done(Done),
     Source(Box<SourceEvent>),
+    Control(Request),
+}
+
+/// A task the engine holds, kept for `assistd run` when the status is on (local mode).
+struct Held {
+    info: Arc<RunTaskInfo>,
+    schedule: Option<Arc<Schedule>>,
 }
 
 pub struct Engine {
@@ -124,6 +137,14 @@ pub struct Engine {
     /// (task id, invoke version) of once-invocations that were running when an earlier agent
     /// died; they were reported as errors and never run again (`runner::record`).
     interrupted: HashSet<(String, i64)>,
+    /// The local agent's status file; `None` in remote mode.
+    status: Option<Arc<Status>>,
+    /// Tasks the engine holds, by id (only with a status: `assistd run` starts them).
+    held: std::collections::HashMap<String, Held>,
+    /// Requests from the control socket (`assistd run`).
+    control: Option<Receiver<Request>>,
+    /// True while the first reload at start is handled: the only time `catchUp` applies.
+    starting: bool,
 }
 
 impl Engine {
@@ -135,6 +156,7 @@ impl Engine {
             reporter,
             runner: Arc::new(cfg.runner),
             done: done_tx,
+            status: None,
         };
         let pool = Pool::new(PoolConfig {
             name: "worker",
@@ -163,6 +185,33 @@ impl Engine {
             defer_new_versions: cfg.defer_new_versions,
             on_shutdown: Vec::new(),
             interrupted: HashSet::new(),
+            status: None,
+            held: std::collections::HashMap::new(),
+            control: None,
+            starting: false,
+        }
+    }
+
+    /// Keeps the status file current (local mode): tasks added and removed, invocations
+    /// started (and, through the `StatusReporter` the caller wrapped the reporter in, ended).
+    /// Also turns on `catchUp` and `assistd run`.
+    pub fn set_status(&mut self, status: Arc<Status>) {
+        self.ctx.status = Some(status.clone());
+        self.launch = Arc::new(dispatch::Launch {
+            ctx: self.ctx.clone(),
+            pool: self.pool.clone(),
+        });
+        self.status = Some(status);
+    }
+
+    /// Requests from the control socket (`assistd run`).
+    pub fn set_control(&mut self, requests: Receiver<Request>) {
+        self.control = Some(requests);
+    }
+
+    fn save_status(&self) {
+        if let Some(status) = &self.status {
+            status.save();
         }
     }
 
@@ -202,13 +251,26 @@ impl Engine {
         source: Receiver<SourceEvent>,
         signals: Receiver<Signal>,
     ) -> Result<(), EngineError> {
+        self.starting = true;
         for event in reload.reload() {
             self.handle_source_event(event);
+        }
+        self.starting = false;
+        if let Some(status) = &self.status {
+            status.start_done();
+            status.save();
         }
         let mut source = Some(source);
         let result = loop {
             let event = match self.next_event(&signals, source.as_ref()) {
                 Ok(event) => event,
+                Err(EngineError::ControlLost) => {
+                    log::warn!(
+                        "phase=control the control socket's thread ended; `assistd run` is off"
+                    );
+                    self.control = None;
+                    continue;
+                }
                 Err(EngineError::SourceLost) => {
                     // A local agent has no pushing source; losing it is only an error when
                     // one was expected. Either way, stop selecting on it.
@@ -225,9 +287,17 @@ impl Engine {
                     for event in reload.reload() {
                         self.handle_source_event(event);
                     }
+                    self.save_status();
                 }
                 Event::Done(done) => self.handle_done(done),
-                Event::Source(event) => self.handle_source_event(*event),
+                Event::Source(event) => {
+                    self.handle_source_event(*event);
+                    self.save_status();
+                }
+                Event::Control(Request::Run { task_id, reply }) => {
+                    let answer = self.run_now(&task_id);
+                    let _ = reply.send(answer);
+                }
             }
             let took = started.elapsed();
             if took > Duration::from_millis(100) {
@@ -248,11 +318,14 @@ impl Engine {
     ) -> Result<Event, EngineError> {
         let never_source = never();
         let source = source.unwrap_or(&never_source);
+        let never_control = never();
+        let control = self.control.as_ref().unwrap_or(&never_control);
         // Biased: signals first, then completions, then new work.
         select_biased! {
             recv(signals) -> s => s.map(Event::Signal).map_err(|_| EngineError::SignalsLost),
             recv(self.done_rx) -> d => Ok(Event::Done(d.expect("the engine holds a sender of its own done channel"))),
             recv(source) -> e => e.map(|e| Event::Source(Box::new(e))).map_err(|_| EngineError::SourceLost),
+            recv(control) -> r => r.map(Event::Control).map_err(|_| EngineError::ControlLost),
         }
     }
 
@@ -273,6 +346,48 @@ impl Engine {
             self.dispatch_run(next);
         }
     }
+    /// `assistd run ID`: one invocation of a task the engine holds, now, unless one is queued
+    /// or running (the non-overlap rule). No `randomDelay`: it was asked for now.
+    fn run_now(&mut self, task_id: &str) -> RunAnswer {
+        let Some(held) = self.held.get(task_id) else {
+            log::info!("task={task_id} phase=run-now refused: no such task");
+            return RunAnswer::Unknown;
+        };
+        let info = held.info.clone();
+        let version = info.invoke_version;
+        let cancel = if info.repeat.is_periodic() {
+            self.ctx
+                .registry
+                .try_add_periodic_invocation(task_id, version)
+        } else {
+            self.ctx.registry.try_add_live(task_id, version, false)
+        };
+        let Some(cancel) = cancel else {
+            if self.timer.is_none() {
+                return RunAnswer::Stopping;
+            }
+            let running = self
+                .ctx
+                .registry
+                .known(task_id)
+                .map_or(version, |k| k.invoke_version());
+            log::info!(
+                "task={task_id} invoke_version={running} phase=run-now not started: an invocation is queued or running"
+            );
+            return RunAnswer::Running {
+                invoke_version: running,
+            };
+        };
+        log::info!("task={task_id} invoke_version={version} phase=run-now started on request");
+        let head = dispatch::head_for(&info, held.schedule.as_deref());
+        let ctx = self.ctx.clone();
+        self.pool
+            .execute(move || invocation::run_job(ctx, info, head, cancel, false, Duration::ZERO));
+        RunAnswer::Started {
+            invoke_version: version,
+        }
+    }
+
     /// Shutdown: stop new work, let running invocations finish within the grace period,
     /// then kill them; every invocation still sends its final report.
     fn shutdown(mut self, signals: &Receiver<Signal>) {
@@ -331,6 +446,9 @@ impl Engine {
             self.pool.join();
         }
         self.reports.join();
+        if let Some(status) = &self.status {
+            status.agent_stopped();
+        }
         log::info!("phase=shutdown done");
     }
 }

@@ -429,3 +429,102 @@ fn a_refused_new_version_leaves_the_verified_periodic_task_running() {
         "the refused entry replaced the verified one"
     );
 }
+
+/// Asks the engine to run `id` now, as the control socket does.
+fn ask_run(requests: &Sender<crate::control::Request>, id: &str) -> RunAnswer {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    requests
+        .send(crate::control::Request::Run {
+            task_id: id.to_string(),
+            reply: tx,
+        })
+        .expect("engine running");
+    rx.recv_timeout(DEADLINE).expect("an answer")
+}
+
+#[test]
+fn run_now_starts_a_held_task_once_and_says_when_it_is_running_or_unknown() {
+    let script_dir =
+        std::env::temp_dir().join(format!("assistd-engine-{}-run-now", std::process::id()));
+    let _ = std::fs::remove_dir_all(&script_dir);
+    std::fs::create_dir_all(&script_dir).expect("temp dir");
+    let reporter = MemoryReporter::new();
+    let (timer, _timer_join) = timer::spawn(SystemClock);
+    let cfg = EngineConfig {
+        workers: 2,
+        runner: RunnerConfig {
+            script_dir: script_dir.join("scripts"),
+            allow_power_actions: false,
+            power_commands: Default::default(),
+            records: None,
+            max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+            clean_task_env: false,
+            log_task_output: false,
+        },
+        system_zone: Zone::utc(),
+        shutdown_grace: Duration::from_secs(0),
+        defer_new_versions: true,
+    };
+    let status = Arc::new(Status::open(
+        script_dir.join("status.json"),
+        crate::status::this_agent(0),
+    ));
+    let mut engine = Engine::new(
+        cfg,
+        Arc::new(crate::status::StatusReporter {
+            inner: reporter.clone(),
+            status: status.clone(),
+        }),
+        timer,
+    );
+    engine.set_status(status);
+    let (requests, requests_rx) = unbounded();
+    engine.set_control(requests_rx);
+    let (source, source_rx) = unbounded();
+    let (signals, signals_rx) = unbounded();
+    let join = thread::spawn(move || engine.run(&mut NoReload, source_rx, signals_rx));
+
+    // Never due by itself; its invocation waits for a file.
+    let go = script_dir.join("go");
+    let script = format!("until [ -e '{}' ]; do sleep 0.1; done", go.display());
+    source
+        .send(SourceEvent::Run(periodic(
+            "p",
+            1,
+            &script,
+            RepeatType::Period,
+            "0 0 0 1 1 ? 2099",
+        )))
+        .expect("engine running");
+    assert_eq!(ask_run(&requests, "nope"), RunAnswer::Unknown);
+    assert_eq!(
+        ask_run(&requests, "p"),
+        RunAnswer::Started { invoke_version: 1 }
+    );
+    assert_eq!(
+        ask_run(&requests, "p"),
+        RunAnswer::Running { invoke_version: 1 },
+        "non-overlap"
+    );
+    std::fs::write(&go, b"").expect("go");
+    let reports = reporter.wait_for(DEADLINE, |r| count(r, "p", "finished") == 1);
+    assert_eq!(count(&reports, "p", "finished"), 1, "{reports:#?}");
+    // A stopped task is no longer held.
+    source
+        .send(SourceEvent::Stop(periodic(
+            "p",
+            1,
+            &script,
+            RepeatType::Period,
+            "0 0 0 1 1 ? 2099",
+        )))
+        .expect("engine running");
+    assert_eq!(ask_run(&requests, "p"), RunAnswer::Unknown);
+    signals.send(Signal::Terminate).expect("engine running");
+    join.join().expect("engine thread").expect("clean stop");
+    let file = crate::status::read(&script_dir.join("status.json"), crate::fsutil::euid())
+        .expect("status written");
+    assert!(file.agent.stopped_ms.is_some());
+    assert!(file.tasks.is_empty(), "p was removed: {file:?}");
+    let _ = std::fs::remove_dir_all(&script_dir);
+}

@@ -40,7 +40,12 @@ const LOCAL_KEYS: &[(&str, Option<&str>)] = &[
     ("output", None),
     ("env", None),
     ("logOutput", None),
+    ("catchUp", None),
+    ("randomDelay", None),
 ];
+
+/// The longest `randomDelay`, in seconds (a day).
+pub const MAX_RANDOM_DELAY: u64 = 86_400;
 
 /// Every key of a server `RunTaskInfo` (spec §3.4), plus `commandSignature` which the server
 /// sends and the agent ignores. `timeout` folds onto `timeOut`.
@@ -116,6 +121,8 @@ pub enum LoadErrorKind {
     /// `env` is not an object of strings with shell-variable names, or sets a variable the
     /// agent owns.
     BadEnv(String),
+    /// `catchUp` or `randomDelay` has a value it cannot take, or does not fit the repeat.
+    BadTiming(String),
     /// Someone other than root or the agent could change the file (or its directory), or it
     /// is a symlink out of the task directory: a root agent does not run it (sshd's
     /// StrictModes, cron's rule for crontabs).
@@ -155,6 +162,7 @@ impl fmt::Display for LoadError {
             LoadErrorKind::SaveState(_) => f.write_str("cannot save the reboot state"),
             LoadErrorKind::Untrusted(d) => write!(f, "refused: {d}"),
             LoadErrorKind::BadEnv(why) => write!(f, "env: {why}"),
+            LoadErrorKind::BadTiming(why) => f.write_str(why),
         }
     }
 }
@@ -314,6 +322,7 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let mut output = Value::Null;
     let mut env = Value::Null;
     let mut log_output = Value::Null;
+    let mut timing = (Value::Null, Value::Null);
     for (key, value) in file {
         let target: &str =
             if let Some((_, target)) = LOCAL_KEYS.iter().find(|(k, _)| key_eq(k, key)) {
@@ -326,6 +335,10 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
                             &mut env
                         } else if key_eq(key, "logOutput") {
                             &mut log_output
+                        } else if key_eq(key, "catchUp") {
+                            &mut timing.0
+                        } else if key_eq(key, "randomDelay") {
+                            &mut timing.1
                         } else {
                             &mut output
                         };
@@ -379,14 +392,15 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let repeat_text = Obj::new(&serde_json::json!({ "repeat": repeat }), "")
         .and_then(|o| o.string("repeat"))
         .map_err(LoadErrorKind::Field)?;
+    let mut cron_written = String::new();
     task.repeat = match crontab_time(&task.cron)? {
         None => local_repeat(&repeat_text, &task.cron)?,
         Some(CrontabTime::Cron(text)) => {
-            task.cron = text;
+            cron_written = std::mem::replace(&mut task.cron, text);
             local_repeat(&repeat_text, &task.cron)?
         }
         Some(CrontabTime::Reboot) => {
-            task.cron.clear();
+            cron_written = std::mem::take(&mut task.cron);
             // No repeat means every boot; NextRebootOnly narrows it; any other contradicts it.
             match local_repeat(&repeat_text, "@reboot")? {
                 _ if repeat_text.trim().is_empty() => RepeatType::EveryReboot,
@@ -395,7 +409,11 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
             }
         }
     };
+    let (catch_up, random_delay_secs) = local_timing(&timing.0, &timing.1, task.repeat)?;
     let extras = model::LocalExtras {
+        catch_up,
+        random_delay_secs,
+        cron_written,
         env: local_env(&env)?,
         log_output: match log_output {
             Value::Null => false,
@@ -436,6 +454,59 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
     let instance_id = task.instance_id.clone();
     model::add_builtin_params(&mut task, &instance_id);
     Ok(task)
+}
+
+/// `catchUp` (`"none"` or `"last"`, for cron and rate tasks) and `randomDelay` (whole
+/// seconds up to `MAX_RANDOM_DELAY`, for tasks the timer fires: cron, rate, at).
+fn local_timing(
+    catch_up: &Value,
+    delay: &Value,
+    repeat: RepeatType,
+) -> Result<(bool, u32), LoadErrorKind> {
+    let catch_up = match catch_up {
+        Value::Null => false,
+        Value::String(s) if s.eq_ignore_ascii_case("none") => false,
+        Value::String(s) if s.eq_ignore_ascii_case("last") => true,
+        other => {
+            return Err(LoadErrorKind::BadTiming(format!(
+                "catchUp must be \"none\" or \"last\", not {}",
+                match other {
+                    Value::String(s) => format!("\"{s}\""),
+                    other => model::json_kind(other).to_string(),
+                }
+            )))
+        }
+    };
+    if catch_up && !matches!(repeat, RepeatType::Period | RepeatType::Rate) {
+        return Err(LoadErrorKind::BadTiming(format!(
+            "catchUp \"last\" needs a cron or rate schedule, and this task's repeat is {}",
+            repeat.as_wire()
+        )));
+    }
+    let delay = match delay {
+        Value::Null => 0,
+        Value::Number(n) => match n.as_u64().filter(|n| *n <= MAX_RANDOM_DELAY) {
+            Some(n) => n as u32,
+            None => {
+                return Err(LoadErrorKind::BadTiming(format!(
+                    "randomDelay must be whole seconds from 0 to {MAX_RANDOM_DELAY}, not {n}"
+                )))
+            }
+        },
+        other => {
+            return Err(LoadErrorKind::BadTiming(format!(
+                "randomDelay must be whole seconds from 0 to {MAX_RANDOM_DELAY}, not {}",
+                model::json_kind(other)
+            )))
+        }
+    };
+    if delay > 0 && !repeat.is_periodic() {
+        return Err(LoadErrorKind::BadTiming(format!(
+            "randomDelay applies to tasks the timer fires (cron, rate, at), and this task's repeat is {}",
+            repeat.as_wire()
+        )));
+    }
+    Ok((catch_up, delay))
 }
 
 /// A crontab(5) time in a task file's `cron` (five fields, or a nickname such as `@daily`),
@@ -1495,5 +1566,51 @@ mod tests {
         .expect("write");
         let s = RebootState::load(state, "A".into()).expect("lenient entries");
         assert_eq!(s.entry("r").expect("entry").last_run_boot, "");
+    }
+
+    #[test]
+    fn catch_up_and_random_delay_are_read_and_checked_against_the_repeat() {
+        let t = ok(r#"{"command":"x","cron":"*/5 * * * *","catchUp":"LAST","randomDelay":30}"#);
+        let extras = t.local.expect("extras");
+        assert!(extras.catch_up);
+        assert_eq!(extras.random_delay_secs, 30);
+        assert_eq!(extras.cron_written, "*/5 * * * *");
+        let t = ok(r#"{"command":"x","cron":"rate(5m)","catchUp":"none"}"#);
+        assert!(t.local.is_none(), "defaults leave no extras");
+        for (json, needle) in [
+            (
+                r#"{"command":"x","cron":"rate(5m)","catchUp":"lst"}"#,
+                "not \"lst\"",
+            ),
+            (
+                r#"{"command":"x","cron":"rate(5m)","catchUp":true}"#,
+                "not a boolean",
+            ),
+            (r#"{"command":"x","catchUp":"last"}"#, "repeat is Once"),
+            (
+                r#"{"command":"x","cron":"at(2030-01-01T00:00:00)","catchUp":"last"}"#,
+                "repeat is At",
+            ),
+            (
+                r#"{"command":"x","cron":"rate(5m)","randomDelay":-1}"#,
+                "not -1",
+            ),
+            (
+                r#"{"command":"x","cron":"rate(5m)","randomDelay":1.5}"#,
+                "not 1.5",
+            ),
+            (
+                r#"{"command":"x","cron":"rate(5m)","randomDelay":86401}"#,
+                "0 to 86400",
+            ),
+            (
+                r#"{"command":"x","cron":"rate(5m)","randomDelay":"10"}"#,
+                "not a string",
+            ),
+            (r#"{"command":"x","randomDelay":5}"#, "repeat is Once"),
+        ] {
+            let e = parse(json).expect_err(json);
+            assert!(e.contains(needle), "{json}: {e}");
+        }
     }
 }
