@@ -190,13 +190,30 @@ fn run_local(
     });
     let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
-    let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
+    let (signal_tx, signals) = crossbeam_channel::unbounded();
+    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    // Changes to the task directory arrive like a SIGHUP that re-reads only the tasks. Without
+    // inotify the agent still runs; SIGHUP then is the only way to reload.
+    let watch_tx = signal_tx;
+    let dir_watch = crate::source::watch::spawn(&local_dir, move || {
+        watch_tx.send(signals::Signal::TasksChanged).is_ok()
+    })
+    .map_err(|e| {
+        log::warn!(
+            "phase=startup cannot watch {} ({e}); task file changes apply on SIGHUP only",
+            crate::escape::for_terminal(&local_dir.display().to_string())
+        )
+    })
+    .ok();
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let journal = Arc::new(journal);
     let mut engine = Engine::new(engine_config(cfg, state), journal, timer);
     recover_interrupted(state, &mut engine);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
+    // The watcher holds a sender of the engine's (now dropped) signal channel; ending it here
+    // joins its thread.
+    drop(dir_watch);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
     result.map_err(CliError::Engine)?;
@@ -228,6 +245,10 @@ impl<R: Reload> Reload for ConfigReload<R> {
         }
         self.inner.reload()
     }
+
+    fn changed(&mut self) -> Vec<SourceEvent> {
+        self.inner.changed()
+    }
 }
 
 /// The local task directory as the engine's reload hook: logs every bad file and goes on.
@@ -237,7 +258,7 @@ impl Reload for LocalReload {
     fn reload(&mut self) -> Vec<SourceEvent> {
         let scan = self.0.scan();
         for error in &scan.errors {
-            log::error!("phase=load skipping task file: {}", error_chain(error));
+            log::error!("phase=load bad task file: {}", error_chain(error));
         }
         log::info!(
             "phase=load {} change(s), {} bad file(s)",

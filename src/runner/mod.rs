@@ -51,6 +51,8 @@ pub enum Cancel {
     Stop,
     /// Kill the process group and send no final report (spec §9 report errors, version change).
     Quiet,
+    /// Local mode, the task's file went away: like `Stop`, and the report says so.
+    Removed,
 }
 
 /// Why a task cannot run: the `param`/`value` of its invalid report (spec §4.4).
@@ -146,9 +148,14 @@ enum End {
     Exited,
     Timeout,
     Stopped,
+    /// Killed because its local task file went away.
+    Removed,
     /// Quiet cancel, or the server answered a running report with a task error.
     Quiet,
 }
+
+/// The `err_desc` of an invocation killed because its task file went away.
+pub const REMOVED_DESC: &str = "killed: its task file was removed";
 
 /// The state of one invocation shared by its steps.
 struct Invocation<'a> {
@@ -432,7 +439,11 @@ pub fn run(
             recv(cancel) -> msg => {
                 child.kill_group();
                 // A dropped sender is the engine's shutdown: kill and report stopped.
-                break if msg == Ok(Cancel::Quiet) { End::Quiet } else { End::Stopped };
+                break match msg {
+                    Ok(Cancel::Quiet) => End::Quiet,
+                    Ok(Cancel::Removed) => End::Removed,
+                    _ => End::Stopped,
+                };
             }
             recv(deadline) -> _ => {
                 child.kill_group();
@@ -507,12 +518,12 @@ pub fn run(
             },
             Ending::Timeout,
         ),
-        End::Stopped => (
+        End::Stopped | End::Removed => (
             Report::Stopped {
                 head,
                 span: span_now(exit.code(), dropped),
                 result: StopResult::Killed,
-                err_desc: None,
+                err_desc: matches!(end, End::Removed).then(|| REMOVED_DESC.to_string()),
                 output,
             },
             Ending::Stopped,

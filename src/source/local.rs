@@ -17,6 +17,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::Value;
 
+use crate::escape::for_terminal;
 use crate::fsutil::{self, Distrust};
 use crate::model::{self, key_eq, ModelError, Obj, RepeatType, RunTaskInfo};
 use crate::schedule::crontab::{self, CrontabError, CrontabTime};
@@ -742,14 +743,23 @@ impl Tracked {
         self.len == bytes.len() && self.digest == *digest
     }
 
-    /// The stop request for the version the engine last received.
-    fn stop_event(&self, id: &str) -> SourceEvent {
-        SourceEvent::Stop(RunTaskInfo {
+    /// The version the engine last received, as a stop request.
+    fn stop_info(&self, id: &str) -> RunTaskInfo {
+        RunTaskInfo {
             task_id: id.to_string(),
             invoke_version: self.invoke_version,
             repeat: self.repeat,
             ..RunTaskInfo::default()
-        })
+        }
+    }
+
+    fn stop_event(&self, id: &str) -> SourceEvent {
+        SourceEvent::Stop(self.stop_info(id))
+    }
+
+    /// Its file is gone: journaled as a removal, not a kill.
+    fn removed_event(&self, id: &str) -> SourceEvent {
+        SourceEvent::Removed(self.stop_info(id))
     }
 }
 
@@ -788,6 +798,9 @@ pub struct LocalSource {
     dir: PathBuf,
     state: RebootState,
     tracked: BTreeMap<String, Tracked>,
+    /// The file each tracked id was last read from, so a file that stops loading keeps the
+    /// version the engine has.
+    paths: BTreeMap<PathBuf, String>,
 }
 
 impl LocalSource {
@@ -796,6 +809,7 @@ impl LocalSource {
             dir,
             state,
             tracked: BTreeMap::new(),
+            paths: BTreeMap::new(),
         }
     }
 
@@ -822,25 +836,55 @@ impl LocalSource {
             }
         };
 
-        let mut found: Vec<(Vec<u8>, RunTaskInfo)> = Vec::new();
+        let read: Vec<_> = paths
+            .into_iter()
+            .map(|p| match read_task(&p) {
+                Ok(ok) => Ok((p, ok)),
+                Err(e) => Err((p, e)),
+            })
+            .collect();
+        // A file that loaded before and no longer does keeps its id and the version the
+        // engine runs: a typo saved by an editor must not stop a schedule.
         let mut first_path: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for path in paths {
-            match read_task(&path) {
-                Ok((bytes, task)) => {
-                    if let Some(first) = first_path.get(&task.task_id) {
-                        let kind = LoadErrorKind::DuplicateId {
-                            id: task.task_id.clone(),
-                            first: first.clone(),
-                        };
-                        scan.errors.push(err(&path, kind));
-                        continue;
+        let mut found: Vec<(PathBuf, Vec<u8>, RunTaskInfo)> = Vec::new();
+        let mut results: Vec<(PathBuf, (Vec<u8>, RunTaskInfo))> = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
+                Ok(ok) => results.push(ok),
+                Err((path, e)) => {
+                    let kept = self
+                        .paths
+                        .get(&path)
+                        .filter(|id| keeps_last_good(&e.kind) && self.tracked.contains_key(*id));
+                    if let Some(id) = kept {
+                        log::warn!(
+                            "task={} invoke_version={} phase=load {} no longer loads; the last good version stays",
+                            for_terminal(id),
+                            self.tracked[id].invoke_version,
+                            for_terminal(&path.display().to_string())
+                        );
+                        first_path.insert(id.clone(), path);
                     }
-                    first_path.insert(task.task_id.clone(), path);
-                    found.push((bytes, task));
+                    scan.errors.push(e);
                 }
-                Err(e) => scan.errors.push(e),
             }
         }
+        for (path, (bytes, task)) in results {
+            if let Some(first) = first_path.get(&task.task_id) {
+                let kind = LoadErrorKind::DuplicateId {
+                    id: task.task_id.clone(),
+                    first: first.clone(),
+                };
+                scan.errors.push(err(&path, kind));
+                continue;
+            }
+            first_path.insert(task.task_id.clone(), path.clone());
+            found.push((path, bytes, task));
+        }
+        self.paths = first_path
+            .iter()
+            .map(|(id, p)| (p.clone(), id.clone()))
+            .collect();
 
         let gone: Vec<String> = self
             .tracked
@@ -853,16 +897,16 @@ impl LocalSource {
             if let Some(old) = self.tracked.remove(&id) {
                 if old.emitted {
                     log::info!(
-                        "task={} invoke_version={} phase=load file removed or invalid, stopping",
-                        id,
+                        "task={} invoke_version={} phase=load its task file was removed or refused; stopping it",
+                        for_terminal(&id),
                         old.invoke_version
                     );
-                    scan.events.push(old.stop_event(&id));
+                    scan.events.push(old.removed_event(&id));
                 }
             }
         }
 
-        for (bytes, mut task) in found {
+        for (_, bytes, mut task) in found {
             let id = task.task_id.clone();
             let previous = self.tracked.remove(&id);
             let digest = Digest::of(&bytes);
@@ -898,6 +942,17 @@ impl LocalSource {
             });
         }
         scan
+    }
+}
+
+/// Whether a file that loaded before keeps its last good version when it fails to load now:
+/// yes for what an edit can break, no when the file went (a race with `rm`) or is no longer
+/// trusted (then it must not run at all).
+fn keeps_last_good(kind: &LoadErrorKind) -> bool {
+    match kind {
+        LoadErrorKind::Read(e) => e.kind() != io::ErrorKind::NotFound,
+        LoadErrorKind::Untrusted(_) => false,
+        _ => true,
     }
 }
 
@@ -955,6 +1010,21 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 SourceEvent::Stop(t) => Some((t.task_id.clone(), t.invoke_version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set_mode(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn removals(scan: &Scan) -> Vec<(String, i64)> {
+        scan.events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Removed(t) => Some((t.task_id.clone(), t.invoke_version)),
                 _ => None,
             })
             .collect()
@@ -1292,21 +1362,72 @@ mod tests {
         fs::remove_file(d.join("b.json")).expect("rm");
         let s = src.scan();
         assert_eq!(runs(&s), [id_v("a", 2), id_v("c", 1)]);
-        assert_eq!(stops(&s), [id_v("b", 1)]);
+        assert_eq!(removals(&s), [id_v("b", 1)]);
+        assert!(stops(&s).is_empty());
 
+        // A file that breaks keeps its last good version: no stop, no run, one error.
         write(d, "c.json", r#"{"command":"echo c","bogus":1}"#);
         let s = src.scan();
-        assert_eq!(stops(&s), [id_v("c", 1)]);
-        assert!(runs(&s).is_empty());
+        assert!(s.events.is_empty(), "{:?}", s.events);
         assert_eq!(s.errors.len(), 1);
+        let s = src.scan();
+        assert!(s.events.is_empty(), "still kept: {:?}", s.events);
 
+        // Fixed back to what the engine has: nothing to do. Changed: a new version.
         write(d, "c.json", r#"{"command":"echo c"}"#);
         write(d, "b.json", r#"{"command":"echo b","cron":"rate(5m)"}"#);
         let s = src.scan();
-        assert_eq!(
-            runs(&s),
-            [id_v("b", 2), id_v("c", 2)],
-            "re-added files get new versions"
+        assert_eq!(runs(&s), [id_v("b", 2)], "re-added files get new versions");
+        write(d, "c.json", r#"{"command":"echo C"}"#);
+        assert_eq!(runs(&src.scan()), [id_v("c", 2)]);
+
+        // A broken file that is then removed is a removal of its last good version.
+        write(d, "c.json", "{");
+        assert!(src.scan().events.is_empty());
+        fs::remove_file(d.join("c.json")).expect("rm");
+        assert_eq!(removals(&src.scan()), [id_v("c", 2)]);
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_id_against_a_newcomer_and_a_never_good_one_runs_nothing() {
+        let dir = TempDir::new("local-keep");
+        let d = dir.path();
+        write(d, "a.json", r#"{"id":"x","command":"echo a"}"#);
+        write(d, "bad.json", r#"{"command":"echo bad","timeout":"soon"}"#);
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot".into()));
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("x", 1)]);
+        assert_eq!(s.errors.len(), 1, "bad.json never loaded");
+        write(d, "a.json", r#"{"id":"x","command":"#);
+        let b = write(d, "b.json", r#"{"id":"x","command":"echo b"}"#);
+        let s = src.scan();
+        assert!(s.events.is_empty(), "{:?}", s.events);
+        let msgs: Vec<String> = s.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.contains(&format!(
+                "{}: id \"x\" is already used by {}",
+                b.display(),
+                d.join("a.json").display()
+            )),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_becomes_untrusted_is_removed_not_kept() {
+        let dir = TempDir::new("local-untrusted");
+        let d = dir.path();
+        let a = write(d, "a.json", r#"{"command":"echo a","cron":"rate(5m)"}"#);
+        set_mode(&a, 0o644);
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot".into()));
+        assert_eq!(runs(&src.scan()), [id_v("a", 1)]);
+        set_mode(&a, 0o666);
+        let s = src.scan();
+        assert_eq!(removals(&s), [id_v("a", 1)]);
+        assert!(
+            s.errors[0].to_string().contains("refused"),
+            "{:?}",
+            s.errors
         );
     }
 
