@@ -190,14 +190,42 @@ fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
 pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
     let cfg = load_config(&mut args)?;
     let task = args.value("--task")?;
+    let since = args
+        .value("--since")?
+        .map(|t| journal::parse_since(&t, Utc::now()))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let last = match args.value("-n")? {
+        Some(n) => Some(n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            CliError::Usage(format!(
+                "-n takes how many invocations to show, a whole number above 0 (e.g. -n 10), not {n:?}"
+            ))
+        })?),
+        None => None,
+    };
+    let failed = args.flag("--failed");
     let follow = args.flag("--follow") || args.flag("-f");
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
     }
     let dir = StateDir::new(cfg.state_dir.clone()).journal_dir();
+    if !follow && !dir.exists() {
+        eprintln!(
+            "no journal in {} yet (no local agent has run with this state dir)",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let query = journal::Query {
+        task,
+        since,
+        failed,
+        last,
+        max_output: cfg.max_log_quota,
+    };
     let mut out = io::stdout().lock();
-    journal::print(&dir, task.as_deref(), follow, &mut out).map_err(io_err(format!(
+    journal::print(&dir, &query, follow, &mut out).map_err(io_err(format!(
         "cannot print the journal in {}",
         dir.display()
     )))?;
