@@ -43,6 +43,15 @@ const LOCAL_KEYS: &[(&str, Option<&str>)] = &[
     ("logOutput", None),
 ];
 
+/// The keys of `output` (the server's `OutputInfo`).
+pub const OUTPUT_KEYS: &[&str] = &[
+    "interval",
+    "logQuota",
+    "skipEmpty",
+    "sendStart",
+    "needExport",
+];
+
 /// Every key of a server `RunTaskInfo` (spec §3.4), plus `commandSignature` which the server
 /// sends and the agent ignores. `timeout` folds onto `timeOut`.
 const SERVER_KEYS: &[&str] = &[
@@ -98,6 +107,16 @@ pub enum LoadErrorKind {
     /// A value of the wrong type.
     Field(ModelError),
     NoCommand,
+    /// A value of the wrong type, under the key as the file spells it.
+    Type {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A key inside `output` that is not one of `OUTPUT_KEYS`.
+    UnknownOutputKey(String),
+    /// A periodic `repeat` without a `cron` to say when.
+    NoCron(RepeatType),
     /// The id is empty or holds characters other than `A-Za-z0-9._-`.
     BadId(String),
     /// `timeout` is not a whole number of seconds.
@@ -143,7 +162,38 @@ impl fmt::Display for LoadError {
             }
             LoadErrorKind::Field(e) => write!(f, "{e}"),
             LoadErrorKind::NoCommand => f.write_str("no command"),
-            LoadErrorKind::BadId(id) => write!(f, "invalid id \"{id}\" (use A-Z a-z 0-9 . _ -)"),
+            LoadErrorKind::Type {
+                key,
+                expected,
+                found,
+            } => write!(f, "\"{key}\": expected {expected}, found {found}"),
+            LoadErrorKind::UnknownOutputKey(k) => write!(
+                f,
+                "unknown key \"{k}\" in \"output\" (it takes {})",
+                OUTPUT_KEYS.join(", ")
+            ),
+            LoadErrorKind::NoCron(repeat) => {
+                let example = match repeat {
+                    RepeatType::Rate => "\"rate(5m)\"",
+                    RepeatType::At => "\"at(2030-01-01T03:30:00)\"",
+                    _ => "\"0 30 3 * * ?\" (seconds first) or \"30 3 * * *\" (crontab)",
+                };
+                write!(
+                    f,
+                    "repeat \"{repeat}\" needs a \"cron\" saying when, e.g. \"cron\": {example}"
+                )
+            }
+            LoadErrorKind::BadId(id) if id.starts_with('.') => write!(
+                f,
+                "invalid id \"{id}\": an id must not start with a dot (the agent skips dot-files; rename the file or set \"id\")"
+            ),
+            LoadErrorKind::BadId(id) if id.is_empty() => {
+                f.write_str("empty id (set \"id\" or name the file after the task)")
+            }
+            LoadErrorKind::BadId(id) => write!(
+                f,
+                "invalid id \"{id}\" (use letters, digits, '.', '_' and '-', not starting with '.')"
+            ),
             LoadErrorKind::BadTimeout(t) => write!(f, "timeout \"{t}\" is not a number of seconds"),
             LoadErrorKind::BadRepeat(r) => write!(f, "unknown repeat \"{r}\""),
             LoadErrorKind::Crontab(text, _) => write!(f, "cron \"{text}\""),
@@ -365,8 +415,48 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         server.insert(target.to_string(), value);
     }
 
-    let mut task = model::decode_run_task(&Value::Object(server)).map_err(LoadErrorKind::Field)?;
-    task.output = model::decode_output_info(&output).map_err(LoadErrorKind::Field)?;
+    // A type error names the key as the file spells it (`timeout`, `id`), not the server's.
+    let as_spelled = |e: ModelError| match e {
+        ModelError::Type {
+            key,
+            expected,
+            found,
+        } => {
+            let spelled_key = spelled.get(key).cloned().unwrap_or_else(|| key.to_string());
+            let expected = if key == "timeOut" {
+                "a number of seconds"
+            } else {
+                expected
+            };
+            LoadErrorKind::Type {
+                key: spelled_key,
+                expected,
+                found,
+            }
+        }
+        other => LoadErrorKind::Field(other),
+    };
+    let mut task = model::decode_run_task(&Value::Object(server)).map_err(as_spelled)?;
+    if let Value::Object(map) = &output {
+        if let Some(k) = map
+            .keys()
+            .find(|k| !OUTPUT_KEYS.iter().any(|known| key_eq(known, k)))
+        {
+            return Err(LoadErrorKind::UnknownOutputKey(k.clone()));
+        }
+    }
+    task.output = model::decode_output_info(&output).map_err(|e| match e {
+        ModelError::Type {
+            key,
+            expected,
+            found,
+        } if !key.is_empty() && key != "output" => LoadErrorKind::Type {
+            key: format!("output.{key}"),
+            expected,
+            found,
+        },
+        other => LoadErrorKind::Field(other),
+    })?;
     // Unlike the server's, a local task skips empty running reports unless its file says
     // otherwise: each one is a journal line, one a second for as long as a quiet task runs,
     // and they would push real results out of the rotated journal.
@@ -414,6 +504,9 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         task.local = Some(Box::new(extras));
     }
 
+    if task.repeat.is_periodic() && task.cron.trim().is_empty() {
+        return Err(LoadErrorKind::NoCron(task.repeat));
+    }
     if task.task_id.is_empty() {
         task.task_id = stem.to_string();
     }
@@ -1269,7 +1362,7 @@ mod tests {
             ),
             (
                 r#"{"command":"x","id":"a b"}"#,
-                "t.json: invalid id \"a b\" (use A-Z a-z 0-9 . _ -)",
+                "t.json: invalid id \"a b\" (use letters, digits, '.', '_' and '-', not starting with '.')",
             ),
             (
                 r#"{"command":"x","output":[]}"#,
@@ -1284,6 +1377,72 @@ mod tests {
         for (json, want) in cases {
             assert_eq!(parse(json).unwrap_err(), want, "{json}");
         }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_as_the_file_spells_it() {
+        assert_eq!(
+            parse(r#"{"command":"x","timeout":true}"#).unwrap_err(),
+            "t.json: \"timeout\": expected a number of seconds, found a boolean"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","TimeOut":[1]}"#).unwrap_err(),
+            "t.json: \"TimeOut\": expected a number of seconds, found an array"
+        );
+        assert_eq!(
+            parse(r#"{"id":5,"command":"x"}"#).unwrap_err(),
+            "t.json: \"id\": expected a string, found a number"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","workdir":false}"#).unwrap_err(),
+            "t.json: \"workdir\": expected a string, found a boolean"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","output":{"skipEmpty":"no"}}"#).unwrap_err(),
+            "t.json: \"output.skipEmpty\": expected a boolean, found a string"
+        );
+    }
+
+    #[test]
+    fn output_refuses_unknown_keys() {
+        assert_eq!(
+            parse(r#"{"command":"x","output":{"skipEmty":true}}"#).unwrap_err(),
+            "t.json: unknown key \"skipEmty\" in \"output\" (it takes interval, logQuota, skipEmpty, sendStart, needExport)"
+        );
+        // Known keys match case-insensitively, like every other key.
+        assert!(
+            ok(r#"{"command":"x","output":{"SKIPEMPTY":false,"logquota":20000}}"#)
+                .output
+                .log_quota
+                == 20000
+        );
+    }
+
+    #[test]
+    fn a_periodic_repeat_without_a_cron_says_what_to_add() {
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"Period"}"#).unwrap_err(),
+            "t.json: repeat \"Period\" needs a \"cron\" saying when, e.g. \"cron\": \"0 30 3 * * ?\" (seconds first) or \"30 3 * * *\" (crontab)"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"rate","cron":" "}"#).unwrap_err(),
+            "t.json: repeat \"Rate\" needs a \"cron\" saying when, e.g. \"cron\": \"rate(5m)\""
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"At"}"#).unwrap_err(),
+            "t.json: repeat \"At\" needs a \"cron\" saying when, e.g. \"cron\": \"at(2030-01-01T03:30:00)\""
+        );
+    }
+
+    #[test]
+    fn a_dot_file_is_told_why_its_id_is_refused() {
+        let e = parse_task(br#"{"command":"x"}"#, ".hidden", 0)
+            .map_err(|k| err(Path::new(".hidden.json"), k).to_string())
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ".hidden.json: invalid id \".hidden\": an id must not start with a dot (the agent skips dot-files; rename the file or set \"id\")"
+        );
     }
 
     #[test]
