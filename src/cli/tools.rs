@@ -115,54 +115,54 @@ pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
         ));
     };
     let target = PathBuf::from(target);
-    let files = if target.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
-            .map_err(io_err(format!("cannot read {}", target.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    // Nothing to check is an error of the command (exit 2), not a problem of a task (exit 1).
+    let meta =
+        std::fs::metadata(&target).map_err(io_err(format!("cannot check {}", target.display())))?;
+    let zone = schedule::tz::system_zone();
+    let mut problems: Vec<String> = Vec::new();
+    // The agent's own reading: the directory's trust, every file's checks, ids used twice.
+    let (tasks, errors) = if meta.is_dir() {
+        local::load_dir(&target)
+    } else {
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (_, siblings) = local::load_dir(dir);
+        let mut errors: Vec<local::LoadError> = siblings
+            .into_iter()
+            .filter(|e| {
+                e.path == dir
+                    || (e.path == target
+                        && matches!(e.kind, local::LoadErrorKind::DuplicateId { .. }))
             })
             .collect();
-        files.sort();
-        files
-    } else {
-        vec![target.clone()]
-    };
-    let zone = schedule::tz::system_zone();
-    let mut problems = 0;
-    let mut out = io::stdout().lock();
-    // The agent refuses every file of a directory that others could write to.
-    let dir = if target.is_dir() {
-        Some(target.as_path())
-    } else {
-        target.parent().filter(|p| !p.as_os_str().is_empty())
-    };
-    if let Some(Err(e)) = dir.map(local::check_dir_trust) {
-        problems += 1;
-        writeln!(out, "{}", error_chain(&e)).map_err(io_err("cannot write"))?;
-    }
-    for file in &files {
-        for problem in check_file(file, &zone) {
-            problems += 1;
-            writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+        let mut tasks = Vec::new();
+        match local::load_file(&target) {
+            Ok(task) => tasks.push((target.clone(), task)),
+            Err(e) => errors.push(e),
         }
+        (tasks, errors)
+    };
+    problems.extend(errors.iter().map(|e| error_chain(e)));
+    for (path, task) in &tasks {
+        problems.extend(check_task(path, task, &zone));
     }
-    if problems > 0 {
+    let mut out = io::stdout().lock();
+    for problem in &problems {
+        writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+    }
+    if !problems.is_empty() {
         return Ok(ExitCode::from(1));
     }
-    writeln!(out, "{} task file(s) OK", files.len()).map_err(io_err("cannot write"))?;
+    writeln!(out, "{} task file(s) OK", tasks.len()).map_err(io_err("cannot write"))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every problem of one task file, each as one line naming the file.
-fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
-    let info = match local::load_file(path) {
-        Ok(info) => info,
-        Err(e) => return vec![error_chain(&e)],
-    };
+/// What the engine and the runner would refuse in a task that loaded: its schedule (parsed
+/// as the engine parses it, with its first run after now) and what the runner checks before
+/// it starts a process. Each problem is one line naming the file.
+fn check_task(path: &Path, info: &crate::model::RunTaskInfo, zone: &schedule::Zone) -> Vec<String> {
     let mut problems = Vec::new();
     if info.repeat.is_periodic() {
         let kind = match info.repeat {
@@ -176,7 +176,7 @@ fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
             problems.push(format!("{}: cron: {e}", path.display()));
         }
     }
-    if let Err(invalid) = runner::precheck(&info) {
+    if let Err(invalid) = runner::validate(info) {
         problems.push(format!(
             "{}: {}: {}",
             path.display(),

@@ -89,6 +89,24 @@ pub fn precheck(task: &RunTaskInfo) -> Result<(), Invalid> {
     precheck::check(task).map(|_| ())
 }
 
+/// Everything `run` refuses before it starts a process: `precheck`, then the `{{ACS::…}}`
+/// parameters. `assistd check` asks this, so it refuses exactly what the agent would.
+pub fn validate(task: &RunTaskInfo) -> Result<(), Invalid> {
+    let checked = precheck::check(task)?;
+    script_content(task, &checked.script).map(|_| ())
+}
+
+/// The script with its built-in parameters substituted, if the task enables them.
+fn script_content(task: &RunTaskInfo, script: &[u8]) -> Result<Vec<u8>, Invalid> {
+    if !task.enable_parameter {
+        return Ok(script.to_vec());
+    }
+    params::resolve_builtin(script, &task.builtin_params).map_err(|e| Invalid {
+        param: "InvalidEnvironmentParameter".into(),
+        value: e.to_string(),
+    })
+}
+
 /// Seconds without any running report after which an empty one is sent anyway (spec §4.9).
 const EMPTY_REPORT_AFTER: Duration = Duration::from_secs(60);
 /// How long output is still read after the child exited or was killed.
@@ -255,18 +273,9 @@ pub fn run(
         Ok(c) => c,
         Err(invalid) => return inv.invalid(invalid),
     };
-    let content = if task.enable_parameter {
-        match params::resolve_builtin(&checked.script, &task.builtin_params) {
-            Ok(c) => c,
-            Err(e) => {
-                return inv.invalid(Invalid {
-                    param: "InvalidEnvironmentParameter".into(),
-                    value: e.to_string(),
-                })
-            }
-        }
-    } else {
-        checked.script.clone()
+    let content = match script_content(task, &checked.script) {
+        Ok(c) => c,
+        Err(invalid) => return inv.invalid(invalid),
     };
 
     let euid = crate::fsutil::euid();

@@ -1038,6 +1038,42 @@ impl LocalSource {
     }
 }
 
+/// The task files of `dir` as the agent reads them: the directory's trust, each file's own
+/// checks, and ids used by two files (the later file in name order is refused, as by a scan).
+/// `assistd check DIR` asks this; it keeps no state and changes nothing.
+pub fn load_dir(dir: &Path) -> (Vec<(PathBuf, RunTaskInfo)>, Vec<LoadError>) {
+    let mut errors = Vec::new();
+    if let Err(e) = check_dir_trust(dir) {
+        errors.push(e);
+        return (Vec::new(), errors);
+    }
+    let paths = match task_files(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(err(dir, LoadErrorKind::Read(e)));
+            return (Vec::new(), errors);
+        }
+    };
+    let mut tasks: Vec<(PathBuf, RunTaskInfo)> = Vec::new();
+    for path in paths {
+        match read_task(&path) {
+            Ok((_, task)) => {
+                if let Some((first, _)) = tasks.iter().find(|(_, t)| t.task_id == task.task_id) {
+                    let kind = LoadErrorKind::DuplicateId {
+                        id: task.task_id.clone(),
+                        first: first.clone(),
+                    };
+                    errors.push(err(&path, kind));
+                    continue;
+                }
+                tasks.push((path, task));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (tasks, errors)
+}
+
 /// Whether a file that loaded before keeps its last good version when it fails to load now:
 /// yes for what an edit can break, no when the file went (a race with `rm`) or is no longer
 /// trusted (then it must not run at all).
