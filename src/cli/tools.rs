@@ -29,17 +29,39 @@ fn guess_kind(expr: &str) -> ScheduleKind {
     }
 }
 
+/// `--from`: an RFC 3339 time; one without its UTC offset is told how to add it.
+fn parse_from(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .any(|f| chrono::NaiveDateTime::parse_from_str(text.trim(), f).is_ok());
+    if naive {
+        let t = text.trim().replace(' ', "T");
+        return Err(format!(
+            "--from {text:?} has no UTC offset: write {t}Z for UTC, or add the offset, e.g. {t}+08:00"
+        ));
+    }
+    Err(format!(
+        "--from {text:?} is not an RFC 3339 time: write e.g. 2030-01-01T08:00:00Z or 2030-01-01T08:00:00+08:00"
+    ))
+}
+
+/// `--count`: how many fire times to print.
+fn parse_count(text: &str) -> Result<usize, String> {
+    text.trim().parse().map_err(|_| {
+        format!("--count takes how many fire times to print, a whole number such as --count 10, not {text:?}")
+    })
+}
+
 pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
     let from = match args.value("--from")? {
-        Some(text) => DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| CliError::Usage(format!("--from {text:?} is not an RFC 3339 time ({e})")))?
-            .with_timezone(&Utc),
+        Some(text) => parse_from(&text).map_err(CliError::Usage)?,
         None => Utc::now(),
     };
     let count: usize = match args.value("--count")? {
-        Some(n) => n
-            .parse()
-            .map_err(|_| CliError::Usage(format!("--count must be a number, not {n:?}")))?,
+        Some(n) => parse_count(&n).map_err(CliError::Usage)?,
         None => 5,
     };
     let kind = match args.value("--repeat")?.as_deref() {
@@ -235,6 +257,35 @@ pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_says_what_it_takes() {
+        assert_eq!(parse_count("3"), Ok(3));
+        assert_eq!(
+            parse_count("-1"),
+            Err("--count takes how many fire times to print, a whole number such as --count 10, not \"-1\"".to_string())
+        );
+    }
+
+    #[test]
+    fn from_without_an_offset_is_told_how_to_add_one() {
+        assert_eq!(
+            parse_from("2030-01-01T00:00:00+08:00").map(|t| t.to_rfc3339()),
+            Ok("2029-12-31T16:00:00+00:00".to_string())
+        );
+        assert_eq!(
+            parse_from("2030-01-01T00:00:00"),
+            Err("--from \"2030-01-01T00:00:00\" has no UTC offset: write 2030-01-01T00:00:00Z for UTC, or add the offset, e.g. 2030-01-01T00:00:00+08:00".to_string())
+        );
+        assert_eq!(
+            parse_from("2030-01-01 00:00:00"),
+            Err("--from \"2030-01-01 00:00:00\" has no UTC offset: write 2030-01-01T00:00:00Z for UTC, or add the offset, e.g. 2030-01-01T00:00:00+08:00".to_string())
+        );
+        assert_eq!(
+            parse_from("tomorrow"),
+            Err("--from \"tomorrow\" is not an RFC 3339 time: write e.g. 2030-01-01T08:00:00Z or 2030-01-01T08:00:00+08:00".to_string())
+        );
+    }
 
     #[test]
     fn expressions_are_recognised_by_their_look() {
