@@ -34,6 +34,41 @@ pub const DEFAULT_COLDSTART_FLAG: &str = "/dev/shm/aliyun-assist-agent-coldstart
 /// `update_check_interval_secs`.
 pub const DEFAULT_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(1800);
 
+/// Whether `text` can be a server address: a host name or IP address, with an optional
+/// `:port`, or an `http://` / `https://` URL with a host. The error says what to write.
+pub fn check_server(text: &str) -> Result<(), String> {
+    const FORMS: &str = "is not a server address: write a host name (server.example.com), host:port, or a URL such as https://server.example.com";
+    let t = text.trim();
+    let rest = match t.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "has the scheme {scheme:?}; the server speaks http:// or https:// (write e.g. https://server.example.com)"
+            ))
+        }
+        None => t,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[') && host.ends_with(']')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+    let port_ok = match port {
+        None => true,
+        Some(p) => p.parse::<u16>().is_ok_and(|n| n > 0),
+    };
+    if !host_ok || !port_ok || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(FORMS.to_string());
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Local mode: the directory of task files. `None` means remote mode.
@@ -604,6 +639,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_must_be_an_address() {
+        for ok in [
+            "server.example.com",
+            "server.example.com:8443",
+            "10.0.0.1",
+            "https://server.example.com",
+            "http://127.0.0.1:9/base",
+            "https://[::1]:8443",
+        ] {
+            assert_eq!(check_server(ok), Ok(()), "{ok}");
+        }
+        let forms = "is not a server address: write a host name (server.example.com), host:port, or a URL such as https://server.example.com";
+        for bad in [
+            "not a url",
+            "",
+            "https://",
+            "host:port",
+            "host:0",
+            "a\u{1b}b",
+            "https://x y",
+        ] {
+            assert_eq!(check_server(bad), Err(forms.to_string()), "{bad:?}");
+        }
+        assert_eq!(
+            check_server("ftp://server"),
+            Err("has the scheme \"ftp\"; the server speaks http:// or https:// (write e.g. https://server.example.com)".to_string())
+        );
+    }
 
     fn parse(json: &str) -> Result<Config, String> {
         Config::from_json(Path::new("c.json"), json.as_bytes()).map_err(|e| e.to_string())

@@ -13,6 +13,9 @@ pub enum Signal {
     Terminate,
     /// SIGHUP: re-read the local tasks.
     Reload,
+    /// Not an OS signal: the task directory watcher (`source/watch.rs`) saw its changes
+    /// settle. The local tasks are re-read, the config file is not.
+    TasksChanged,
 }
 
 /// The signals the signal thread waits for.

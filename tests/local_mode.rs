@@ -307,6 +307,8 @@ fn log_file_receives_the_log_instead_of_stderr() {
     let dir = TestDir::new("logfile");
     dir.task("hello", &json!({"command": "echo hi"}));
     let log = dir.path("logs/assistd.log");
+    // The agent refuses a log file whose directory does not exist (tests/local_start.rs).
+    std::fs::create_dir(dir.path("logs")).expect("mkdir logs");
     let mut agent = Agent::start(&dir, &["--log-file", log.to_str().expect("utf-8")]);
     // Nothing reaches stderr, so wait on the journal file itself (bounded poll in wait_journal).
     agent.wait_journal(&dir, "hello finished", |r| {

@@ -409,11 +409,14 @@ fn an_http_offer_from_another_host_is_refused() {
         &strict,
         &["update", "--check", "--server", &server.url()],
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    // Said on stderr like every other command's error; exit 1: the offer has a problem.
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        text.contains("not installable here") && text.contains("only https"),
+        err.starts_with("error: not installable here") && err.contains("only https"),
         "{out:?}"
     );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("update offered"));
 }
 
 #[test]

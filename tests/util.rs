@@ -45,6 +45,16 @@ pub struct TestDir {
     pub root: PathBuf,
 }
 
+/// Removed when the test passes (tests leave nothing in /tmp); kept when it fails, for
+/// inspection. Declared before the `Agent`, it is dropped after it.
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
 impl TestDir {
     pub fn new(name: &str) -> TestDir {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);

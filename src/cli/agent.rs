@@ -27,8 +27,10 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     #[cfg(feature = "remote")]
     let update_start = super::remote::UpdateStart::take()?;
     let (mut cfg, watch) = load_config_watched(&mut args)?;
+    let mut origin = Origin::default();
     if let Some(dir) = args.value("--local")? {
         cfg.local_dir = Some(PathBuf::from(dir));
+        origin.local_flag = true;
     }
     if let Some(n) = args.value("--workers")? {
         cfg.workers = n
@@ -48,6 +50,7 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
     }
     if let Some(server) = args.value("--server")? {
         cfg.server = Some(server);
+        origin.server_flag = true;
     }
     if let Some(id) = args.value("--instance-id")? {
         cfg.instance_id = Some(id);
@@ -75,10 +78,9 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
     }
     if cfg.local_dir.is_some() && cfg.server.is_some() {
-        return Err(CliError::Usage(
-            "--local and --server exclude each other".to_string(),
-        ));
+        return Err(CliError::Usage(mode_conflict(origin)));
     }
+    check_start(&cfg, origin, std::env::var("TZ").ok().as_deref())?;
     // Said before anything is created or started.
     #[cfg(not(feature = "remote"))]
     if cfg.local_dir.is_none() {
@@ -126,6 +128,104 @@ pub(super) fn cmd_agent(mut args: Args) -> Result<ExitCode, CliError> {
         None => super::remote::run_remote_and_restart(&cfg, &state, update_start, watch, lock),
         #[cfg(not(feature = "remote"))]
         None => Err(super::no_remote("`agent` without --local")),
+    }
+}
+
+/// Whether the mode's settings came from a flag or from the config file, for the messages.
+#[derive(Clone, Copy, Debug, Default)]
+struct Origin {
+    local_flag: bool,
+    server_flag: bool,
+}
+
+/// Local and remote mode at once, said where each came from and what to write instead.
+fn mode_conflict(origin: Origin) -> String {
+    let local = if origin.local_flag {
+        "--local"
+    } else {
+        "the config file's local_dir"
+    };
+    let server = if origin.server_flag {
+        "--server"
+    } else {
+        "the config file's server"
+    };
+    format!(
+        "{local} and {server} exclude each other: local mode (--local DIR, or local_dir) runs the task files of a directory, remote mode (--server URL, or server) takes tasks from a server; keep one{}",
+        if origin.local_flag && origin.server_flag {
+            ""
+        } else {
+            " (remove the other key from the config file)"
+        }
+    )
+}
+
+/// What the agent refuses at start, each with one line instead of running on: a task
+/// directory that is not there, a server that is no address, a `TZ` that names no zone, a
+/// log file whose directory does not exist. Checked before anything is created or started.
+fn check_start(cfg: &Config, origin: Origin, tz: Option<&str>) -> Result<(), CliError> {
+    if let Some(dir) = &cfg.local_dir {
+        let name = if origin.local_flag {
+            "--local"
+        } else {
+            "local_dir"
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(CliError::Usage(format!(
+                    "{name} {} is not a directory: give the directory that holds the *.json task files",
+                    dir.display()
+                )))
+            }
+            Err(e) => {
+                return Err(CliError::Usage(format!(
+                    "{name} {}: {} (create it, e.g. mkdir -p {}, or give the directory that holds the *.json task files)",
+                    dir.display(),
+                    io_reason(&e),
+                    dir.display()
+                )))
+            }
+        }
+    }
+    if let Some(server) = &cfg.server {
+        let name = if origin.server_flag {
+            "--server"
+        } else {
+            "server"
+        };
+        crate::config::check_server(server)
+            .map_err(|why| CliError::Usage(format!("{name} {server:?} {why}")))?;
+    }
+    if let Some(tz) = tz {
+        if schedule::tz::zone_from_tz(&schedule::tz::ZoneDb::host(), tz).is_none() {
+            return Err(CliError::Usage(format!(
+                "TZ={tz:?} names no time zone: use a zoneinfo name such as Asia/Shanghai or UTC, a POSIX rule such as JST-9 or EST5EDT,M3.2.0,M11.1.0, or unset TZ to use /etc/localtime"
+            )));
+        }
+    }
+    if let Some(file) = &cfg.log_file {
+        let parent = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(CliError::Usage(format!(
+                "log file {}: directory {} does not exist (create it, or log to stderr with --log-stderr)",
+                file.display(),
+                parent.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An I/O error's reason without the `(os error N)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
     }
 }
 
@@ -211,7 +311,21 @@ fn run_local(
     });
     let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
-    let signals = signals::spawn().map_err(io_err("cannot start the signal thread"))?;
+    let (signal_tx, signals) = crossbeam_channel::unbounded();
+    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    // Changes to the task directory arrive like a SIGHUP that re-reads only the tasks. Without
+    // inotify the agent still runs; SIGHUP then is the only way to reload.
+    let watch_tx = signal_tx;
+    let dir_watch = crate::source::watch::spawn(&local_dir, move || {
+        watch_tx.send(signals::Signal::TasksChanged).is_ok()
+    })
+    .map_err(|e| {
+        log::warn!(
+            "phase=startup cannot watch {} ({e}); task file changes apply on SIGHUP only",
+            crate::escape::for_terminal(&local_dir.display().to_string())
+        )
+    })
+    .ok();
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let status = Arc::new(Status::open(
         state.status_file(),
@@ -240,6 +354,9 @@ fn run_local(
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
     // No more requests: the socket goes away (its thread is joined) before the agent ends.
     drop(control);
+    // The watcher holds a sender of the engine's (now dropped) signal channel; ending it here
+    // joins its thread.
+    drop(dir_watch);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
     result.map_err(CliError::Engine)?;
@@ -271,6 +388,10 @@ impl<R: Reload> Reload for ConfigReload<R> {
         }
         self.inner.reload()
     }
+
+    fn changed(&mut self) -> Vec<SourceEvent> {
+        self.inner.changed()
+    }
 }
 
 /// The local task directory as the engine's reload hook: logs every bad file and goes on.
@@ -280,7 +401,7 @@ impl Reload for LocalReload {
     fn reload(&mut self) -> Vec<SourceEvent> {
         let scan = self.0.scan();
         for error in &scan.errors {
-            log::error!("phase=load skipping task file: {}", error_chain(error));
+            log::error!("phase=load bad task file: {}", error_chain(error));
         }
         log::info!(
             "phase=load {} change(s), {} bad file(s)",
@@ -311,4 +432,105 @@ fn detach_from_terminal() {
     };
     // SAFETY: TIOCNOTTY takes no argument; the descriptor is open.
     unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&tty), libc::TIOCNOTTY) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(cfg: &Config, origin: Origin, tz: Option<&str>) -> String {
+        match check_start(cfg, origin, tz) {
+            Err(CliError::Usage(msg)) => msg,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_modes_say_where_each_came_from() {
+        let flags = Origin {
+            local_flag: true,
+            server_flag: true,
+        };
+        assert!(mode_conflict(flags).starts_with("--local and --server exclude each other: "));
+        assert!(mode_conflict(flags).ends_with("; keep one"));
+        let file = mode_conflict(Origin::default());
+        assert!(
+            file.starts_with(
+                "the config file's local_dir and the config file's server exclude each other: "
+            ),
+            "{file}"
+        );
+        assert!(
+            file.ends_with("keep one (remove the other key from the config file)"),
+            "{file}"
+        );
+    }
+
+    #[test]
+    fn a_missing_task_directory_is_refused() {
+        let cfg = Config {
+            local_dir: Some(PathBuf::from("/nonexistent/tasks")),
+            ..Config::default()
+        };
+        let flag = Origin {
+            local_flag: true,
+            ..Origin::default()
+        };
+        assert_eq!(
+            refused(&cfg, flag, None),
+            "--local /nonexistent/tasks: does not exist (create it, e.g. mkdir -p /nonexistent/tasks, or give the directory that holds the *.json task files)"
+        );
+        let file = Config {
+            local_dir: Some(PathBuf::from("/dev/null")),
+            ..Config::default()
+        };
+        assert_eq!(
+            refused(&file, Origin::default(), None),
+            "local_dir /dev/null is not a directory: give the directory that holds the *.json task files"
+        );
+    }
+
+    #[test]
+    fn a_server_that_is_no_address_is_refused() {
+        let cfg = Config {
+            server: Some("not a url".to_string()),
+            ..Config::default()
+        };
+        let msg = refused(
+            &cfg,
+            Origin {
+                server_flag: true,
+                ..Origin::default()
+            },
+            None,
+        );
+        assert!(
+            msg.starts_with("--server \"not a url\" is not a server address: write a host name"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_tz_is_refused_and_a_posix_rule_is_not() {
+        let cfg = Config::default();
+        assert_eq!(
+            refused(&cfg, Origin::default(), Some("Mars/Olympus")),
+            "TZ=\"Mars/Olympus\" names no time zone: use a zoneinfo name such as Asia/Shanghai or UTC, a POSIX rule such as JST-9 or EST5EDT,M3.2.0,M11.1.0, or unset TZ to use /etc/localtime"
+        );
+        assert!(check_start(&cfg, Origin::default(), Some("JST-9")).is_ok());
+        assert!(check_start(&cfg, Origin::default(), Some("UTC")).is_ok());
+        assert!(check_start(&cfg, Origin::default(), Some("")).is_ok());
+    }
+
+    #[test]
+    fn a_log_file_in_a_missing_directory_is_refused() {
+        let cfg = Config {
+            log_file: Some(PathBuf::from("/nonexistent/assistd.log")),
+            ..Config::default()
+        };
+        assert_eq!(
+            refused(&cfg, Origin::default(), None),
+            "log file /nonexistent/assistd.log: directory /nonexistent does not exist (create it, or log to stderr with --log-stderr)"
+        );
+    }
 }

@@ -51,7 +51,8 @@ USAGE:
                  [--creation-time MS] [--crontab] [--random-delay SECS]
     assistd check DIR|FILE
     assistd import-crontab FILE [--user NAME | --system] [--out DIR]
-    assistd journal [--task ID] [--follow] [--state-dir DIR] [--config FILE]
+    assistd journal [--task ID] [--since TIME] [-n N] [--failed] [--follow] [--state-dir DIR]
+                    [--config FILE]
     assistd list [--json] [--state-dir DIR] [--config FILE]
     assistd run ID [--state-dir DIR] [--config FILE]
 ",
@@ -71,7 +72,9 @@ USAGE:
 COMMANDS:
     agent     run in the foreground; with --local, tasks are the *.json files of DIR and
               results go to the journal in the state dir (default /var/lib/assistd).
-              SIGHUP re-reads the config file and DIR; SIGTERM/SIGINT stop cleanly.
+              DIR is watched: changes apply 500 ms after they settle; a file that breaks
+              keeps its last good version. SIGHUP re-reads the config file and DIR;
+              SIGTERM/SIGINT stop cleanly.
               --log-task-output logs every line tasks print, as it arrives.
               --detach-terminal gives up the starting terminal (init scripts use it).
               Task file keys beyond the server's: id, command, user, workdir, repeat,
@@ -95,12 +98,14 @@ COMMANDS:
               as seconds-first cron, and stderr says so. --task FILE: a task file's
               schedule; with its randomDelay (or --random-delay) the times are the
               undelayed ones, and stderr says a delay applies
-    check     validate task files; one line per problem
+    check     validate task files as the agent reads them; one line per problem
     import-crontab  turn a crontab's entries into task files: printed, or written
               to --out DIR (mode 0600); /etc/crontab and cron.d files (or --system)
               have a user column, --user NAME runs a user crontab's tasks as NAME.
               Lines that do not carry over go to stderr with their line number
-    journal   print the local journal for people
+    journal   print the local journal for people, one entry per invocation with its
+              output whole. --since TIME (RFC 3339, or 30s/15m/1h/2d ago), -n N (the
+              last N), --failed (non-zero exit, timeout, error, kill), --follow
     list      what the local agent has scheduled: one line per task with its schedule,
               next run (local time and UTC, before any randomDelay) and last run (when,
               result, exit code, duration); works while no agent runs (it says so and

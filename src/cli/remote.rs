@@ -585,8 +585,11 @@ pub(super) fn cmd_update(mut args: Args) -> Result<ExitCode, CliError> {
     if check {
         let ours = crate::remote::trust::Version::ours();
         if let Err(e) = policy.vet(&offer.url, &offer.version, &ours) {
-            writeln!(out, "not installable here: {}", error_chain(&e))
-                .map_err(io_err("cannot write"))?;
+            // Said like every other command's error, on stderr; exit 1: the check found a
+            // problem with the offer, the command itself worked.
+            out.flush().map_err(io_err("cannot write"))?;
+            eprintln!("error: not installable here: {}", error_chain(&e));
+            return Ok(ExitCode::from(1));
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -29,17 +29,39 @@ fn guess_kind(expr: &str) -> ScheduleKind {
     }
 }
 
+/// `--from`: an RFC 3339 time; one without its UTC offset is told how to add it.
+fn parse_from(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .any(|f| chrono::NaiveDateTime::parse_from_str(text.trim(), f).is_ok());
+    if naive {
+        let t = text.trim().replace(' ', "T");
+        return Err(format!(
+            "--from {text:?} has no UTC offset: write {t}Z for UTC, or add the offset, e.g. {t}+08:00"
+        ));
+    }
+    Err(format!(
+        "--from {text:?} is not an RFC 3339 time: write e.g. 2030-01-01T08:00:00Z or 2030-01-01T08:00:00+08:00"
+    ))
+}
+
+/// `--count`: how many fire times to print.
+fn parse_count(text: &str) -> Result<usize, String> {
+    text.trim().parse().map_err(|_| {
+        format!("--count takes how many fire times to print, a whole number such as --count 10, not {text:?}")
+    })
+}
+
 pub(super) fn cmd_next(mut args: Args) -> Result<ExitCode, CliError> {
     let from = match args.value("--from")? {
-        Some(text) => DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| CliError::Usage(format!("--from {text:?} is not an RFC 3339 time ({e})")))?
-            .with_timezone(&Utc),
+        Some(text) => parse_from(&text).map_err(CliError::Usage)?,
         None => Utc::now(),
     };
     let count: usize = match args.value("--count")? {
-        Some(n) => n
-            .parse()
-            .map_err(|_| CliError::Usage(format!("--count must be a number, not {n:?}")))?,
+        Some(n) => parse_count(&n).map_err(CliError::Usage)?,
         None => 5,
     };
     let kind = match args.value("--repeat")?.as_deref() {
@@ -163,54 +185,54 @@ pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
         ));
     };
     let target = PathBuf::from(target);
-    let files = if target.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
-            .map_err(io_err(format!("cannot read {}", target.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p
-                        .file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    // Nothing to check is an error of the command (exit 2), not a problem of a task (exit 1).
+    let meta =
+        std::fs::metadata(&target).map_err(io_err(format!("cannot check {}", target.display())))?;
+    let zone = schedule::tz::system_zone();
+    let mut problems: Vec<String> = Vec::new();
+    // The agent's own reading: the directory's trust, every file's checks, ids used twice.
+    let (tasks, errors) = if meta.is_dir() {
+        local::load_dir(&target)
+    } else {
+        let dir = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (_, siblings) = local::load_dir(dir);
+        let mut errors: Vec<local::LoadError> = siblings
+            .into_iter()
+            .filter(|e| {
+                e.path == dir
+                    || (e.path == target
+                        && matches!(e.kind, local::LoadErrorKind::DuplicateId { .. }))
             })
             .collect();
-        files.sort();
-        files
-    } else {
-        vec![target.clone()]
-    };
-    let zone = schedule::tz::system_zone();
-    let mut problems = 0;
-    let mut out = io::stdout().lock();
-    // The agent refuses every file of a directory that others could write to.
-    let dir = if target.is_dir() {
-        Some(target.as_path())
-    } else {
-        target.parent().filter(|p| !p.as_os_str().is_empty())
-    };
-    if let Some(Err(e)) = dir.map(local::check_dir_trust) {
-        problems += 1;
-        writeln!(out, "{}", error_chain(&e)).map_err(io_err("cannot write"))?;
-    }
-    for file in &files {
-        for problem in check_file(file, &zone) {
-            problems += 1;
-            writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+        let mut tasks = Vec::new();
+        match local::load_file(&target) {
+            Ok(task) => tasks.push((target.clone(), task)),
+            Err(e) => errors.push(e),
         }
+        (tasks, errors)
+    };
+    problems.extend(errors.iter().map(|e| error_chain(e)));
+    for (path, task) in &tasks {
+        problems.extend(check_task(path, task, &zone));
     }
-    if problems > 0 {
+    let mut out = io::stdout().lock();
+    for problem in &problems {
+        writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+    }
+    if !problems.is_empty() {
         return Ok(ExitCode::from(1));
     }
-    writeln!(out, "{} task file(s) OK", files.len()).map_err(io_err("cannot write"))?;
+    writeln!(out, "{} task file(s) OK", tasks.len()).map_err(io_err("cannot write"))?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every problem of one task file, each as one line naming the file.
-fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
-    let info = match local::load_file(path) {
-        Ok(info) => info,
-        Err(e) => return vec![error_chain(&e)],
-    };
+/// What the engine and the runner would refuse in a task that loaded: its schedule (parsed
+/// as the engine parses it, with its first run after now) and what the runner checks before
+/// it starts a process. Each problem is one line naming the file.
+fn check_task(path: &Path, info: &crate::model::RunTaskInfo, zone: &schedule::Zone) -> Vec<String> {
     let mut problems = Vec::new();
     if info.repeat.is_periodic() {
         let kind = match info.repeat {
@@ -224,7 +246,7 @@ fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
             problems.push(format!("{}: cron: {e}", path.display()));
         }
     }
-    if let Err(invalid) = runner::precheck(&info) {
+    if let Err(invalid) = runner::validate(info) {
         problems.push(format!(
             "{}: {}: {}",
             path.display(),
@@ -238,14 +260,42 @@ fn check_file(path: &Path, zone: &schedule::Zone) -> Vec<String> {
 pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
     let cfg = load_config(&mut args)?;
     let task = args.value("--task")?;
+    let since = args
+        .value("--since")?
+        .map(|t| journal::parse_since(&t, Utc::now()))
+        .transpose()
+        .map_err(CliError::Usage)?;
+    let last = match args.value("-n")? {
+        Some(n) => Some(n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            CliError::Usage(format!(
+                "-n takes how many invocations to show, a whole number above 0 (e.g. -n 10), not {n:?}"
+            ))
+        })?),
+        None => None,
+    };
+    let failed = args.flag("--failed");
     let follow = args.flag("--follow") || args.flag("-f");
     args.finish()?;
     if let Some(extra) = args.positionals.first() {
         return Err(CliError::Usage(format!("unexpected argument {extra:?}")));
     }
     let dir = StateDir::new(cfg.state_dir.clone()).journal_dir();
+    if !follow && !dir.exists() {
+        eprintln!(
+            "no journal in {} yet (no local agent has run with this state dir)",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let query = journal::Query {
+        task,
+        since,
+        failed,
+        last,
+        max_output: cfg.max_log_quota,
+    };
     let mut out = io::stdout().lock();
-    journal::print(&dir, task.as_deref(), follow, &mut out).map_err(io_err(format!(
+    journal::print(&dir, &query, follow, &mut out).map_err(io_err(format!(
         "cannot print the journal in {}",
         dir.display()
     )))?;
@@ -255,6 +305,35 @@ pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_says_what_it_takes() {
+        assert_eq!(parse_count("3"), Ok(3));
+        assert_eq!(
+            parse_count("-1"),
+            Err("--count takes how many fire times to print, a whole number such as --count 10, not \"-1\"".to_string())
+        );
+    }
+
+    #[test]
+    fn from_without_an_offset_is_told_how_to_add_one() {
+        assert_eq!(
+            parse_from("2030-01-01T00:00:00+08:00").map(|t| t.to_rfc3339()),
+            Ok("2029-12-31T16:00:00+00:00".to_string())
+        );
+        assert_eq!(
+            parse_from("2030-01-01T00:00:00"),
+            Err("--from \"2030-01-01T00:00:00\" has no UTC offset: write 2030-01-01T00:00:00Z for UTC, or add the offset, e.g. 2030-01-01T00:00:00+08:00".to_string())
+        );
+        assert_eq!(
+            parse_from("2030-01-01 00:00:00"),
+            Err("--from \"2030-01-01 00:00:00\" has no UTC offset: write 2030-01-01T00:00:00Z for UTC, or add the offset, e.g. 2030-01-01T00:00:00+08:00".to_string())
+        );
+        assert_eq!(
+            parse_from("tomorrow"),
+            Err("--from \"tomorrow\" is not an RFC 3339 time: write e.g. 2030-01-01T08:00:00Z or 2030-01-01T08:00:00+08:00".to_string())
+        );
+    }
 
     #[test]
     fn expressions_are_recognised_by_their_look() {

@@ -107,8 +107,9 @@ impl Engine {
         }
     }
 
-    /// Spec §6.2.
-    pub fn dispatch_stop(&mut self, info: RunTaskInfo) {
+    /// Spec §6.2. A queued or running invocation gets `how`; an idle task is reported
+    /// `stopped` with `idle` (the reference's `killed`; a removed local file's `removed`).
+    pub fn dispatch_stop(&mut self, info: RunTaskInfo, how: Cancel, idle: StopResult) {
         let id = &info.task_id;
         log::info!(
             "task={id} invoke_version={} phase=stop repeat={}",
@@ -125,12 +126,9 @@ impl Engine {
                 timer.disarm(id);
             }
         }
-        if !self.ctx.registry.cancel(id, Cancel::Stop) {
+        if !self.ctx.registry.cancel(id, how) {
             // Not queued or running: the reference still answers `killed` with zeros.
-            self.report_async(stopped_without_run(
-                head_for(&info, None),
-                StopResult::Killed,
-            ));
+            self.report_async(stopped_without_run(head_for(&info, None), idle));
         }
     }
 

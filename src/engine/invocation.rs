@@ -95,6 +95,10 @@ pub fn run_job(
                 ctx.send(&stopped_without_run(head.clone(), StopResult::Killed));
                 Ending::Stopped
             }
+            Cancel::Removed => {
+                ctx.send(&stopped_without_run(head.clone(), StopResult::Removed));
+                Ending::Stopped
+            }
             Cancel::Quiet => Ending::Silent,
         };
         guard.outcome = Some(Outcome {

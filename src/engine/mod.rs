@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select_biased, unbounded, Receiver};
 
 use crate::model::RunTaskInfo;
-use crate::report::Reporter;
+use crate::report::{Reporter, StopResult};
 use crate::runner::{Cancel, Invalid, RunnerConfig};
 use crate::schedule::Zone;
 use crate::signals::Signal;
@@ -68,6 +68,11 @@ pub type Verifier = Box<dyn Fn(&RunTaskInfo) -> Result<(), Invalid> + Send>;
 /// Sources that push events on their own (the server) return nothing here.
 pub trait Reload {
     fn reload(&mut self) -> Vec<SourceEvent>;
+
+    /// The task directory changed (its watcher said so): re-read the tasks only.
+    fn changed(&mut self) -> Vec<SourceEvent> {
+        self.reload()
+    }
 }
 
 /// A source with nothing to reload.
@@ -239,7 +244,10 @@ impl Engine {
     pub fn handle_source_event(&mut self, event: SourceEvent) {
         match event {
             SourceEvent::Run(info) => self.dispatch_run(info),
-            SourceEvent::Stop(info) => self.dispatch_stop(info),
+            SourceEvent::Stop(info) => self.dispatch_stop(info, Cancel::Stop, StopResult::Killed),
+            SourceEvent::Removed(info) => {
+                self.dispatch_stop(info, Cancel::Removed, StopResult::Removed)
+            }
             SourceEvent::Test(info) => self.dispatch_test(info),
         }
     }
@@ -285,6 +293,13 @@ impl Engine {
                 Event::Signal(Signal::Reload) => {
                     log::info!("phase=reload re-reading tasks (SIGHUP)");
                     for event in reload.reload() {
+                        self.handle_source_event(event);
+                    }
+                    self.save_status();
+                }
+                Event::Signal(Signal::TasksChanged) => {
+                    log::info!("phase=reload re-reading tasks (the task directory changed)");
+                    for event in reload.changed() {
                         self.handle_source_event(event);
                     }
                     self.save_status();

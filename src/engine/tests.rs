@@ -180,6 +180,43 @@ fn stop_of_a_running_task_kills_it_and_reports_killed() {
 }
 
 #[test]
+fn a_removed_idle_task_is_journaled_as_a_removal_and_a_running_one_says_why_it_was_killed() {
+    let h = Harness::new("removed");
+    h.send(SourceEvent::Removed(task("t-idle", 2, "true")));
+    let reports = h.wait("removed", |r| count(r, "t-idle", "removed") == 1);
+    assert!(matches!(
+        &reports[0],
+        Report::Stopped {
+            result: StopResult::Removed,
+            ..
+        }
+    ));
+    h.send(SourceEvent::Run(RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task("t-run", 1, "sleep 300")
+    }));
+    h.wait("start event", |r| count(r, "t-run", "running") >= 1);
+    h.send(SourceEvent::Removed(task("t-run", 1, "sleep 300")));
+    let reports = h.wait("stopped", |r| count(r, "t-run", "stopped") == 1);
+    let stopped = reports
+        .iter()
+        .find(|r| r.event() == "stopped")
+        .expect("stopped");
+    match stopped {
+        Report::Stopped {
+            result, err_desc, ..
+        } => {
+            assert_eq!(*result, StopResult::Killed);
+            assert_eq!(err_desc.as_deref(), Some(crate::runner::REMOVED_DESC));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
 fn test_tasks_are_only_prechecked() {
     let h = Harness::new("test");
     h.send(SourceEvent::Test(task("t-ok", 1, "touch /should/not/run")));

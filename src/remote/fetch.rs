@@ -979,6 +979,7 @@ mod tests {
                 SourceEvent::Run(t) => format!("run {}", t.task_id),
                 SourceEvent::Stop(t) => format!("stop {}", t.task_id),
                 SourceEvent::Test(t) => format!("test {}", t.task_id),
+                SourceEvent::Removed(t) => format!("removed {}", t.task_id),
             })
             .collect();
         assert_eq!(ids, ["run a", "stop b", "test c"]);

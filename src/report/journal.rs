@@ -170,6 +170,10 @@ pub fn record_line(report: &Report, now: DateTime<Utc>) -> Vec<u8> {
     line.field("task", head.task_id.as_str());
     line.field("invoke_version", head.invoke_version);
     line.field("event", report.event());
+    if report.event() == "removed" {
+        // Nothing ran: no times, no exit code, no output.
+        return line.finish();
+    }
     match report {
         Report::Running { start_ms, .. } => line.field("start", *start_ms),
         _ => {
@@ -267,30 +271,93 @@ pub fn read_records(dir: &Path) -> io::Result<Vec<Value>> {
     Ok(records)
 }
 
-/// Prints the journal in `dir` for people, oldest first, only the records of `task` if
-/// given. With `follow` it then keeps printing lines as they are appended, across
-/// rotations, until writing to `out` fails (e.g. a closed pipe) or the process is killed.
-pub fn print(dir: &Path, task: Option<&str>, follow: bool, out: &mut dyn Write) -> io::Result<()> {
+/// Which invocations `assistd journal` prints.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Only this task's records.
+    pub task: Option<String>,
+    /// Only invocations whose record is at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only the invocations that did not succeed (`is_failure`).
+    pub failed: bool,
+    /// Only the last N invocations (before following, with `--follow`).
+    pub last: Option<usize>,
+    /// The most output bytes joined for one invocation: the agent's largest output limit
+    /// (`max_log_quota`), so a journal edited by hand cannot make the reader hold more.
+    pub max_output: usize,
+}
+
+/// True for an invocation that did not succeed: an exit code other than 0, a timeout, an
+/// error, a failure, an invalid task, a kill. A removal, a completed cron and a passed test
+/// are not failures.
+pub fn is_failure(r: &Value) -> bool {
+    match r.get("event").and_then(Value::as_str).unwrap_or("") {
+        "finished" => r.get("exit_code").and_then(Value::as_i64) != Some(0),
+        "stopped" => r.get("result").and_then(Value::as_str) != Some("completed"),
+        "timeout" | "failed" | "error" | "invalid" => true,
+        _ => false,
+    }
+}
+
+/// `1h`, `30m`, `2d`, `45s` (a whole number and one unit), or an RFC 3339 time.
+pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "--since {text:?} is neither an RFC 3339 time (2031-01-02T17:30:00Z) nor a relative time such as 30s, 15m, 1h or 2d"
+        )
+    };
+    if let Ok(at) = DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = t.split_at(split);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(bad)
+}
+
+/// Prints the journal in `dir` for people, oldest first, the invocations `query` selects.
+/// An invocation's `running` chunks are joined into its final record, which shows its output
+/// whole. With `follow` it then keeps printing records as they are appended (running chunks
+/// too, as they come), across rotations, until writing to `out` fails (e.g. a closed pipe) or
+/// the process is killed; a journal that does not exist yet is waited for.
+pub fn print(dir: &Path, query: &Query, follow: bool, out: &mut dyn Write) -> io::Result<()> {
     // Polling is acceptable here and only here: `assistd journal --follow` is an interactive
     // command a person runs and stops; the agent itself never polls.
     let mut poll = || {
         std::thread::sleep(Duration::from_millis(500));
         true
     };
-    print_with(dir, task, if follow { Some(&mut poll) } else { None }, out)
+    print_with(dir, query, if follow { Some(&mut poll) } else { None }, out)
 }
 
 /// `print`, with the wait between follow polls supplied by the caller: `wait` returns false
 /// to stop following.
 fn print_with(
     dir: &Path,
-    task: Option<&str>,
+    query: &Query,
     wait: Option<&mut dyn FnMut() -> bool>,
     out: &mut dyn Write,
 ) -> io::Result<()> {
-    let mut printer = Printer { task, out };
+    let mut printer = Printer::new(query, out);
     let live = dir.join(JOURNAL_FILE);
-    for path in journal_files(dir)? {
+    let files = match journal_files(dir) {
+        Ok(files) => files,
+        // A fresh state dir: nothing to print yet, and with --follow something to wait for.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for path in files {
         if path == live {
             break;
         }
@@ -306,8 +373,15 @@ fn print_with(
         if let Some(t) = tail.as_mut() {
             t.drain(&mut printer, true)?;
         }
+        printer.unfinished()?;
+        printer.flush_backlog()?;
         return printer.out.flush();
     };
+    if let Some(t) = tail.as_mut() {
+        t.drain(&mut printer, false)?;
+    }
+    printer.flush_backlog()?;
+    printer.live = true;
     loop {
         // Stat the path before reading: once a new inode sits at the path, the writer has
         // finished with the old file, so reading it to the end misses nothing.
@@ -378,32 +452,185 @@ impl Tail {
     }
 }
 
-struct Printer<'a, 'w> {
-    task: Option<&'a str>,
-    out: &'w mut dyn Write,
+/// One invocation: task, invoke version, start time (a periodic task's firings share the
+/// version, not the start).
+type InvocationKey = (String, i64, i64);
+
+/// The running chunks of an invocation whose final record has not been read yet.
+struct Pending {
+    /// The newest running record (its time and fields stand for the invocation if it never
+    /// ends).
+    last: Value,
+    output: String,
+    /// Bytes left out because `max_output` was reached.
+    cut: usize,
 }
 
-impl Printer<'_, '_> {
+struct Printer<'a, 'w> {
+    query: &'a Query,
+    out: &'w mut dyn Write,
+    pending: std::collections::HashMap<InvocationKey, Pending>,
+    /// With `query.last`: the newest entries, printed at the end of the backlog.
+    backlog: std::collections::VecDeque<String>,
+    /// Following: running chunks are printed as they arrive, and nothing is held back.
+    live: bool,
+}
+
+fn key_of(r: &Value) -> InvocationKey {
+    (
+        r.get("task")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        r.get("invoke_version").and_then(Value::as_i64).unwrap_or(0),
+        r.get("start").and_then(Value::as_i64).unwrap_or(0),
+    )
+}
+
+impl<'a, 'w> Printer<'a, 'w> {
+    fn new(query: &'a Query, out: &'w mut dyn Write) -> Printer<'a, 'w> {
+        Printer {
+            query,
+            out,
+            pending: std::collections::HashMap::new(),
+            backlog: std::collections::VecDeque::new(),
+            live: false,
+        }
+    }
+
     fn line(&mut self, bytes: &[u8], path: &Path, line_no: usize) -> io::Result<()> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let record = match serde_json::from_slice::<Value>(bytes) {
+        let mut record = match serde_json::from_slice::<Value>(bytes) {
             Ok(v) if v.is_object() => v,
             _ => {
-                return writeln!(
-                    self.out,
-                    "(skipped an unreadable line {line_no} of {})",
-                    path.display()
-                )
+                let note = format!(
+                    "(skipped an unreadable line {line_no} of {})\n",
+                    for_terminal(&path.display().to_string())
+                );
+                return self.emit(note);
             }
         };
-        if let Some(task) = self.task {
+        if let Some(task) = &self.query.task {
             if record.get("task").and_then(Value::as_str) != Some(task) {
                 return Ok(());
             }
         }
-        self.out.write_all(format_record(&record).as_bytes())
+        let key = key_of(&record);
+        let output = record
+            .get("output")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if record.get("event").and_then(Value::as_str) == Some("running") {
+            let max = self.query.max_output;
+            let p = self.pending.entry(key).or_insert_with(|| Pending {
+                last: Value::Null,
+                output: String::new(),
+                cut: 0,
+            });
+            append_bounded(&mut p.output, &mut p.cut, &output, max);
+            p.last = record.clone();
+            if self.live && !output.is_empty() && self.selected(&record) {
+                let text = format_record(&record);
+                self.emit(text)?;
+            }
+            return Ok(());
+        }
+        if let Some(mut p) = self.pending.remove(&key) {
+            append_bounded(&mut p.output, &mut p.cut, &output, self.query.max_output);
+            set_output(&mut record, p.output, p.cut);
+        }
+        if self.selected(&record) {
+            let text = format_record(&record);
+            self.emit(text)?;
+        }
+        Ok(())
+    }
+
+    fn selected(&self, r: &Value) -> bool {
+        if self.query.failed && !is_failure(r) {
+            return false;
+        }
+        if let Some(since) = self.query.since {
+            let at = r
+                .get("time")
+                .and_then(Value::as_str)
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            if !at.is_some_and(|t| t.with_timezone(&Utc) >= since) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn emit(&mut self, text: String) -> io::Result<()> {
+        match self.query.last {
+            Some(n) if !self.live => {
+                self.backlog.push_back(text);
+                while self.backlog.len() > n {
+                    self.backlog.pop_front();
+                }
+                Ok(())
+            }
+            _ => self.out.write_all(text.as_bytes()),
+        }
+    }
+
+    /// Invocations with running chunks and no final record (still running, or the agent
+    /// died): shown as their newest running record with every chunk joined.
+    fn unfinished(&mut self) -> io::Result<()> {
+        let mut left: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        left.sort_by(|a, b| {
+            let time = |p: &Pending| {
+                p.last
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            time(a).cmp(&time(b))
+        });
+        for p in left {
+            let mut record = p.last;
+            set_output(&mut record, p.output, p.cut);
+            if self.selected(&record) {
+                let text = format_record(&record);
+                self.emit(text)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_backlog(&mut self) -> io::Result<()> {
+        for text in std::mem::take(&mut self.backlog) {
+            self.out.write_all(text.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `more` to `joined` up to `max` bytes (on a character boundary), counting the rest.
+fn append_bounded(joined: &mut String, cut: &mut usize, more: &str, max: usize) {
+    let room = max.saturating_sub(joined.len());
+    if more.len() <= room {
+        joined.push_str(more);
+        return;
+    }
+    let mut end = room;
+    while !more.is_char_boundary(end) {
+        end -= 1;
+    }
+    joined.push_str(&more[..end]);
+    *cut += more.len() - end;
+}
+
+fn set_output(record: &mut Value, output: String, cut: usize) {
+    if let Value::Object(map) = record {
+        map.insert("output".to_string(), Value::from(output));
+        if cut > 0 {
+            map.insert("output_cut".to_string(), Value::from(cut));
+        }
     }
 }
 
@@ -431,6 +658,9 @@ pub fn format_record(r: &Value) -> String {
     let output = r.get("output").and_then(Value::as_str);
     if let Some(output) = output {
         s.push_str(&format!(" ({} bytes)", output.len()));
+    }
+    if let Some(cut) = r.get("output_cut").and_then(Value::as_u64) {
+        s.push_str(&format!(" ({cut} more bytes not shown)"));
     }
     s.push('\n');
     for line in output.unwrap_or("").lines() {
@@ -482,8 +712,23 @@ mod tests {
     }
 
     fn printed(dir: &Path, task: Option<&str>) -> String {
+        let query = Query {
+            task: task.map(str::to_string),
+            ..query()
+        };
+        printed_with(dir, &query)
+    }
+
+    fn query() -> Query {
+        Query {
+            max_output: 1 << 20,
+            ..Query::default()
+        }
+    }
+
+    fn printed_with(dir: &Path, query: &Query) -> String {
         let mut out = Vec::new();
-        print(dir, task, false, &mut out).expect("print");
+        print(dir, query, false, &mut out).expect("print");
         String::from_utf8(out).expect("utf-8")
     }
 
@@ -694,13 +939,217 @@ mod tests {
             true
         };
         let mut out = Vec::new();
-        print_with(dir.path(), None, Some(&mut wait), &mut out).expect("follow");
+        print_with(dir.path(), &query(), Some(&mut wait), &mut out).expect("follow");
         let text = String::from_utf8(out).expect("utf-8");
         let tasks: Vec<&str> = text
             .lines()
             .map(|l| l.split(' ').nth(1).unwrap_or(""))
             .collect();
         assert_eq!(tasks, ["r0", "a", "b", "raw"], "{text}");
+    }
+
+    fn running(task: &str, start_ms: i64, output: &str) -> Report {
+        Report::Running {
+            head: head(task, 1),
+            start_ms,
+            output: output.as_bytes().to_vec(),
+        }
+    }
+
+    fn finished_at(task: &str, start_ms: i64, exit_code: i32, output: &str) -> Report {
+        Report::Finished {
+            head: head(task, 1),
+            span: Span {
+                start_ms,
+                end_ms: start_ms + 1,
+                exit_code,
+                dropped: 0,
+            },
+            output: output.as_bytes().to_vec(),
+        }
+    }
+
+    /// Writes `reports` as journal lines, the i-th at minute i of 2031-01-02 17:xx.
+    fn journal_of(name: &str, reports: &[Report]) -> TempDir {
+        let dir = TempDir::new(name);
+        let mut text = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            text.extend(record_line(r, at() + chrono::TimeDelta::minutes(i as i64)));
+        }
+        fs::write(dir.path().join(JOURNAL_FILE), text).expect("write");
+        dir
+    }
+
+    #[test]
+    fn an_invocation_shows_its_output_whole_in_its_final_record() {
+        // Two firings of one periodic task (same version, other starts), interleaved.
+        let dir = journal_of(
+            "journal-join",
+            &[
+                running("t", 10, "one\n"),
+                running("t", 20, "A\n"),
+                running("t", 10, "two\n"),
+                finished_at("t", 10, 0, "three\n"),
+                finished_at("t", 20, 0, "B\n"),
+            ],
+        );
+        let text = printed(dir.path(), None);
+        assert_eq!(
+            text,
+            "2031-01-02T17:33:00Z t v1 finished exit=0 dropped=0 (14 bytes)\n    one\n    two\n    three\n\
+             2031-01-02T17:34:00Z t v1 finished exit=0 dropped=0 (4 bytes)\n    A\n    B\n"
+        );
+    }
+
+    #[test]
+    fn joined_output_is_bounded_and_says_what_it_left_out() {
+        let dir = journal_of(
+            "journal-bound",
+            &[running("t", 1, "12345"), finished_at("t", 1, 0, "6789é")],
+        );
+        let text = printed_with(
+            dir.path(),
+            &Query {
+                max_output: 9,
+                ..query()
+            },
+        );
+        assert!(
+            text.starts_with("2031-01-02T17:31:00Z t v1 finished exit=0 dropped=0 (9 bytes) (2 more bytes not shown)\n    123456789\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unfinished_invocation_is_shown_last_with_its_chunks() {
+        let dir = journal_of(
+            "journal-unfinished",
+            &[
+                running("slow", 1, "a\n"),
+                running("slow", 1, "b\n"),
+                finished_at("t", 2, 0, ""),
+            ],
+        );
+        let text = printed(dir.path(), None);
+        assert_eq!(
+            text,
+            "2031-01-02T17:32:00Z t v1 finished exit=0 dropped=0 (0 bytes)\n\
+             2031-01-02T17:31:00Z slow v1 running (4 bytes)\n    a\n    b\n"
+        );
+    }
+
+    #[test]
+    fn failed_since_and_last_select_invocations() {
+        let dir = journal_of(
+            "journal-select",
+            &[
+                finished_at("ok", 1, 0, ""),
+                finished_at("bad", 2, 3, ""),
+                finished_at("ok", 3, 0, ""),
+                finished_at("bad", 4, 1, ""),
+                Report::Stopped {
+                    head: head("gone", 1),
+                    span: Span::default(),
+                    result: StopResult::Removed,
+                    err_desc: None,
+                    output: Vec::new(),
+                },
+            ],
+        );
+        let tasks = |q: Query| -> Vec<String> {
+            printed_with(dir.path(), &q)
+                .lines()
+                .map(|l| l.split(' ').nth(1).unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(
+            tasks(Query {
+                failed: true,
+                ..query()
+            }),
+            ["bad", "bad"],
+            "a removal is not a failure"
+        );
+        assert_eq!(
+            tasks(Query {
+                last: Some(2),
+                ..query()
+            }),
+            ["bad", "gone"]
+        );
+        assert_eq!(
+            tasks(Query {
+                since: Some(at() + chrono::TimeDelta::minutes(2)),
+                ..query()
+            }),
+            ["ok", "bad", "gone"]
+        );
+        assert_eq!(
+            tasks(Query {
+                failed: true,
+                last: Some(1),
+                ..query()
+            }),
+            ["bad"]
+        );
+        assert!(printed(dir.path(), None).ends_with(" gone v1 removed\n"));
+    }
+
+    #[test]
+    fn since_takes_rfc3339_and_relative_times() {
+        let now = at();
+        let ok = |t: &str| parse_since(t, now).expect(t);
+        assert_eq!(
+            ok("2031-01-02T16:00:00Z"),
+            now - chrono::TimeDelta::minutes(90)
+        );
+        assert_eq!(
+            ok("2031-01-02T18:00:00+01:00"),
+            now - chrono::TimeDelta::minutes(30)
+        );
+        assert_eq!(ok("45s"), now - chrono::TimeDelta::seconds(45));
+        assert_eq!(ok("30m"), now - chrono::TimeDelta::minutes(30));
+        assert_eq!(ok("1h"), now - chrono::TimeDelta::hours(1));
+        assert_eq!(ok("2d"), now - chrono::TimeDelta::days(2));
+        for bad in [
+            "",
+            "1",
+            "h",
+            "1w",
+            "-1h",
+            "1.5h",
+            "yesterday",
+            "99999999999999999d",
+        ] {
+            let e = parse_since(bad, now).expect_err(bad);
+            assert!(
+                e.contains("RFC 3339") && e.contains("30s, 15m, 1h or 2d"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn follow_on_a_missing_journal_waits_for_it() {
+        let dir = TempDir::new("journal-fresh");
+        let jdir = dir.path().join("journal");
+        let mut step = 0;
+        let mut wait = || {
+            step += 1;
+            match step {
+                1 => {}
+                2 => {
+                    let journal = Journal::open(&jdir, JournalLimits::default()).expect("open");
+                    journal.send(&finished("late", "x")).expect("send");
+                }
+                _ => return false,
+            }
+            true
+        };
+        let mut out = Vec::new();
+        print_with(&jdir, &query(), Some(&mut wait), &mut out).expect("follow waits");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains(" late v1 finished"), "{text}");
     }
 
     #[test]

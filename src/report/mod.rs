@@ -52,6 +52,8 @@ pub enum StopResult {
     Killed,
     Completed,
     Failed,
+    /// Local mode: the task was idle when its file went away; nothing was killed.
+    Removed,
 }
 
 impl StopResult {
@@ -60,6 +62,7 @@ impl StopResult {
             StopResult::Killed => "killed",
             StopResult::Completed => "completed",
             StopResult::Failed => "failed",
+            StopResult::Removed => "removed",
         }
     }
 }
@@ -139,6 +142,10 @@ impl Report {
             Report::Timeout { .. } => "timeout",
             Report::Failed { .. } => "failed",
             Report::Error { .. } => "error",
+            Report::Stopped {
+                result: StopResult::Removed,
+                ..
+            } => "removed",
             Report::Stopped { .. } => "stopped",
             Report::Invalid { .. } => "invalid",
             Report::Verified { .. } => "verified",

@@ -69,6 +69,8 @@ pub enum Cancel {
     Stop,
     /// Kill the process group and send no final report (spec §9 report errors, version change).
     Quiet,
+    /// Local mode, the task's file went away: like `Stop`, and the report says so.
+    Removed,
 }
 
 /// Why a task cannot run: the `param`/`value` of its invalid report (spec §4.4).
@@ -103,6 +105,24 @@ pub struct Outcome {
 /// container, user, working directory.
 pub fn precheck(task: &RunTaskInfo) -> Result<(), Invalid> {
     precheck::check(task).map(|_| ())
+}
+
+/// Everything `run` refuses before it starts a process: `precheck`, then the `{{ACS::…}}`
+/// parameters. `assistd check` asks this, so it refuses exactly what the agent would.
+pub fn validate(task: &RunTaskInfo) -> Result<(), Invalid> {
+    let checked = precheck::check(task)?;
+    script_content(task, &checked.script).map(|_| ())
+}
+
+/// The script with its built-in parameters substituted, if the task enables them.
+fn script_content(task: &RunTaskInfo, script: &[u8]) -> Result<Vec<u8>, Invalid> {
+    if !task.enable_parameter {
+        return Ok(script.to_vec());
+    }
+    params::resolve_builtin(script, &task.builtin_params).map_err(|e| Invalid {
+        param: "InvalidEnvironmentParameter".into(),
+        value: e.to_string(),
+    })
 }
 
 /// Seconds without any running report after which an empty one is sent anyway (spec §4.9).
@@ -164,9 +184,14 @@ enum End {
     Exited,
     Timeout,
     Stopped,
+    /// Killed because its local task file went away.
+    Removed,
     /// Quiet cancel, or the server answered a running report with a task error.
     Quiet,
 }
+
+/// The `err_desc` of an invocation killed because its task file went away.
+pub const REMOVED_DESC: &str = "killed: its task file was removed";
 
 /// The state of one invocation shared by its steps.
 struct Invocation<'a> {
@@ -289,18 +314,9 @@ pub fn run(
         Ok(c) => c,
         Err(invalid) => return inv.invalid(invalid),
     };
-    let content = if task.enable_parameter {
-        match params::resolve_builtin(&checked.script, &task.builtin_params) {
-            Ok(c) => c,
-            Err(e) => {
-                return inv.invalid(Invalid {
-                    param: "InvalidEnvironmentParameter".into(),
-                    value: e.to_string(),
-                })
-            }
-        }
-    } else {
-        checked.script.clone()
+    let content = match script_content(task, &checked.script) {
+        Ok(c) => c,
+        Err(invalid) => return inv.invalid(invalid),
     };
 
     let euid = crate::fsutil::euid();
@@ -473,7 +489,11 @@ pub fn run(
             recv(cancel) -> msg => {
                 child.kill_group();
                 // A dropped sender is the engine's shutdown: kill and report stopped.
-                break if msg == Ok(Cancel::Quiet) { End::Quiet } else { End::Stopped };
+                break match msg {
+                    Ok(Cancel::Quiet) => End::Quiet,
+                    Ok(Cancel::Removed) => End::Removed,
+                    _ => End::Stopped,
+                };
             }
             recv(deadline) -> _ => {
                 child.kill_group();
@@ -548,12 +568,12 @@ pub fn run(
             },
             Ending::Timeout,
         ),
-        End::Stopped => (
+        End::Stopped | End::Removed => (
             Report::Stopped {
                 head,
                 span: span_now(exit.code(), dropped),
                 result: StopResult::Killed,
-                err_desc: None,
+                err_desc: matches!(end, End::Removed).then(|| REMOVED_DESC.to_string()),
                 output,
             },
             Ending::Stopped,

@@ -41,12 +41,18 @@ impl CronSchedule {
             [_, _, _, _, _, _, last] if is_year_field(last) => {
                 (field_array(&words, last), system_zone.clone())
             }
-            [_, _, _, _, _, _, last] => (field_array(&words, "*"), Zone::parse_in(last, db)?),
+            [_, _, _, _, _, _, last] => (
+                field_array(&words, "*"),
+                Zone::parse_in(last, db).map_err(|e| year_hint(e, last))?,
+            ),
             [_, _, _, _, _, _, year, zone] => {
                 (field_array(&words, year), Zone::parse_in(zone, db)?)
             }
-            // A bare code, as the reference reports it.
-            _ => return Err(ScheduleError::new(ErrorCode::InvalidCronExpression)),
+            // A bare code, as the reference reports it; the hint is for people.
+            _ => {
+                return Err(ScheduleError::new(ErrorCode::InvalidCronExpression)
+                    .with_hint(field_count_hint(expr, words.len())))
+            }
         };
         Ok(CronSchedule {
             fields: Box::new(Fields::parse(&exprs)?),
@@ -91,6 +97,39 @@ impl CronSchedule {
 fn field_array<'a>(words: &[&'a str], year: &'a str) -> [&'a str; 7] {
     let word = |i: usize| words.get(i).copied().unwrap_or("");
     [word(0), word(1), word(2), word(3), word(4), word(5), year]
+}
+
+/// What to write instead of a cron with the wrong number of fields.
+fn field_count_hint(expr: &str, fields: usize) -> String {
+    const GRAMMAR: &str = "a cron has 6 to 8 fields, seconds first: second minute hour day-of-month month day-of-week [year] [zone], e.g. \"0 30 3 * * ?\"";
+    match crate::schedule::crontab::to_seconds_first(expr) {
+        Ok(crate::schedule::crontab::CrontabTime::Cron(text)) if fields <= 5 => {
+            format!(
+                "seconds come first here: the crontab(5) time {:?} is {text:?}; {GRAMMAR}",
+                expr.trim()
+            )
+        }
+        Ok(crate::schedule::crontab::CrontabTime::Reboot) => {
+            "@reboot is not a time: in a task file it means repeat EveryReboot".to_string()
+        }
+        _ => format!("{GRAMMAR}; found {fields} field(s)"),
+    }
+}
+
+/// A seventh field that looks like a year out of range is read as a zone, as the reference
+/// does; say so.
+fn year_hint(e: ScheduleError, field: &str) -> ScheduleError {
+    let yearish = !field.is_empty()
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b',' | b'/' | b'*'))
+        && field.bytes().any(|b| b.is_ascii_digit());
+    if yearish {
+        return e.with_hint(format!(
+            "{field:?} is read as a time zone because it is not a year from {FIRST_YEAR} to {LAST_YEAR}, the years a cron can name"
+        ));
+    }
+    e
 }
 
 /// The reference's `CronYearFieldRegexp`, ``^\*$|^\?$|19[789][0-9]|20[0-9]{2}|^\*/(\d+)$``.
@@ -704,11 +743,91 @@ mod tests {
         }
     }
 
+    /// The code and detail (the reference's text); hints are checked by `check_hint`.
     fn check_err(expr: &str, expected: &str) {
+        let got = CronSchedule::parse_in(expr, &Zone::utc(), &fixture_db())
+            .map(|_| ())
+            .map_err(|e| ScheduleError { hint: None, ..e }.to_string());
+        assert_eq!(got, Err(expected.to_string()), "{expr:?}");
+    }
+
+    /// The whole message people see, hint included.
+    fn check_hint(expr: &str, expected: &str) {
         let got = CronSchedule::parse_in(expr, &Zone::utc(), &fixture_db())
             .map(|_| ())
             .map_err(|e| e.to_string());
         assert_eq!(got, Err(expected.to_string()), "{expr:?}");
+    }
+
+    #[test]
+    fn a_crontab_time_is_told_that_seconds_come_first() {
+        check_hint(
+            "*/15 * * * *",
+            "InvalidCronExpression (seconds come first here: the crontab(5) time \"*/15 * * * *\" is \"0 */15 * * * *\"; a cron has 6 to 8 fields, seconds first: second minute hour day-of-month month day-of-week [year] [zone], e.g. \"0 30 3 * * ?\")",
+        );
+        check_hint(
+            "@daily",
+            "InvalidCronExpression (seconds come first here: the crontab(5) time \"@daily\" is \"0 0 0 * * *\"; a cron has 6 to 8 fields, seconds first: second minute hour day-of-month month day-of-week [year] [zone], e.g. \"0 30 3 * * ?\")",
+        );
+        check_hint(
+            "@reboot",
+            "InvalidCronExpression (@reboot is not a time: in a task file it means repeat EveryReboot)",
+        );
+    }
+
+    #[test]
+    fn garbage_is_told_the_grammar() {
+        check_hint(
+            "every day",
+            "InvalidCronExpression (a cron has 6 to 8 fields, seconds first: second minute hour day-of-month month day-of-week [year] [zone], e.g. \"0 30 3 * * ?\"; found 2 field(s))",
+        );
+    }
+
+    #[test]
+    fn a_year_out_of_range_is_said_to_be_the_year() {
+        for (year, code) in [
+            ("2100", "TimezoneInformationCorrupt"),
+            ("1969", "TimezoneInformationCorrupt"),
+            ("20", "TimezoneInformationCorrupt"),
+            ("2100-2101", "InvalidGMTOffsetForTimezone"),
+        ] {
+            check_hint(
+                &format!("0 0 0 1 1 ? {year}"),
+                &format!("{} (\"{year}\" is read as a time zone because it is not a year from 1970 to 2099, the years a cron can name)", code),
+            );
+        }
+        check_err("0 0 0 1 1 ? Mars", "TimezoneInformationCorrupt");
+        check_hint("0 0 0 1 1 ? Mars", "TimezoneInformationCorrupt");
+    }
+
+    #[test]
+    fn an_offset_without_minutes_is_shown_the_accepted_form() {
+        let form = "an offset is written GMT, a sign, the hour 0 to 14 without a leading zero, a colon and two minute digits";
+        check_hint(
+            "0 0 8 * * ? GMT+8",
+            &format!("InvalidGMTOffsetForTimezone (write GMT+8:00; {form})"),
+        );
+        check_hint(
+            "0 0 8 * * ? UTC+8",
+            &format!("InvalidGMTOffsetForTimezone (write GMT+8:00; {form})"),
+        );
+        check_hint(
+            "0 0 8 * * ? GMT-05:30",
+            &format!("InvalidGMTOffsetForTimezone (write GMT-5:30; {form})"),
+        );
+        check_hint(
+            "0 0 8 * * ? GMT+15",
+            &format!("InvalidGMTOffsetForTimezone ({form}, e.g. GMT+8:00 or GMT-5:30)"),
+        );
+    }
+
+    #[test]
+    fn hints_never_reach_the_wire() {
+        for expr in ["@daily", "0 0 0 1 1 ? 2100", "0 0 8 * * ? GMT+8"] {
+            let e = CronSchedule::parse_in(expr, &Zone::utc(), &fixture_db()).expect_err("invalid");
+            assert!(e.hint.is_some(), "{expr}");
+            assert_eq!(e.wire_value(), e.code.as_str(), "{expr}");
+        }
     }
 
     // Spec §10.8 (library vectors, given a seconds field and a year where they lacked one).

@@ -53,6 +53,9 @@ pub struct ScheduleError {
     pub code: ErrorCode,
     /// What exactly is wrong, e.g. `syntax error in hour field: '25'`.
     pub detail: Option<String>,
+    /// What to write instead, for people (`assistd next`, `check`, the log); never part of
+    /// the invalid report's value, which keeps the reference's text.
+    pub hint: Option<String>,
 }
 
 impl ErrorCode {
@@ -105,14 +108,25 @@ impl ErrorCode {
 
 impl ScheduleError {
     pub fn new(code: ErrorCode) -> ScheduleError {
-        ScheduleError { code, detail: None }
+        ScheduleError {
+            code,
+            detail: None,
+            hint: None,
+        }
     }
 
     pub fn with_detail(code: ErrorCode, detail: impl Into<String>) -> ScheduleError {
         ScheduleError {
             code,
             detail: Some(detail.into()),
+            hint: None,
         }
+    }
+
+    /// The same error with a hint for people (see `hint`).
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ScheduleError {
+        self.hint = Some(hint.into());
+        self
     }
 
     /// The `value` of the invalid report (`param=cron`), as the reference sends it (spec §5.5,
@@ -135,6 +149,9 @@ impl fmt::Display for ScheduleError {
         f.write_str(self.code.as_str())?;
         if let Some(detail) = &self.detail {
             write!(f, ": {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
         }
         Ok(())
     }

@@ -75,7 +75,10 @@ impl Zone {
                     offset_secs,
                     label: text.to_string(),
                 })
-                .ok_or_else(|| ScheduleError::new(ErrorCode::InvalidGMTOffsetForTimezone));
+                .ok_or_else(|| {
+                    ScheduleError::new(ErrorCode::InvalidGMTOffsetForTimezone)
+                        .with_hint(gmt_hint(text))
+                });
         }
         if text == "GMT" || text == "UTC" {
             return Ok(Zone::Utc {
@@ -331,6 +334,32 @@ fn read_zone_file(path: &Path) -> Result<TzData, ZoneLoadError> {
     tzif::parse(&bytes).map_err(ZoneLoadError::Corrupt)
 }
 
+/// What to write instead of an offset zone that does not parse.
+fn gmt_hint(text: &str) -> String {
+    let form = "an offset is written GMT, a sign, the hour 0 to 14 without a leading zero, a colon and two minute digits";
+    let rest = text
+        .strip_prefix("GMT")
+        .or_else(|| text.strip_prefix("UTC"))
+        .unwrap_or("");
+    let sign = rest.chars().next().filter(|c| matches!(c, '+' | '-'));
+    let hour = rest
+        .get(1..)
+        .map(|r| r.split(':').next().unwrap_or(""))
+        .and_then(|h| h.parse::<u8>().ok())
+        .filter(|h| *h <= 14);
+    let minutes = rest.split_once(':').map(|(_, m)| m).unwrap_or("00");
+    match (sign, hour) {
+        (Some(sign), Some(hour))
+            if minutes.len() == 2
+                && minutes < "60"
+                && minutes.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            format!("write GMT{sign}{hour}:{minutes}; {form}")
+        }
+        _ => format!("{form}, e.g. GMT+8:00 or GMT-5:30"),
+    }
+}
+
 /// `GMT([+-])([0-9]|1[0-4]):([0-5][0-9])` over the whole text, as seconds east of UTC.
 fn parse_gmt_offset(text: &str) -> Option<i32> {
     let rest = text.strip_prefix("GMT")?;
@@ -410,6 +439,32 @@ pub fn system_zone_from(
     system_zone_in(&ZoneDb::host(), &sources)
 }
 
+/// The zone a `TZ` value names: empty is UTC (as to the C library); a zone name or a
+/// zoneinfo path (a leading `:` allowed), loaded from `db`; else a POSIX rule such as `JST-9`
+/// or `EST5EDT,M3.2.0,M11.1.0`. `None` when it is none of these: the agent refuses to start
+/// on such a `TZ` rather than run in a zone nobody asked for.
+pub fn zone_from_tz(db: &ZoneDb, value: &str) -> Option<Zone> {
+    let v = value.trim();
+    let v = v.strip_prefix(':').unwrap_or(v);
+    if v.is_empty() {
+        return Some(Zone::utc());
+    }
+    let name = after_zoneinfo(v).unwrap_or(v);
+    let by_name = match name {
+        "UTC" | "GMT" => Some(Zone::Utc {
+            label: name.to_string(),
+        }),
+        _ => db.load(name).ok(),
+    };
+    by_name.or_else(|| {
+        let rule = tzif::PosixTz::parse(v.as_bytes()).ok()?;
+        Some(Zone::Named(Arc::new(NamedZone::new(
+            v,
+            TzData::from_rule(rule),
+        ))))
+    })
+}
+
 /// `system_zone` without the host: names are loaded from `db`.
 pub fn system_zone_in(db: &ZoneDb, host: &HostZoneSources<'_>) -> Zone {
     let by_name = |name: &str| match name {
@@ -418,14 +473,7 @@ pub fn system_zone_in(db: &ZoneDb, host: &HostZoneSources<'_>) -> Zone {
         }),
         _ => db.load(name).ok(),
     };
-    let from_env = host.tz_env.map(|v| v.trim()).and_then(|v| {
-        let v = v.strip_prefix(':').unwrap_or(v);
-        // An empty `TZ` means UTC to the C library.
-        if v.is_empty() {
-            return Some(Zone::utc());
-        }
-        by_name(after_zoneinfo(v).unwrap_or(v))
-    });
+    let from_env = host.tz_env.and_then(|v| zone_from_tz(db, v));
     let from_link = || {
         host.localtime_link
             .and_then(|p| p.to_str())
@@ -465,7 +513,7 @@ mod tests {
             .with_timezone(&Utc);
         let got = Zone::parse_in(text, &fixture_db())
             .map(|z| (z.name(), z.offset_secs_at(at)))
-            .map_err(|e| e.to_string());
+            .map_err(|e| ScheduleError { hint: None, ..e }.to_string());
         assert_eq!(
             got,
             expected
@@ -551,6 +599,27 @@ mod tests {
             "Asia/Tokyo",
         );
         check_system(Some("UTC"), None, None, "UTC");
+        check_system(Some(""), None, None, "UTC");
+    }
+
+    #[test]
+    fn a_posix_tz_rule_is_a_zone() {
+        let at = |s: &str| utc(s);
+        let jst = zone_from_tz(&fixture_db(), "JST-9").expect("JST-9");
+        assert_eq!(jst.name(), "JST-9");
+        assert_eq!(jst.offset_secs_at(at("2030-01-01T00:00:00Z")), 9 * 3600);
+        let ny = zone_from_tz(&fixture_db(), "EST5EDT,M3.2.0,M11.1.0").expect("EST5EDT");
+        assert_eq!(ny.offset_secs_at(at("2030-01-15T12:00:00Z")), -5 * 3600);
+        assert_eq!(ny.offset_secs_at(at("2030-07-15T12:00:00Z")), -4 * 3600);
+        check_system(
+            Some("JST-9"),
+            Some("/usr/share/zoneinfo/Europe/Paris"),
+            None,
+            "JST-9",
+        );
+        for unknown in ["Mars/Olympus", "JST", "not a zone", "+9"] {
+            assert!(zone_from_tz(&fixture_db(), unknown).is_none(), "{unknown}");
+        }
     }
     #[test]
     fn system_from_link() {

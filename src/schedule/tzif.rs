@@ -83,6 +83,15 @@ pub fn parse(bytes: &[u8]) -> Result<TzData, TzifError> {
 }
 
 impl TzData {
+    /// A zone given by a POSIX TZ rule alone (`TZ=JST-9`): no transitions, the rule for all time.
+    pub fn from_rule(rule: PosixTz) -> TzData {
+        TzData {
+            initial_offset: rule.offset_at(0),
+            transitions: Vec::new(),
+            rule: Some(rule),
+        }
+    }
+
     /// Seconds east of UTC at `utc_secs` (seconds since the Unix epoch).
     pub fn offset_at(&self, utc_secs: i64) -> i32 {
         let after = self.transitions.partition_point(|&(at, _)| at <= utc_secs);

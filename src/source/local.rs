@@ -17,6 +17,7 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::Value;
 
+use crate::escape::for_terminal;
 use crate::fsutil::{self, Distrust};
 use crate::model::{self, key_eq, ModelError, Obj, RepeatType, RunTaskInfo};
 use crate::schedule::crontab::{self, CrontabError, CrontabTime};
@@ -46,6 +47,15 @@ const LOCAL_KEYS: &[(&str, Option<&str>)] = &[
 
 /// The longest `randomDelay`, in seconds (a day).
 pub const MAX_RANDOM_DELAY: u64 = 86_400;
+
+/// The keys of `output` (the server's `OutputInfo`).
+pub const OUTPUT_KEYS: &[&str] = &[
+    "interval",
+    "logQuota",
+    "skipEmpty",
+    "sendStart",
+    "needExport",
+];
 
 /// Every key of a server `RunTaskInfo` (spec §3.4), plus `commandSignature` which the server
 /// sends and the agent ignores. `timeout` folds onto `timeOut`.
@@ -102,6 +112,16 @@ pub enum LoadErrorKind {
     /// A value of the wrong type.
     Field(ModelError),
     NoCommand,
+    /// A value of the wrong type, under the key as the file spells it.
+    Type {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A key inside `output` that is not one of `OUTPUT_KEYS`.
+    UnknownOutputKey(String),
+    /// A periodic `repeat` without a `cron` to say when.
+    NoCron(RepeatType),
     /// The id is empty or holds characters other than `A-Za-z0-9._-`.
     BadId(String),
     /// `timeout` is not a whole number of seconds.
@@ -149,7 +169,38 @@ impl fmt::Display for LoadError {
             }
             LoadErrorKind::Field(e) => write!(f, "{e}"),
             LoadErrorKind::NoCommand => f.write_str("no command"),
-            LoadErrorKind::BadId(id) => write!(f, "invalid id \"{id}\" (use A-Z a-z 0-9 . _ -)"),
+            LoadErrorKind::Type {
+                key,
+                expected,
+                found,
+            } => write!(f, "\"{key}\": expected {expected}, found {found}"),
+            LoadErrorKind::UnknownOutputKey(k) => write!(
+                f,
+                "unknown key \"{k}\" in \"output\" (it takes {})",
+                OUTPUT_KEYS.join(", ")
+            ),
+            LoadErrorKind::NoCron(repeat) => {
+                let example = match repeat {
+                    RepeatType::Rate => "\"rate(5m)\"",
+                    RepeatType::At => "\"at(2030-01-01T03:30:00)\"",
+                    _ => "\"0 30 3 * * ?\" (seconds first) or \"30 3 * * *\" (crontab)",
+                };
+                write!(
+                    f,
+                    "repeat \"{repeat}\" needs a \"cron\" saying when, e.g. \"cron\": {example}"
+                )
+            }
+            LoadErrorKind::BadId(id) if id.starts_with('.') => write!(
+                f,
+                "invalid id \"{id}\": an id must not start with a dot (the agent skips dot-files; rename the file or set \"id\")"
+            ),
+            LoadErrorKind::BadId(id) if id.is_empty() => {
+                f.write_str("empty id (set \"id\" or name the file after the task)")
+            }
+            LoadErrorKind::BadId(id) => write!(
+                f,
+                "invalid id \"{id}\" (use letters, digits, '.', '_' and '-', not starting with '.')"
+            ),
             LoadErrorKind::BadTimeout(t) => write!(f, "timeout \"{t}\" is not a number of seconds"),
             LoadErrorKind::BadRepeat(r) => write!(f, "unknown repeat \"{r}\""),
             LoadErrorKind::Crontab(text, _) => write!(f, "cron \"{text}\""),
@@ -377,8 +428,48 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         server.insert(target.to_string(), value);
     }
 
-    let mut task = model::decode_run_task(&Value::Object(server)).map_err(LoadErrorKind::Field)?;
-    task.output = model::decode_output_info(&output).map_err(LoadErrorKind::Field)?;
+    // A type error names the key as the file spells it (`timeout`, `id`), not the server's.
+    let as_spelled = |e: ModelError| match e {
+        ModelError::Type {
+            key,
+            expected,
+            found,
+        } => {
+            let spelled_key = spelled.get(key).cloned().unwrap_or_else(|| key.to_string());
+            let expected = if key == "timeOut" {
+                "a number of seconds"
+            } else {
+                expected
+            };
+            LoadErrorKind::Type {
+                key: spelled_key,
+                expected,
+                found,
+            }
+        }
+        other => LoadErrorKind::Field(other),
+    };
+    let mut task = model::decode_run_task(&Value::Object(server)).map_err(as_spelled)?;
+    if let Value::Object(map) = &output {
+        if let Some(k) = map
+            .keys()
+            .find(|k| !OUTPUT_KEYS.iter().any(|known| key_eq(known, k)))
+        {
+            return Err(LoadErrorKind::UnknownOutputKey(k.clone()));
+        }
+    }
+    task.output = model::decode_output_info(&output).map_err(|e| match e {
+        ModelError::Type {
+            key,
+            expected,
+            found,
+        } if !key.is_empty() && key != "output" => LoadErrorKind::Type {
+            key: format!("output.{key}"),
+            expected,
+            found,
+        },
+        other => LoadErrorKind::Field(other),
+    })?;
     // Unlike the server's, a local task skips empty running reports unless its file says
     // otherwise: each one is a journal line, one a second for as long as a quiet task runs,
     // and they would push real results out of the rotated journal.
@@ -431,6 +522,9 @@ pub fn parse_task(bytes: &[u8], stem: &str, mtime_ms: i64) -> Result<RunTaskInfo
         task.local = Some(Box::new(extras));
     }
 
+    if task.repeat.is_periodic() && task.cron.trim().is_empty() {
+        return Err(LoadErrorKind::NoCron(task.repeat));
+    }
     if task.task_id.is_empty() {
         task.task_id = stem.to_string();
     }
@@ -813,14 +907,23 @@ impl Tracked {
         self.len == bytes.len() && self.digest == *digest
     }
 
-    /// The stop request for the version the engine last received.
-    fn stop_event(&self, id: &str) -> SourceEvent {
-        SourceEvent::Stop(RunTaskInfo {
+    /// The version the engine last received, as a stop request.
+    fn stop_info(&self, id: &str) -> RunTaskInfo {
+        RunTaskInfo {
             task_id: id.to_string(),
             invoke_version: self.invoke_version,
             repeat: self.repeat,
             ..RunTaskInfo::default()
-        })
+        }
+    }
+
+    fn stop_event(&self, id: &str) -> SourceEvent {
+        SourceEvent::Stop(self.stop_info(id))
+    }
+
+    /// Its file is gone: journaled as a removal, not a kill.
+    fn removed_event(&self, id: &str) -> SourceEvent {
+        SourceEvent::Removed(self.stop_info(id))
     }
 }
 
@@ -859,6 +962,9 @@ pub struct LocalSource {
     dir: PathBuf,
     state: RebootState,
     tracked: BTreeMap<String, Tracked>,
+    /// The file each tracked id was last read from, so a file that stops loading keeps the
+    /// version the engine has.
+    paths: BTreeMap<PathBuf, String>,
 }
 
 impl LocalSource {
@@ -867,6 +973,7 @@ impl LocalSource {
             dir,
             state,
             tracked: BTreeMap::new(),
+            paths: BTreeMap::new(),
         }
     }
 
@@ -893,25 +1000,55 @@ impl LocalSource {
             }
         };
 
-        let mut found: Vec<(Vec<u8>, RunTaskInfo)> = Vec::new();
+        let read: Vec<_> = paths
+            .into_iter()
+            .map(|p| match read_task(&p) {
+                Ok(ok) => Ok((p, ok)),
+                Err(e) => Err((p, e)),
+            })
+            .collect();
+        // A file that loaded before and no longer does keeps its id and the version the
+        // engine runs: a typo saved by an editor must not stop a schedule.
         let mut first_path: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for path in paths {
-            match read_task(&path) {
-                Ok((bytes, task)) => {
-                    if let Some(first) = first_path.get(&task.task_id) {
-                        let kind = LoadErrorKind::DuplicateId {
-                            id: task.task_id.clone(),
-                            first: first.clone(),
-                        };
-                        scan.errors.push(err(&path, kind));
-                        continue;
+        let mut found: Vec<(PathBuf, Vec<u8>, RunTaskInfo)> = Vec::new();
+        let mut results: Vec<(PathBuf, (Vec<u8>, RunTaskInfo))> = Vec::with_capacity(read.len());
+        for r in read {
+            match r {
+                Ok(ok) => results.push(ok),
+                Err((path, e)) => {
+                    let kept = self
+                        .paths
+                        .get(&path)
+                        .filter(|id| keeps_last_good(&e.kind) && self.tracked.contains_key(*id));
+                    if let Some(id) = kept {
+                        log::warn!(
+                            "task={} invoke_version={} phase=load {} no longer loads; the last good version stays",
+                            for_terminal(id),
+                            self.tracked[id].invoke_version,
+                            for_terminal(&path.display().to_string())
+                        );
+                        first_path.insert(id.clone(), path);
                     }
-                    first_path.insert(task.task_id.clone(), path);
-                    found.push((bytes, task));
+                    scan.errors.push(e);
                 }
-                Err(e) => scan.errors.push(e),
             }
         }
+        for (path, (bytes, task)) in results {
+            if let Some(first) = first_path.get(&task.task_id) {
+                let kind = LoadErrorKind::DuplicateId {
+                    id: task.task_id.clone(),
+                    first: first.clone(),
+                };
+                scan.errors.push(err(&path, kind));
+                continue;
+            }
+            first_path.insert(task.task_id.clone(), path.clone());
+            found.push((path, bytes, task));
+        }
+        self.paths = first_path
+            .iter()
+            .map(|(id, p)| (p.clone(), id.clone()))
+            .collect();
 
         let gone: Vec<String> = self
             .tracked
@@ -924,16 +1061,16 @@ impl LocalSource {
             if let Some(old) = self.tracked.remove(&id) {
                 if old.emitted {
                     log::info!(
-                        "task={} invoke_version={} phase=load file removed or invalid, stopping",
-                        id,
+                        "task={} invoke_version={} phase=load its task file was removed or refused; stopping it",
+                        for_terminal(&id),
                         old.invoke_version
                     );
-                    scan.events.push(old.stop_event(&id));
+                    scan.events.push(old.removed_event(&id));
                 }
             }
         }
 
-        for (bytes, mut task) in found {
+        for (_, bytes, mut task) in found {
             let id = task.task_id.clone();
             let previous = self.tracked.remove(&id);
             let digest = Digest::of(&bytes);
@@ -969,6 +1106,53 @@ impl LocalSource {
             });
         }
         scan
+    }
+}
+
+/// The task files of `dir` as the agent reads them: the directory's trust, each file's own
+/// checks, and ids used by two files (the later file in name order is refused, as by a scan).
+/// `assistd check DIR` asks this; it keeps no state and changes nothing.
+pub fn load_dir(dir: &Path) -> (Vec<(PathBuf, RunTaskInfo)>, Vec<LoadError>) {
+    let mut errors = Vec::new();
+    if let Err(e) = check_dir_trust(dir) {
+        errors.push(e);
+        return (Vec::new(), errors);
+    }
+    let paths = match task_files(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(err(dir, LoadErrorKind::Read(e)));
+            return (Vec::new(), errors);
+        }
+    };
+    let mut tasks: Vec<(PathBuf, RunTaskInfo)> = Vec::new();
+    for path in paths {
+        match read_task(&path) {
+            Ok((_, task)) => {
+                if let Some((first, _)) = tasks.iter().find(|(_, t)| t.task_id == task.task_id) {
+                    let kind = LoadErrorKind::DuplicateId {
+                        id: task.task_id.clone(),
+                        first: first.clone(),
+                    };
+                    errors.push(err(&path, kind));
+                    continue;
+                }
+                tasks.push((path, task));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (tasks, errors)
+}
+
+/// Whether a file that loaded before keeps its last good version when it fails to load now:
+/// yes for what an edit can break, no when the file went (a race with `rm`) or is no longer
+/// trusted (then it must not run at all).
+fn keeps_last_good(kind: &LoadErrorKind) -> bool {
+    match kind {
+        LoadErrorKind::Read(e) => e.kind() != io::ErrorKind::NotFound,
+        LoadErrorKind::Untrusted(_) => false,
+        _ => true,
     }
 }
 
@@ -1026,6 +1210,21 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 SourceEvent::Stop(t) => Some((t.task_id.clone(), t.invoke_version)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set_mode(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn removals(scan: &Scan) -> Vec<(String, i64)> {
+        scan.events
+            .iter()
+            .filter_map(|e| match e {
+                SourceEvent::Removed(t) => Some((t.task_id.clone(), t.invoke_version)),
                 _ => None,
             })
             .collect()
@@ -1270,7 +1469,7 @@ mod tests {
             ),
             (
                 r#"{"command":"x","id":"a b"}"#,
-                "t.json: invalid id \"a b\" (use A-Z a-z 0-9 . _ -)",
+                "t.json: invalid id \"a b\" (use letters, digits, '.', '_' and '-', not starting with '.')",
             ),
             (
                 r#"{"command":"x","output":[]}"#,
@@ -1285,6 +1484,72 @@ mod tests {
         for (json, want) in cases {
             assert_eq!(parse(json).unwrap_err(), want, "{json}");
         }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_as_the_file_spells_it() {
+        assert_eq!(
+            parse(r#"{"command":"x","timeout":true}"#).unwrap_err(),
+            "t.json: \"timeout\": expected a number of seconds, found a boolean"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","TimeOut":[1]}"#).unwrap_err(),
+            "t.json: \"TimeOut\": expected a number of seconds, found an array"
+        );
+        assert_eq!(
+            parse(r#"{"id":5,"command":"x"}"#).unwrap_err(),
+            "t.json: \"id\": expected a string, found a number"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","workdir":false}"#).unwrap_err(),
+            "t.json: \"workdir\": expected a string, found a boolean"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","output":{"skipEmpty":"no"}}"#).unwrap_err(),
+            "t.json: \"output.skipEmpty\": expected a boolean, found a string"
+        );
+    }
+
+    #[test]
+    fn output_refuses_unknown_keys() {
+        assert_eq!(
+            parse(r#"{"command":"x","output":{"skipEmty":true}}"#).unwrap_err(),
+            "t.json: unknown key \"skipEmty\" in \"output\" (it takes interval, logQuota, skipEmpty, sendStart, needExport)"
+        );
+        // Known keys match case-insensitively, like every other key.
+        assert!(
+            ok(r#"{"command":"x","output":{"SKIPEMPTY":false,"logquota":20000}}"#)
+                .output
+                .log_quota
+                == 20000
+        );
+    }
+
+    #[test]
+    fn a_periodic_repeat_without_a_cron_says_what_to_add() {
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"Period"}"#).unwrap_err(),
+            "t.json: repeat \"Period\" needs a \"cron\" saying when, e.g. \"cron\": \"0 30 3 * * ?\" (seconds first) or \"30 3 * * *\" (crontab)"
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"rate","cron":" "}"#).unwrap_err(),
+            "t.json: repeat \"Rate\" needs a \"cron\" saying when, e.g. \"cron\": \"rate(5m)\""
+        );
+        assert_eq!(
+            parse(r#"{"command":"x","repeat":"At"}"#).unwrap_err(),
+            "t.json: repeat \"At\" needs a \"cron\" saying when, e.g. \"cron\": \"at(2030-01-01T03:30:00)\""
+        );
+    }
+
+    #[test]
+    fn a_dot_file_is_told_why_its_id_is_refused() {
+        let e = parse_task(br#"{"command":"x"}"#, ".hidden", 0)
+            .map_err(|k| err(Path::new(".hidden.json"), k).to_string())
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ".hidden.json: invalid id \".hidden\": an id must not start with a dot (the agent skips dot-files; rename the file or set \"id\")"
+        );
     }
 
     #[test]
@@ -1363,21 +1628,72 @@ mod tests {
         fs::remove_file(d.join("b.json")).expect("rm");
         let s = src.scan();
         assert_eq!(runs(&s), [id_v("a", 2), id_v("c", 1)]);
-        assert_eq!(stops(&s), [id_v("b", 1)]);
+        assert_eq!(removals(&s), [id_v("b", 1)]);
+        assert!(stops(&s).is_empty());
 
+        // A file that breaks keeps its last good version: no stop, no run, one error.
         write(d, "c.json", r#"{"command":"echo c","bogus":1}"#);
         let s = src.scan();
-        assert_eq!(stops(&s), [id_v("c", 1)]);
-        assert!(runs(&s).is_empty());
+        assert!(s.events.is_empty(), "{:?}", s.events);
         assert_eq!(s.errors.len(), 1);
+        let s = src.scan();
+        assert!(s.events.is_empty(), "still kept: {:?}", s.events);
 
+        // Fixed back to what the engine has: nothing to do. Changed: a new version.
         write(d, "c.json", r#"{"command":"echo c"}"#);
         write(d, "b.json", r#"{"command":"echo b","cron":"rate(5m)"}"#);
         let s = src.scan();
-        assert_eq!(
-            runs(&s),
-            [id_v("b", 2), id_v("c", 2)],
-            "re-added files get new versions"
+        assert_eq!(runs(&s), [id_v("b", 2)], "re-added files get new versions");
+        write(d, "c.json", r#"{"command":"echo C"}"#);
+        assert_eq!(runs(&src.scan()), [id_v("c", 2)]);
+
+        // A broken file that is then removed is a removal of its last good version.
+        write(d, "c.json", "{");
+        assert!(src.scan().events.is_empty());
+        fs::remove_file(d.join("c.json")).expect("rm");
+        assert_eq!(removals(&src.scan()), [id_v("c", 2)]);
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_id_against_a_newcomer_and_a_never_good_one_runs_nothing() {
+        let dir = TempDir::new("local-keep");
+        let d = dir.path();
+        write(d, "a.json", r#"{"id":"x","command":"echo a"}"#);
+        write(d, "bad.json", r#"{"command":"echo bad","timeout":"soon"}"#);
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot".into()));
+        let s = src.scan();
+        assert_eq!(runs(&s), [id_v("x", 1)]);
+        assert_eq!(s.errors.len(), 1, "bad.json never loaded");
+        write(d, "a.json", r#"{"id":"x","command":"#);
+        let b = write(d, "b.json", r#"{"id":"x","command":"echo b"}"#);
+        let s = src.scan();
+        assert!(s.events.is_empty(), "{:?}", s.events);
+        let msgs: Vec<String> = s.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            msgs.contains(&format!(
+                "{}: id \"x\" is already used by {}",
+                b.display(),
+                d.join("a.json").display()
+            )),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_becomes_untrusted_is_removed_not_kept() {
+        let dir = TempDir::new("local-untrusted");
+        let d = dir.path();
+        let a = write(d, "a.json", r#"{"command":"echo a","cron":"rate(5m)"}"#);
+        set_mode(&a, 0o644);
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot".into()));
+        assert_eq!(runs(&src.scan()), [id_v("a", 1)]);
+        set_mode(&a, 0o666);
+        let s = src.scan();
+        assert_eq!(removals(&s), [id_v("a", 1)]);
+        assert!(
+            s.errors[0].to_string().contains("refused"),
+            "{:?}",
+            s.errors
         );
     }
 

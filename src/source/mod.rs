@@ -3,6 +3,7 @@
 
 pub mod crontab;
 pub mod local;
+pub mod watch;
 
 use crate::model::RunTaskInfo;
 
@@ -15,4 +16,7 @@ pub enum SourceEvent {
     Stop(RunTaskInfo),
     /// Pre-check a task without running it (spec §6.3).
     Test(RunTaskInfo),
+    /// Local mode: the task's file went away (or was refused); stop it like `Stop`, but an
+    /// idle task journals `removed` and a running one says its file went.
+    Removed(RunTaskInfo),
 }
