@@ -3,25 +3,14 @@
 //! small thread only at such a step, which tells the timer to recompute its sleep. It never
 //! reads or changes the clock's value and costs no wakeup while the clock runs normally.
 
+use crate::pollthread::PollThread;
 use std::io;
-use std::thread;
 
 use crossbeam_channel::{bounded, Receiver};
 
-/// A running watcher. Dropping it ends the thread: closing the pipe's write end wakes the
-/// thread's `poll` with a hang-up, and `drop` then joins it.
+/// A running watcher; dropping it ends the thread (see `PollThread`).
 pub struct ClockWatch {
-    wake: Option<std::fs::File>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for ClockWatch {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _thread: PollThread,
 }
 
 /// Starts the watcher; each message on the returned channel means "the wall clock was set".
@@ -39,73 +28,52 @@ pub fn spawn() -> io::Result<(ClockWatch, Receiver<()>)> {
     // SAFETY: `tfd` is a fresh descriptor that nothing else owns.
     let tfd = unsafe { OwnedFd::from_raw_fd(tfd) };
     arm(&tfd)?;
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned here from now on.
-    let (read_end, write_end) = unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
     let (tx, rx) = bounded(1);
-    let thread = thread::Builder::new()
-        .name("clockwatch".to_string())
-        .spawn(move || {
-            use std::os::unix::io::AsRawFd;
-            loop {
-                let mut pfd = [
-                    libc::pollfd {
-                        fd: tfd.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: read_end.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                ];
-                // SAFETY: `pfd` holds two valid pollfd entries; -1 waits without a timeout (the
-                // pipe's hang-up ends the wait at shutdown).
-                let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
-                if rc < 0 {
-                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    log::warn!("phase=clock poll failed; wall-clock steps are no longer watched");
+    let thread = PollThread::spawn("clockwatch", move |read_end| {
+        use std::os::unix::io::AsRawFd;
+        loop {
+            let mut pfd = [
+                libc::pollfd {
+                    fd: tfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: read_end.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `pfd` holds two valid pollfd entries; -1 waits without a timeout (the
+            // pipe's hang-up ends the wait at shutdown).
+            let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::warn!("phase=clock poll failed; wall-clock steps are no longer watched");
+                return;
+            }
+            if pfd[1].revents != 0 {
+                return; // the timer is gone
+            }
+            if pfd[0].revents != 0 {
+                let mut buf = [0u8; 8];
+                // SAFETY: reading at most 8 bytes into an 8-byte buffer.
+                let n = unsafe { libc::read(tfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECANCELED) {
+                    log::info!("phase=clock the wall clock was set; re-arming the schedules");
+                    // Full means a notice is already pending: one is enough.
+                    let _ = tx.try_send(());
+                }
+                if arm(&tfd).is_err() {
+                    log::warn!("phase=clock cannot re-arm the clock watch");
                     return;
                 }
-                if pfd[1].revents != 0 {
-                    return; // the timer is gone
-                }
-                if pfd[0].revents != 0 {
-                    let mut buf = [0u8; 8];
-                    // SAFETY: reading at most 8 bytes into an 8-byte buffer.
-                    let n =
-                        unsafe { libc::read(tfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                    if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECANCELED) {
-                        log::info!("phase=clock the wall clock was set; re-arming the schedules");
-                        // Full means a notice is already pending: one is enough.
-                        let _ = tx.try_send(());
-                    }
-                    if arm(&tfd).is_err() {
-                        log::warn!("phase=clock cannot re-arm the clock watch");
-                        return;
-                    }
-                }
             }
-        })?;
-    Ok((
-        ClockWatch {
-            wake: Some(write_end),
-            thread: Some(thread),
-        },
-        rx,
-    ))
+        }
+    })?;
+    Ok((ClockWatch { _thread: thread }, rx))
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -14,6 +14,7 @@ pub mod escape;
 pub mod fsutil;
 pub mod logging;
 pub mod model;
+pub mod pollthread;
 #[cfg(feature = "remote")]
 pub mod remote;
 pub mod report;

@@ -14,12 +14,12 @@
 //! so a directory that is replaced (`mv tasks.new tasks`, a symlink swapped) is watched again
 //! and re-read. Changes further up (an ancestor's permissions) are not seen: SIGHUP re-reads.
 
+use crate::pollthread::PollThread;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
 /// Quiet time after the last event before the directory is re-read.
@@ -28,20 +28,9 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 /// A directory that never stays quiet is still re-read this long after the first event.
 pub const MAX_SETTLE: Duration = Duration::from_secs(5);
 
-/// The running watcher. Dropping it ends the thread: closing the pipe's write end wakes its
-/// `poll` with a hang-up, and `drop` then joins it.
+/// The running watcher; dropping it ends the thread (see `PollThread`).
 pub struct DirWatch {
-    wake: Option<std::fs::File>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for DirWatch {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _thread: PollThread,
 }
 
 const DIR_MASK: u32 = libc::IN_CREATE
@@ -99,25 +88,8 @@ pub fn spawn(dir: &Path, notify: impl FnMut() -> bool + Send + 'static) -> io::R
             ),
         }
     }
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned here from now on.
-    let (read_end, write_end) = unsafe {
-        (
-            OwnedFd::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    };
-    let thread = thread::Builder::new()
-        .name("taskwatch".to_string())
-        .spawn(move || w.run(read_end, notify))?;
-    Ok(DirWatch {
-        wake: Some(write_end),
-        thread: Some(thread),
-    })
+    let thread = PollThread::spawn("taskwatch", move |read_end| w.run(read_end, notify))?;
+    Ok(DirWatch { _thread: thread })
 }
 
 fn add_watch(fd: &OwnedFd, path: &Path, mask: u32) -> io::Result<i32> {
