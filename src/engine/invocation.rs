@@ -56,6 +56,7 @@ pub fn stopped_without_run(head: ReportHead, result: StopResult) -> Report {
         span: Span::default(),
         result,
         err_desc: None,
+        signal: None,
         output: Vec::new(),
     }
 }
@@ -91,7 +92,7 @@ pub fn run_job(
     // A cancel that arrived while the job was queued: nothing ran, so nothing to kill.
     if let Some(how) = early.or_else(|| cancel.try_recv().ok()) {
         let ending = match how {
-            Cancel::Stop => {
+            Cancel::Stop | Cancel::Terminate => {
                 ctx.send(&stopped_without_run(head.clone(), StopResult::Killed));
                 Ending::Stopped
             }

@@ -423,6 +423,8 @@ impl Engine {
             );
         }
         self.ctx.registry.cancel_all(Cancel::Stop, true);
+        // Running invocations get SIGTERM now, SIGKILL when the grace period is over.
+        self.ctx.registry.cancel_all(Cancel::Terminate, false);
         // A huge configured grace means "wait until they end"; it must not overflow.
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let grace_end = Instant::now().checked_add(self.grace).unwrap_or(far);

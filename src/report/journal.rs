@@ -187,11 +187,17 @@ pub fn record_line(report: &Report, now: DateTime<Utc>) -> Vec<u8> {
     }
     match report {
         Report::Stopped {
-            result, err_desc, ..
+            result,
+            err_desc,
+            signal,
+            ..
         } => {
             line.field("result", result.as_wire());
             if let Some(desc) = err_desc {
                 line.field("err_desc", desc.as_str());
+            }
+            if let Some(sig) = signal {
+                line.field("signal", signal_name(*sig));
             }
         }
         Report::Invalid { param, value, .. } => {
@@ -650,7 +656,7 @@ pub fn format_record(r: &Value) -> String {
     if let (Some(exit), Some(dropped)) = (r.get("exit_code"), r.get("dropped")) {
         s.push_str(&format!(" exit={exit} dropped={dropped}"));
     }
-    for key in ["result", "param", "value", "err_code", "err_desc"] {
+    for key in ["result", "signal", "param", "value", "err_code", "err_desc"] {
         if let Some(v) = r.get(key).and_then(Value::as_str) {
             s.push_str(&format!(" {key}={}", for_terminal(v)));
         }
@@ -669,6 +675,17 @@ pub fn format_record(r: &Value) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The name of a signal the agent sends a task (`SIGTERM`, `SIGKILL`), else its number.
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".to_string(),
+        libc::SIGKILL => "SIGKILL".to_string(),
+        libc::SIGINT => "SIGINT".to_string(),
+        libc::SIGHUP => "SIGHUP".to_string(),
+        n => format!("signal {n}"),
+    }
 }
 
 #[cfg(test)]
@@ -752,6 +769,7 @@ mod tests {
             span: Span::default(),
             result: StopResult::Killed,
             err_desc: None,
+            signal: None,
             output: Vec::new(),
         };
         assert!(line(&stopped).contains(",\"result\":\"killed\",\"output\":\"\"}"));
@@ -1052,6 +1070,7 @@ mod tests {
                     span: Span::default(),
                     result: StopResult::Removed,
                     err_desc: None,
+                    signal: None,
                     output: Vec::new(),
                 },
             ],

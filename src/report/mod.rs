@@ -108,6 +108,10 @@ pub enum Report {
         span: Span,
         result: StopResult,
         err_desc: Option<String>,
+        /// The signal the agent sent the process group (SIGTERM at shutdown, SIGKILL for a
+        /// stop); `None` when nothing ran. Journaled; not on the wire (the reference has no
+        /// such parameter).
+        signal: Option<i32>,
         output: Vec<u8>,
     },
     /// E11: the task cannot run; `param` names what is wrong.

@@ -71,6 +71,11 @@ pub enum Cancel {
     Quiet,
     /// Local mode, the task's file went away: like `Stop`, and the report says so.
     Removed,
+    /// Agent shutdown: SIGTERM to the process group, then wait on (its `trap … TERM` runs);
+    /// the engine sends `Stop` (SIGKILL) when `shutdown_grace_secs` is over. The final report
+    /// is `stopped`, whatever the exit. An invocation that has not started yet takes it as
+    /// `Stop`.
+    Terminate,
 }
 
 /// Why a task cannot run: the `param`/`value` of its invalid report (spec §4.4).
@@ -480,14 +485,26 @@ pub fn run(
     let mut unsent: Vec<u8> = Vec::new();
     let mut last_report = Instant::now();
 
+    // The signal the agent sent the group, for the report: SIGTERM at shutdown, SIGKILL for
+    // a stop (or after the grace period).
+    let mut sent: Option<i32> = None;
     let end = loop {
         select! {
             recv(child.exited()) -> _ => {
                 child.saw_exit();
-                break End::Exited;
+                break if sent.is_some() { End::Stopped } else { End::Exited };
             }
             recv(cancel) -> msg => {
+                if msg == Ok(Cancel::Terminate) {
+                    if sent.is_none() {
+                        log::info!("{} shutdown: SIGTERM to the process group", inv.tag(Phase::Wait));
+                        child.signal_group(libc::SIGTERM);
+                        sent = Some(libc::SIGTERM);
+                    }
+                    continue;
+                }
                 child.kill_group();
+                sent = Some(libc::SIGKILL);
                 // A dropped sender is the engine's shutdown: kill and report stopped.
                 break match msg {
                     Ok(Cancel::Quiet) => End::Quiet,
@@ -574,6 +591,7 @@ pub fn run(
                 span: span_now(exit.code(), dropped),
                 result: StopResult::Killed,
                 err_desc: matches!(end, End::Removed).then(|| REMOVED_DESC.to_string()),
+                signal: sent,
                 output,
             },
             Ending::Stopped,

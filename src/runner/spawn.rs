@@ -375,10 +375,15 @@ impl Running {
     /// SIGKILL to the whole group. Safe: the leader is unreaped while `self` exists, so the
     /// pgid still names our group.
     pub fn kill_group(&self) {
+        self.signal_group(libc::SIGKILL);
+    }
+
+    /// `sig` to the whole group (see `kill_group`).
+    pub fn signal_group(&self, sig: libc::c_int) {
         // SAFETY: plain syscall on our own process group.
-        if unsafe { libc::kill(-self.pid, libc::SIGKILL) } != 0 {
+        if unsafe { libc::kill(-self.pid, sig) } != 0 {
             let e = io::Error::last_os_error();
-            log::debug!("kill of process group {} failed: {e}", self.pid);
+            log::debug!("signal {sig} to process group {} failed: {e}", self.pid);
         }
     }
 
