@@ -87,3 +87,31 @@ fn check_of_a_missing_path_is_an_error() {
     assert_eq!(code, Some(2), "{out}{err}");
     assert!(err.starts_with("error: cannot check "), "{err}");
 }
+
+/// A task that can never run again is worth a warning, not a failure: the file is valid and
+/// the agent only notes it.
+#[test]
+fn check_warns_on_tasks_that_never_run_again() {
+    let dir = TestDir::new("check-expired");
+    dir.task(
+        "past-at",
+        &json!({"command": "echo x", "repeat": "At", "cron": "2001-01-01T00:00:00"}),
+    );
+    dir.task(
+        "past-year",
+        &json!({"command": "echo x", "cron": "0 0 0 1 1 ? 2001"}),
+    );
+    dir.task("fine", &json!({"command": "echo x", "cron": "0 0 3 * * ?"}));
+    let (code, out, err) = check(&dir.tasks());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("3 task file(s) OK"), "{out}");
+    for name in ["past-at", "past-year"] {
+        assert!(
+            err.lines().any(|l| l.starts_with("warning: ")
+                && l.contains(&format!("{name}.json"))
+                && l.contains("never runs again")),
+            "{name}: {err}"
+        );
+    }
+    assert!(!err.contains("fine.json"), "{err}");
+}

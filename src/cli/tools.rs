@@ -215,12 +215,20 @@ pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
         (tasks, errors)
     };
     problems.extend(errors.iter().map(|e| error_chain(e)));
+    let mut warnings: Vec<String> = Vec::new();
     for (path, task) in &tasks {
-        problems.extend(check_task(path, task, &zone));
+        let (found, warned) = check_task(path, task, &zone);
+        problems.extend(found);
+        warnings.extend(warned);
     }
     let mut out = io::stdout().lock();
     for problem in &problems {
         writeln!(out, "{problem}").map_err(io_err("cannot write"))?;
+    }
+    // Not problems (the file is valid and changes nothing while it sits there), but nobody
+    // keeps such a file on purpose: on stderr, and the exit code stays 0.
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
     }
     if !problems.is_empty() {
         return Ok(ExitCode::from(1));
@@ -231,19 +239,40 @@ pub(super) fn cmd_check(mut args: Args) -> Result<ExitCode, CliError> {
 
 /// What the engine and the runner would refuse in a task that loaded: its schedule (parsed
 /// as the engine parses it, with its first run after now) and what the runner checks before
-/// it starts a process. Each problem is one line naming the file.
-fn check_task(path: &Path, info: &crate::model::RunTaskInfo, zone: &schedule::Zone) -> Vec<String> {
+/// it starts a process. Each problem is one line naming the file. A schedule with no run
+/// left (an `at` in the past, a cron whose years are over) is a warning instead: the agent
+/// only says so, once, and the file harms nothing.
+fn check_task(
+    path: &Path,
+    info: &crate::model::RunTaskInfo,
+    zone: &schedule::Zone,
+) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     if info.repeat.is_periodic() {
         let kind = match info.repeat {
             crate::model::RepeatType::Rate => ScheduleKind::Rate,
             crate::model::RepeatType::At => ScheduleKind::At,
             _ => ScheduleKind::Cron,
         };
-        if let Err(e) = Schedule::parse(&info.cron, kind, info.creation_time, zone)
+        match Schedule::parse(&info.cron, kind, info.creation_time, zone)
             .and_then(|s| s.first_after(Utc::now()))
         {
-            problems.push(format!("{}: cron: {e}", path.display()));
+            Err(e)
+                if matches!(
+                    e.code,
+                    schedule::ErrorCode::CronExpressionExpired
+                        | schedule::ErrorCode::AtExpressionExpired
+                ) =>
+            {
+                warnings.push(format!(
+                    "{}: never runs again: {:?} has no run after now",
+                    path.display(),
+                    info.cron
+                ));
+            }
+            Err(e) => problems.push(format!("{}: cron: {e}", path.display())),
+            Ok(_) => {}
         }
     }
     if let Err(invalid) = runner::validate(info) {
@@ -254,7 +283,7 @@ fn check_task(path: &Path, info: &crate::model::RunTaskInfo, zone: &schedule::Zo
             invalid.value
         ));
     }
-    problems
+    (problems, warnings)
 }
 
 pub(super) fn cmd_journal(mut args: Args) -> Result<ExitCode, CliError> {
