@@ -56,6 +56,10 @@ const FINALS: [&str; 5] = [
 ];
 /// Bounds one wait (an agent's exit, the startup fetch); only a failure takes this long.
 const DEADLINE: Duration = Duration::from_secs(120);
+/// How long agent 3 may take to send what recovery and the killed agent left in its spool:
+/// one thread re-sends in order, and with one request in ten refused (a 2 s retry each, a
+/// 6 s hang for some) several hundred reports take minutes.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(420);
 /// How long nothing may reach the report endpoints for the agent to count as quiet.
 const QUIET: Duration = Duration::from_secs(4);
 /// Every how many report requests one fails.
@@ -540,7 +544,11 @@ fn soak(opts: &Options) -> Result<bool, String> {
     if !wait_lists(&server, lists + 1) {
         return Err("agent 3 never fetched".to_string());
     }
-    if !wait_quiet(&server, &dir.join("state"), Instant::now() + DEADLINE) {
+    if !wait_quiet(
+        &server,
+        &dir.join("state"),
+        Instant::now() + RECOVERY_DEADLINE,
+    ) {
         failures.push("agent 3 never settled after recovery".to_string());
     }
     let idle0 = footprint(a3.pid);
