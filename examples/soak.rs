@@ -377,10 +377,20 @@ fn leftovers(pids: &[i32], dir: &Path) -> Vec<(i32, char, i32, String)> {
         let mut f = rest.split_whitespace();
         let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        // A script's pid may be reused by a later agent, whose command line names the dir too.
+        // A script's pid may be reused by a later agent, whose command line names the dir too,
+        // or by any process of the machine (a test suite running beside the soak): a `sleep`
+        // is ours when it runs one of the soak's tasks (`p-…`, `o<batch>-…`), as its
+        // environment says.
+        let task_env = fs::read(format!("/proc/{pid}/environ"))
+            .map(|b| {
+                b.split(|&c| c == 0)
+                    .filter_map(|kv| kv.strip_prefix(b"ASSISTD_TASK_ID="))
+                    .any(|id| id.starts_with(b"p-") || (id.starts_with(b"o") && id.contains(&b'-')))
+            })
+            .unwrap_or(false);
         let ours = (cmdline.contains(&dir.display().to_string())
             && !cmdline.contains("assistd agent"))
-            || cmdline.starts_with("sleep");
+            || (cmdline.starts_with("sleep") && task_env);
         if ours || (state == 'Z' && cmdline.is_empty()) {
             out.push((pid, state, ppid, cmdline));
         }
