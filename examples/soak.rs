@@ -391,7 +391,10 @@ fn leftovers(pids: &[i32], dir: &Path) -> Vec<(i32, char, i32, String)> {
         let ours = (cmdline.contains(&dir.display().to_string())
             && !cmdline.contains("assistd agent"))
             || (cmdline.starts_with("sleep") && task_env);
-        if ours || (state == 'Z' && cmdline.is_empty()) {
+        // A zombie whose parent is init (pid 1) was orphaned when the SIGKILLed agent died and
+        // killed by the next one's recovery: it is init's to reap, not the agent's (the
+        // sandbox's init here reaps a few seconds late). A zombie with a live parent is a leak.
+        if ours || (state == 'Z' && cmdline.is_empty() && ppid != 1) {
             out.push((pid, state, ppid, cmdline));
         }
     }
