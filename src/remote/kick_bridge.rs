@@ -12,6 +12,7 @@ use crate::remote::kick::KickAction;
 use crate::signals::Signal;
 
 use crate::remote::fetch::FetchRequest;
+use crate::remote::transport::{RETRY_ATTEMPTS, RETRY_PAUSE};
 
 /// What the bridge thread is given.
 pub struct BridgeParts {
@@ -71,13 +72,7 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
         }
         KickAction::ChannelDown => {
             *channel_up = false;
-            match parts.poll {
-                Some(every) => log::warn!(
-                    "phase=kick kick channel down: polling the task list every {} s until it is back",
-                    every.as_secs()
-                ),
-                None => log::warn!("phase=kick kick channel down and polling is off: tasks arrive when it is back"),
-            }
+            log::warn!("phase=kick kick channel down: {}", polling_note(parts.poll));
         }
         KickAction::Fetch { task_id, session } => {
             let req = match (task_id, session) {
@@ -102,6 +97,25 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
         other => log::warn!("phase=kick {other:?} is not supported by this agent; ignored"),
     }
     true
+}
+
+/// What polling does while the kick channel is down, as the log says it. A poll is one fetch
+/// of the fetch thread, which tries the server `RETRY_ATTEMPTS` times `RETRY_PAUSE` apart
+/// before it gives up (each try bounded by its own connect and request timeouts); the poll
+/// timer here keeps a request queued meanwhile, so with the server down the next poll starts
+/// as soon as the failed one ends, not `every` after it started.
+fn polling_note(poll: Option<Duration>) -> String {
+    let Some(every) = poll else {
+        return "polling is off: tasks arrive when it is back".to_string();
+    };
+    format!(
+        "polling the task list every {} s until it is back; while the server does not answer, \
+         each poll makes {} tries {} s apart (at least {} s) and the next poll starts when it ends",
+        every.as_secs(),
+        RETRY_ATTEMPTS,
+        RETRY_PAUSE.as_secs(),
+        RETRY_PAUSE.as_secs() * u64::from(RETRY_ATTEMPTS.saturating_sub(1)),
+    )
 }
 
 fn request(parts: &BridgeParts, req: FetchRequest) {
@@ -175,6 +189,20 @@ mod tests {
         b.actions.send(KickAction::StopAgent).expect("send");
         assert_eq!(b.signals.recv_timeout(DEADLINE), Ok(Signal::Terminate));
         b.join.take().expect("join").join().expect("bridge ends");
+    }
+
+    #[test]
+    fn the_polling_note_says_what_a_failed_poll_takes() {
+        assert_eq!(
+            polling_note(Some(Duration::from_secs(2))),
+            "polling the task list every 2 s until it is back; while the server does not \
+             answer, each poll makes 4 tries 2 s apart (at least 6 s) and the next poll starts \
+             when it ends"
+        );
+        assert_eq!(
+            polling_note(None),
+            "polling is off: tasks arrive when it is back"
+        );
     }
 
     #[test]
