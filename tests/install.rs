@@ -417,6 +417,62 @@ fn every_example_key_is_documented() {
     }
 }
 
+/// The keys `Config::from_json` matches on: its arms `"key" =>` and `"a" | "b" =>`.
+fn accepted_config_keys() -> Vec<String> {
+    let src = fs::read_to_string(repo().join("src/config.rs")).expect("src/config.rs");
+    let mut keys = Vec::new();
+    for line in src.lines() {
+        let Some(arm) = line.trim().strip_suffix("=> {") else {
+            continue;
+        };
+        let names: Vec<&str> = arm.split('|').map(str::trim).collect();
+        if names.iter().all(|n| {
+            n.len() > 2
+                && n.starts_with('"')
+                && n.ends_with('"')
+                && n[1..n.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+        }) {
+            keys.extend(names.iter().map(|n| n[1..n.len() - 1].to_string()));
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_accepted_config_key_is_documented() {
+    let keys = accepted_config_keys();
+    // The scan must see the parser: a handful of keys known to be there.
+    for known in [
+        "local_dir",
+        "poweroff_command",
+        "server",
+        "update_public_key",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == known),
+            "{known} not found: {keys:?}"
+        );
+    }
+    let doc = fs::read_to_string(packaging("config.md")).expect("config.md");
+    for key in &keys {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "{key} is accepted by src/config.rs but has no row in packaging/config.md"
+        );
+    }
+    // Every mode the installer sets is in config.md's table of what it creates.
+    let install = fs::read_to_string(packaging("install.sh")).expect("install.sh");
+    for line in install.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["mkdir_mode", dir, mode] = words[..] {
+            let row = format!("| `{dir}/` | {mode} |");
+            assert!(doc.contains(&row), "config.md has no row {row}");
+        }
+    }
+}
+
 #[test]
 fn the_shell_scripts_parse() {
     for rel in [
