@@ -473,6 +473,118 @@ fn every_accepted_config_key_is_documented() {
     }
 }
 
+/// `dpkg-deb ARGS` (exit 0 required); its stdout.
+fn dpkg_deb(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .output()
+        .expect("run dpkg-deb");
+    assert!(
+        out.status.success(),
+        "dpkg-deb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_deb_carries_copyright_changelog_md5sums_and_a_maintainer() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("skipped: no dpkg-deb on this machine (apt-get install dpkg)");
+        return;
+    }
+    let sb = Sandbox::new("deb");
+    let out_dir = sb.dir.join("deb");
+    let out = Command::new("sh")
+        .arg(packaging("build-deb.sh"))
+        .arg("--binary")
+        .arg(&sb.binary)
+        .arg("--out")
+        .arg(&out_dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sb.dir.join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run build-deb.sh");
+    assert!(
+        out.status.success(),
+        "build-deb.sh: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sb.assert_no_service_calls();
+    let deb = fs::read_dir(&out_dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb in the out dir");
+    let deb = deb.as_os_str();
+    let maintainer = dpkg_deb(&["-f".as_ref(), deb, "Maintainer".as_ref()]);
+    assert_eq!(
+        maintainer.trim(),
+        "assistd maintainers <assistd-maintainers@example.org>"
+    );
+    let contents = dpkg_deb(&["--contents".as_ref(), deb]);
+    for file in [
+        "./usr/share/doc/assistd/copyright",
+        "./usr/share/doc/assistd/changelog.gz",
+        "./usr/bin/assistd",
+    ] {
+        assert!(
+            contents.contains(file),
+            "{file} not in the package:\n{contents}"
+        );
+    }
+    // md5sums: one line per file but the conffile, each matching the extracted file.
+    let md5sums = dpkg_deb(&["-I".as_ref(), deb, "md5sums".as_ref()]);
+    let x = sb.dir.join("x");
+    dpkg_deb(&["-x".as_ref(), deb, x.as_os_str()]);
+    let listed: Vec<&str> = md5sums
+        .lines()
+        .map(|l| l.split_once("  ").expect("md5sum line").1)
+        .collect();
+    assert!(listed.contains(&"usr/bin/assistd"), "{md5sums}");
+    assert!(
+        listed.contains(&"usr/share/doc/assistd/copyright"),
+        "{md5sums}"
+    );
+    assert!(!listed.contains(&"etc/assistd/config.json"), "{md5sums}");
+    fs::write(sb.dir.join("md5sums"), &md5sums).expect("write md5sums");
+    let check = Command::new("md5sum")
+        .arg("-c")
+        .arg(sb.dir.join("md5sums"))
+        .current_dir(&x)
+        .output()
+        .expect("run md5sum -c");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let changelog = Command::new("gzip")
+        .arg("-dc")
+        .arg(x.join("usr/share/doc/assistd/changelog.gz"))
+        .output()
+        .expect("run gzip");
+    let changelog = String::from_utf8_lossy(&changelog.stdout);
+    assert!(
+        changelog.starts_with(&format!("assistd ({}) ", env!("CARGO_PKG_VERSION"))),
+        "{changelog}"
+    );
+    // The packaged postinst says when there is no systemd to start the service.
+    let postinst = dpkg_deb(&["-I".as_ref(), deb, "postinst".as_ref()]);
+    assert!(
+        postinst.contains("systemd is not running here, so the service was not started"),
+        "{postinst}"
+    );
+}
+
 #[test]
 fn the_shell_scripts_parse() {
     for rel in [
