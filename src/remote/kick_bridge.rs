@@ -11,7 +11,7 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 use crate::remote::kick::KickAction;
 use crate::signals::Signal;
 
-use crate::remote::fetch::FetchRequest;
+use crate::remote::fetch::{FetchRequest, FETCH_RETRY_INTERVAL};
 use crate::remote::transport::{RETRY_ATTEMPTS, RETRY_PAUSE};
 
 /// What the bridge thread is given.
@@ -100,21 +100,25 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
 }
 
 /// What polling does while the kick channel is down, as the log says it. A poll is one fetch
-/// of the fetch thread, which tries the server `RETRY_ATTEMPTS` times `RETRY_PAUSE` apart
-/// before it gives up (each try bounded by its own connect and request timeouts); the poll
-/// timer here keeps a request queued meanwhile, so with the server down the next poll starts
-/// as soon as the failed one ends, not `every` after it started.
+/// of the fetch thread: with the server down it makes `RETRY_ATTEMPTS` tries `RETRY_PAUSE`
+/// apart, then, `FETCH_RETRY_INTERVAL` later, as many again unless another request (the next
+/// poll) is waiting. The poll timer here keeps ticking meanwhile, and a poll that falls due
+/// during a fetch is queued and starts when that fetch ends: with a 2 s interval and the
+/// server down, polls start about 6 s apart, which this line says.
 fn polling_note(poll: Option<Duration>) -> String {
     let Some(every) = poll else {
         return "polling is off: tasks arrive when it is back".to_string();
     };
     format!(
         "polling the task list every {} s until it is back; while the server does not answer, \
-         each poll makes {} tries {} s apart (at least {} s) and the next poll starts when it ends",
+         each poll takes at least {} s ({} tries {} s apart, and {} more {} s later unless the \
+         next poll is due) and a poll that falls due meanwhile waits for it to end",
         every.as_secs(),
+        RETRY_PAUSE.as_secs() * u64::from(RETRY_ATTEMPTS.saturating_sub(1)),
         RETRY_ATTEMPTS,
         RETRY_PAUSE.as_secs(),
-        RETRY_PAUSE.as_secs() * u64::from(RETRY_ATTEMPTS.saturating_sub(1)),
+        RETRY_ATTEMPTS,
+        FETCH_RETRY_INTERVAL.as_secs(),
     )
 }
 
@@ -196,8 +200,8 @@ mod tests {
         assert_eq!(
             polling_note(Some(Duration::from_secs(2))),
             "polling the task list every 2 s until it is back; while the server does not \
-             answer, each poll makes 4 tries 2 s apart (at least 6 s) and the next poll starts \
-             when it ends"
+             answer, each poll takes at least 6 s (4 tries 2 s apart, and 4 more 3 s later \
+             unless the next poll is due) and a poll that falls due meanwhile waits for it to end"
         );
         assert_eq!(
             polling_note(None),
