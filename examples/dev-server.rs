@@ -4,15 +4,18 @@
 //! ```text
 //! cargo run --example dev-server -- --port 8080
 //! assistd agent --server http://127.0.0.1:8080 --state-dir /tmp/assistd --poll-interval 2
-//! curl --data-binary 'uname -a; echo done' http://127.0.0.1:8080/dev/submit
+//! curl --data-binary 'uname -a; echo done' http://127.0.0.1:8080/dev/submit   # prints t-dev-1
+//! curl --data-binary t-dev-1 http://127.0.0.1:8080/dev/stop
 //! ```
 //!
 //! `POST /dev/submit` takes a shell script as its body, queues it as a Once task for the next
 //! task-list fetch and kicks every agent connected to the notify websocket
 //! (`kick_vm task run <id>`), so it runs at once; an agent without the channel picks it up at
-//! its next poll (or `kill -HUP <agent>`). `POST /dev/submit-list` queues a whole task-list JSON
-//! body as is and sends a plain `kick_vm`. The agents' kick replies are printed with the
-//! requests that follow them.
+//! its next poll (or `kill -HUP <agent>`). It answers with the id it queued (`t-dev-1`, one
+//! line). `POST /dev/stop` takes such an id as its body and queues a task list whose `stop`
+//! entry is that task (the agent kills it if it runs, and reports `stopped`).
+//! `POST /dev/submit-list` queues a whole task-list JSON body as is. Both send a plain
+//! `kick_vm`. The agents' kick replies are printed with the requests that follow them.
 //!
 //! `--shell USER` opens a shell session (Session Manager) on this terminal as soon as an agent
 //! has its notify websocket up: the dev-server queues a session entry for `USER`, kicks
@@ -24,6 +27,7 @@
 #[path = "../tests/support/server.rs"]
 mod server;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,7 +77,11 @@ fn main() {
     // The submit endpoints answer like any report; the script is taken from the recorded body.
     println!("dev-server listening on {}", server.url());
     println!(
-        "submit: curl --data-binary 'echo hello' {}/dev/submit",
+        "submit: curl --data-binary 'echo hello' {}/dev/submit   (answers with the task id)",
+        server.url()
+    );
+    println!(
+        "stop:   curl --data-binary t-dev-1 {}/dev/stop",
         server.url()
     );
     if let Some(user) = shell_user {
@@ -82,6 +90,14 @@ fn main() {
     let mut seen = 0;
     let mut replies_seen = 0;
     let mut next_id = 1;
+    // A submit is answered (by the server's threads) before this loop sees it, so the answers
+    // holding the ids are queued ahead: the k-th submit gets `t-dev-k`, the id this loop gives
+    // the k-th submit it reads. SUBMIT_AHEAD submits at once before the loop catches up would
+    // get the default answer instead.
+    for id in 1..=SUBMIT_AHEAD {
+        server.push(SUBMIT, Reply::ok(format!("t-dev-{id}\n")));
+    }
+    let mut submitted: HashMap<String, String> = HashMap::new();
     loop {
         // Wait for the next request (an hour at most, then wait again).
         let Some(new) = server.wait_until(Instant::now() + Duration::from_secs(3600), |log| {
@@ -97,10 +113,15 @@ fn main() {
         replies_seen = replies.len();
         for r in new {
             match r.path.as_str() {
-                "/dev/submit" => {
+                SUBMIT => {
                     let id = format!("t-dev-{next_id}");
+                    server.push(
+                        SUBMIT,
+                        Reply::ok(format!("t-dev-{}\n", next_id + SUBMIT_AHEAD)),
+                    );
                     next_id += 1;
                     let entry = shell_entry(&id, &r.body_text(), "", "Once", OUTPUT);
+                    submitted.insert(id.clone(), entry.clone());
                     server.push(
                         TASK_LIST,
                         Reply::ok(format!(
@@ -110,6 +131,25 @@ fn main() {
                     match server.push_kick(&format!("kick_vm task run {id}")) {
                         0 => println!("queued {id}; it runs at the agent's next fetch"),
                         n => println!("queued {id}; kicked {n} agent(s)"),
+                    }
+                }
+                STOP => {
+                    let id = r.body_text().trim().to_string();
+                    let Some(entry) = submitted.get(&id) else {
+                        println!("stop {id:?}: no such submitted task (ids are t-dev-N)");
+                        continue;
+                    };
+                    server.push(
+                        TASK_LIST,
+                        Reply::ok(format!(
+                            r#"{{"code":200,"instanceId":"i-dev","stop":[{entry}]}}"#
+                        )),
+                    );
+                    match server.push_kick("kick_vm") {
+                        0 => {
+                            println!("queued a stop of {id}; it applies at the agent's next fetch")
+                        }
+                        n => println!("queued a stop of {id}; kicked {n} agent(s)"),
                     }
                 }
                 "/dev/submit-list" => {
@@ -134,6 +174,11 @@ fn main() {
         }
     }
 }
+
+const SUBMIT: &str = "/dev/submit";
+const STOP: &str = "/dev/stop";
+/// How many `/dev/submit` answers (each with its id) are queued ahead.
+const SUBMIT_AHEAD: u32 = 16;
 
 /// The detach key: Ctrl-].
 const DETACH: u8 = 0x1d;

@@ -417,6 +417,174 @@ fn every_example_key_is_documented() {
     }
 }
 
+/// The keys `Config::from_json` matches on: its arms `"key" =>` and `"a" | "b" =>`.
+fn accepted_config_keys() -> Vec<String> {
+    let src = fs::read_to_string(repo().join("src/config.rs")).expect("src/config.rs");
+    let mut keys = Vec::new();
+    for line in src.lines() {
+        let Some(arm) = line.trim().strip_suffix("=> {") else {
+            continue;
+        };
+        let names: Vec<&str> = arm.split('|').map(str::trim).collect();
+        if names.iter().all(|n| {
+            n.len() > 2
+                && n.starts_with('"')
+                && n.ends_with('"')
+                && n[1..n.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+        }) {
+            keys.extend(names.iter().map(|n| n[1..n.len() - 1].to_string()));
+        }
+    }
+    keys
+}
+
+#[test]
+fn every_accepted_config_key_is_documented() {
+    let keys = accepted_config_keys();
+    // The scan must see the parser: a handful of keys known to be there.
+    for known in [
+        "local_dir",
+        "poweroff_command",
+        "server",
+        "update_public_key",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == known),
+            "{known} not found: {keys:?}"
+        );
+    }
+    let doc = fs::read_to_string(packaging("config.md")).expect("config.md");
+    for key in &keys {
+        assert!(
+            doc.contains(&format!("| `{key}` |")),
+            "{key} is accepted by src/config.rs but has no row in packaging/config.md"
+        );
+    }
+    // Every mode the installer sets is in config.md's table of what it creates.
+    let install = fs::read_to_string(packaging("install.sh")).expect("install.sh");
+    for line in install.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let ["mkdir_mode", dir, mode] = words[..] {
+            let row = format!("| `{dir}/` | {mode} |");
+            assert!(doc.contains(&row), "config.md has no row {row}");
+        }
+    }
+}
+
+/// `dpkg-deb ARGS` (exit 0 required); its stdout.
+fn dpkg_deb(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new("dpkg-deb")
+        .args(args)
+        .output()
+        .expect("run dpkg-deb");
+    assert!(
+        out.status.success(),
+        "dpkg-deb {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_deb_carries_copyright_changelog_md5sums_and_a_maintainer() {
+    if Command::new("dpkg-deb").arg("--version").output().is_err() {
+        eprintln!("skipped: no dpkg-deb on this machine (apt-get install dpkg)");
+        return;
+    }
+    let sb = Sandbox::new("deb");
+    let out_dir = sb.dir.join("deb");
+    let out = Command::new("sh")
+        .arg(packaging("build-deb.sh"))
+        .arg("--binary")
+        .arg(&sb.binary)
+        .arg("--out")
+        .arg(&out_dir)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sb.dir.join("bin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .expect("run build-deb.sh");
+    assert!(
+        out.status.success(),
+        "build-deb.sh: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sb.assert_no_service_calls();
+    let deb = fs::read_dir(&out_dir)
+        .expect("out dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb in the out dir");
+    let deb = deb.as_os_str();
+    let maintainer = dpkg_deb(&["-f".as_ref(), deb, "Maintainer".as_ref()]);
+    assert_eq!(
+        maintainer.trim(),
+        "assistd maintainers <assistd-maintainers@example.org>"
+    );
+    let contents = dpkg_deb(&["--contents".as_ref(), deb]);
+    for file in [
+        "./usr/share/doc/assistd/copyright",
+        "./usr/share/doc/assistd/changelog.gz",
+        "./usr/bin/assistd",
+    ] {
+        assert!(
+            contents.contains(file),
+            "{file} not in the package:\n{contents}"
+        );
+    }
+    // md5sums: one line per file but the conffile, each matching the extracted file.
+    let md5sums = dpkg_deb(&["-I".as_ref(), deb, "md5sums".as_ref()]);
+    let x = sb.dir.join("x");
+    dpkg_deb(&["-x".as_ref(), deb, x.as_os_str()]);
+    let listed: Vec<&str> = md5sums
+        .lines()
+        .map(|l| l.split_once("  ").expect("md5sum line").1)
+        .collect();
+    assert!(listed.contains(&"usr/bin/assistd"), "{md5sums}");
+    assert!(
+        listed.contains(&"usr/share/doc/assistd/copyright"),
+        "{md5sums}"
+    );
+    assert!(!listed.contains(&"etc/assistd/config.json"), "{md5sums}");
+    fs::write(sb.dir.join("md5sums"), &md5sums).expect("write md5sums");
+    let check = Command::new("md5sum")
+        .arg("-c")
+        .arg(sb.dir.join("md5sums"))
+        .current_dir(&x)
+        .output()
+        .expect("run md5sum -c");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let changelog = Command::new("gzip")
+        .arg("-dc")
+        .arg(x.join("usr/share/doc/assistd/changelog.gz"))
+        .output()
+        .expect("run gzip");
+    let changelog = String::from_utf8_lossy(&changelog.stdout);
+    assert!(
+        changelog.starts_with(&format!("assistd ({}) ", env!("CARGO_PKG_VERSION"))),
+        "{changelog}"
+    );
+    // The packaged postinst says when there is no systemd to start the service.
+    let postinst = dpkg_deb(&["-I".as_ref(), deb, "postinst".as_ref()]);
+    assert!(
+        postinst.contains("systemd is not running here, so the service was not started"),
+        "{postinst}"
+    );
+}
+
 #[test]
 fn the_shell_scripts_parse() {
     for rel in [

@@ -11,7 +11,8 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 use crate::remote::kick::KickAction;
 use crate::signals::Signal;
 
-use crate::remote::fetch::FetchRequest;
+use crate::remote::fetch::{FetchRequest, FETCH_RETRY_INTERVAL};
+use crate::remote::transport::{RETRY_ATTEMPTS, RETRY_PAUSE};
 
 /// What the bridge thread is given.
 pub struct BridgeParts {
@@ -71,13 +72,7 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
         }
         KickAction::ChannelDown => {
             *channel_up = false;
-            match parts.poll {
-                Some(every) => log::warn!(
-                    "phase=kick kick channel down: polling the task list every {} s until it is back",
-                    every.as_secs()
-                ),
-                None => log::warn!("phase=kick kick channel down and polling is off: tasks arrive when it is back"),
-            }
+            log::warn!("phase=kick kick channel down: {}", polling_note(parts.poll));
         }
         KickAction::Fetch { task_id, session } => {
             let req = match (task_id, session) {
@@ -102,6 +97,29 @@ fn handle(parts: &BridgeParts, action: KickAction, channel_up: &mut bool) -> boo
         other => log::warn!("phase=kick {other:?} is not supported by this agent; ignored"),
     }
     true
+}
+
+/// What polling does while the kick channel is down, as the log says it. A poll is one fetch
+/// of the fetch thread: with the server down it makes `RETRY_ATTEMPTS` tries `RETRY_PAUSE`
+/// apart, then, `FETCH_RETRY_INTERVAL` later, as many again unless another request (the next
+/// poll) is waiting. The poll timer here keeps ticking meanwhile, and a poll that falls due
+/// during a fetch is queued and starts when that fetch ends: with a 2 s interval and the
+/// server down, polls start about 6 s apart, which this line says.
+fn polling_note(poll: Option<Duration>) -> String {
+    let Some(every) = poll else {
+        return "polling is off: tasks arrive when it is back".to_string();
+    };
+    format!(
+        "polling the task list every {} s until it is back; while the server does not answer, \
+         each poll takes at least {} s ({} tries {} s apart, and {} more {} s later unless the \
+         next poll is due) and a poll that falls due meanwhile waits for it to end",
+        every.as_secs(),
+        RETRY_PAUSE.as_secs() * u64::from(RETRY_ATTEMPTS.saturating_sub(1)),
+        RETRY_ATTEMPTS,
+        RETRY_PAUSE.as_secs(),
+        RETRY_ATTEMPTS,
+        FETCH_RETRY_INTERVAL.as_secs(),
+    )
 }
 
 fn request(parts: &BridgeParts, req: FetchRequest) {
@@ -175,6 +193,20 @@ mod tests {
         b.actions.send(KickAction::StopAgent).expect("send");
         assert_eq!(b.signals.recv_timeout(DEADLINE), Ok(Signal::Terminate));
         b.join.take().expect("join").join().expect("bridge ends");
+    }
+
+    #[test]
+    fn the_polling_note_says_what_a_failed_poll_takes() {
+        assert_eq!(
+            polling_note(Some(Duration::from_secs(2))),
+            "polling the task list every 2 s until it is back; while the server does not \
+             answer, each poll takes at least 6 s (4 tries 2 s apart, and 4 more 3 s later \
+             unless the next poll is due) and a poll that falls due meanwhile waits for it to end"
+        );
+        assert_eq!(
+            polling_note(None),
+            "polling is off: tasks arrive when it is back"
+        );
     }
 
     #[test]
