@@ -362,7 +362,7 @@ fn read_pids(path: &Path) -> (BTreeMap<String, usize>, Vec<i32>) {
 
 /// Script processes still there: (pid, state, ppid, command line). A pid reused by something
 /// that is not one of ours (its command line names neither the soak dir nor `sleep`) is skipped.
-fn leftovers(pids: &[i32], dir: &Path) -> Vec<(i32, char, i32, String)> {
+fn leftovers(pids: &[i32], dir: &Path, agent: i32) -> Vec<(i32, char, i32, String)> {
     let mut out = Vec::new();
     for &pid in pids {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -391,10 +391,13 @@ fn leftovers(pids: &[i32], dir: &Path) -> Vec<(i32, char, i32, String)> {
         let ours = (cmdline.contains(&dir.display().to_string())
             && !cmdline.contains("assistd agent"))
             || (cmdline.starts_with("sleep") && task_env);
-        // A zombie whose parent is init (pid 1) was orphaned when the SIGKILLed agent died and
-        // killed by the next one's recovery: it is init's to reap, not the agent's (the
-        // sandbox's init here reaps a few seconds late). A zombie with a live parent is a leak.
-        if ours || (state == 'Z' && cmdline.is_empty() && ppid != 1) {
+        // A zombie is a leak when the agent (or one of the soak's scripts) is its parent and
+        // has not reaped it. One whose parent is init was orphaned when the SIGKILLed agent
+        // died and killed by the next one's recovery: init's to reap (the sandbox's init here
+        // reaps a few seconds late). Any other parent is a process of the machine that reused
+        // a soak script's pid (a test suite running beside the soak).
+        let our_zombie = state == 'Z' && (ppid == agent || pids.contains(&ppid));
+        if ours || our_zombie {
             out.push((pid, state, ppid, cmdline));
         }
     }
@@ -616,12 +619,12 @@ fn soak(opts: &Options) -> Result<bool, String> {
     );
 
     let (starts, all_pids) = read_pids(&pids);
-    let left_running = leftovers(&all_pids, &dir);
+    let left_running = leftovers(&all_pids, &dir, a3.pid);
     match a3.end(libc::SIGTERM) {
         Some(s) if s.success() => {}
         other => failures.push(format!("agent 3 after SIGTERM: {other:?}")),
     }
-    let left_after_exit = leftovers(&all_pids, &dir);
+    let left_after_exit = leftovers(&all_pids, &dir, a3.pid);
     let spool_left = count_dir(&dir.join("state/spool"));
 
     let log = server.requests();
