@@ -183,6 +183,18 @@ fn a_shell_that_exits_ends_the_session_ok_and_root_is_refused() {
     let dir = TestDir::new("session-exit");
     let server = Server::start();
     let agent = agent(&dir, &server);
+    // Sessions hold no thread while none is open (issue 9), before the first and after it.
+    let session_threads = || -> Vec<String> {
+        let pid = agent.child.as_ref().expect("agent running").id();
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("session"))
+            .collect()
+    };
+    assert!(session_threads().is_empty(), "{:?}", session_threads());
     start_session(
         &agent,
         &server,
@@ -196,6 +208,12 @@ fn a_shell_that_exits_ends_the_session_ok_and_root_is_refused() {
     if !peer.wait_closed(Instant::now() + DEADLINE) {
         agent.fail("the session websocket stayed open after the shell exited");
     }
+    // The session's thread ends with it (its last act removes its entry; bounded wait).
+    let deadline = Instant::now() + DEADLINE;
+    while !session_threads().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(session_threads().is_empty(), "{:?}", session_threads());
 
     // uid 0 is refused before anything starts, as the reference does.
     start_session(

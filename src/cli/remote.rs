@@ -347,28 +347,24 @@ fn run_remote(
     } else {
         None
     };
-    let (sessions, sessions_join) = crate::remote::session::spawn(
-        crate::remote::session::SessionsConfig {
-            http: http.clone(),
-            base_url: tcfg.base_url.clone(),
-            headers: Some(websocket_headers(&tcfg, header_hook.clone())),
-            tls: session_tls,
-            proxy: tcfg.proxy.clone(),
-            limits: crate::remote::session::channel::Limits {
-                idle: Duration::from_secs(cfg.session_idle_timeout_secs),
-                max: Duration::from_secs(cfg.session_max_secs),
-                ..Default::default()
-            },
-            metrics: Some(Arc::new(crate::remote::metrics::Metrics::new(
-                crate::remote::metrics::Common {
-                    instance_id: tcfg.instance_id.clone(),
-                    os_version: facts.os_version.clone(),
-                },
-            ))),
+    let sessions = crate::remote::session::sessions(crate::remote::session::SessionsConfig {
+        http: http.clone(),
+        base_url: tcfg.base_url.clone(),
+        headers: Some(websocket_headers(&tcfg, header_hook.clone())),
+        tls: session_tls,
+        proxy: tcfg.proxy.clone(),
+        limits: crate::remote::session::channel::Limits {
+            idle: Duration::from_secs(cfg.session_idle_timeout_secs),
+            max: Duration::from_secs(cfg.session_max_secs),
+            ..Default::default()
         },
-        stop.clone(),
-    )
-    .map_err(io_err("cannot start the sessions thread"))?;
+        metrics: Some(Arc::new(crate::remote::metrics::Metrics::new(
+            crate::remote::metrics::Common {
+                instance_id: tcfg.instance_id.clone(),
+                os_version: facts.os_version.clone(),
+            },
+        ))),
+    });
     let bridge = crate::remote::kick_bridge::spawn(crate::remote::kick_bridge::BridgeParts {
         actions,
         fetch: kick_tx.clone(),
@@ -386,7 +382,7 @@ fn run_remote(
             events: events_tx,
             extra: Box::new(fetch::HostExtras {
                 http: http.clone(),
-                sessions: Some(sessions),
+                sessions: Some(sessions.clone()),
                 send_file: crate::remote::sendfile::SendFileConfig::default(),
                 spool: Some(spool.writer.clone()),
                 verify_file: Some(Box::new(move |file| verifier.lock().verify_send_file(file))),
@@ -447,7 +443,12 @@ fn run_remote(
     );
     // The fetch and heartbeat threads stop as soon as shutdown begins, not after the grace
     // period: no new work is fetched while running invocations drain.
-    engine.on_shutdown(move || drop(stop_tx));
+    let sessions_at_exit = sessions;
+    let sessions_at_shutdown = sessions_at_exit.clone();
+    engine.on_shutdown(move || {
+        sessions_at_shutdown.begin_shutdown();
+        drop(stop_tx)
+    });
     let result = engine.run(&mut reload, events, signals);
     if let Some(listener) = listener {
         listener.shutdown();
@@ -456,7 +457,7 @@ fn run_remote(
     let _ = fetch.join();
     let _ = heartbeat.join();
     let _ = bridge.join();
-    let _ = sessions_join.join();
+    sessions_at_exit.wait_ended();
     drop(spool.writer);
     let _ = spool.join.join();
     let restart = updater.and_then(|u| u.join().ok().flatten());

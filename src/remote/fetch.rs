@@ -299,7 +299,7 @@ pub trait ExtraTasks: Send {
 }
 
 /// The agent's `ExtraTasks`: send-file tasks are written and reported (spec §8.1); sessions
-/// go to the `sessions` thread, or without one are answered as `Unsupported` does.
+/// go to the session table, or without one are answered as `Unsupported` does.
 pub struct HostExtras {
     pub http: Arc<dyn Http>,
     /// Where session entries go; `None` answers each with `Unknown_error`.

@@ -39,7 +39,7 @@ impl Default for Limits {
     }
 }
 
-/// From the `sessions` thread to one session.
+/// From the session table (a stop kick, the shutdown) to one session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Control {
     /// `kick_vm session stop`: ends as `Notified`.
@@ -90,7 +90,7 @@ pub trait Plugin: Send {
     fn finish(&mut self);
 }
 
-/// The write end of a session's wake pipe: the pump, and the `sessions` thread for a stop,
+/// The write end of a session's wake pipe: the pump, and the session table for a stop,
 /// write one byte after each message so the loop's `poll` returns.
 pub struct Waker {
     fd: OwnedFd,

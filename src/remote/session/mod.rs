@@ -1,6 +1,7 @@
 //! Session Manager (spec aliyun-sessions): interactive shells and TCP port forwarding over a
-//! websocket to the server. The `sessions` thread owns the table of live sessions (the
-//! reference's SessionFactory); each session owns its own threads. It never touches tasks,
+//! websocket to the server. `SessionHandle` is the table of live sessions (the reference's
+//! SessionFactory), behind a mutex and owned by no thread; each session owns its own threads
+//! and removes its entry when it ends. It never touches tasks,
 //! the registry or the engine: sessions come from the fetch thread and stop kicks from the
 //! kick bridge, and each ends with exactly one status report (E15).
 //!
@@ -16,14 +17,14 @@ pub mod shell;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select_biased, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 
 use crate::model::SessionTaskInfo;
 use crate::remote::metrics::{Event, Metrics};
@@ -243,129 +244,75 @@ impl fmt::Debug for SessionsConfig {
     }
 }
 
-/// Messages to the `sessions` thread.
-#[derive(Debug)]
-enum SessionMsg {
-    Start(Box<SessionTaskInfo>),
-    Stop(String),
-    /// Sent by a session thread as its last act; `serial` tells it from a later session with
-    /// the same id.
-    Ended {
-        channel_id: String,
-        serial: u64,
-    },
-}
-
-/// Where the fetch thread and the kick bridge send sessions and stop kicks. Sending never
-/// blocks.
-#[derive(Clone, Debug)]
+/// Where the fetch thread and the kick bridge start and stop sessions: the table of live
+/// sessions (channel id → control sender, wake pipe, join handle), the reference's
+/// SessionFactory. No thread owns it: a caller starts a session's thread under the table's
+/// lock, and the session removes its own entry as its last act, so while no session is open
+/// sessions hold no thread at all. Calls never block on a session.
+#[derive(Clone)]
 pub struct SessionHandle {
-    tx: Sender<SessionMsg>,
+    shared: Arc<Shared>,
 }
 
-impl SessionHandle {
-    /// One `session[]` entry of a fetched list.
-    pub fn start(&self, info: SessionTaskInfo) {
-        if self.tx.send(SessionMsg::Start(Box::new(info))).is_err() {
-            log::warn!("phase=session the sessions thread is gone; session dropped");
-        }
+impl fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("live", &self.shared.table.lock().live.len())
+            .finish()
     }
+}
 
-    /// `kick_vm session stop <channelId>`.
-    pub fn stop(&self, channel_id: &str) {
-        let _ = self.tx.send(SessionMsg::Stop(channel_id.to_string()));
-    }
+struct Shared {
+    cfg: Arc<SessionsConfig>,
+    table: Mutex<Table>,
+    /// Signalled when a session removes its entry (shutdown waits on it).
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Live>,
+    next_serial: u64,
+    /// Shutdown has begun: nothing new starts.
+    closed: bool,
 }
 
 struct Live {
     serial: u64,
     control: Sender<Control>,
     waker: Arc<Waker>,
-    join: JoinHandle<()>,
+    /// Dropped (the thread detached) when the session removes its entry: that is its last act.
+    _join: JoinHandle<()>,
 }
 
-/// Starts the `sessions` thread. It ends when `stop` disconnects, after it has asked every
-/// live session to end and waited for them (at most `SHUTDOWN_WAIT`).
-pub fn spawn(
-    cfg: SessionsConfig,
-    stop: Receiver<()>,
-) -> io::Result<(SessionHandle, JoinHandle<()>)> {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let handle = SessionHandle { tx: tx.clone() };
-    let join = thread::Builder::new()
-        .name("sessions".to_string())
-        .spawn(move || Sessions::new(Arc::new(cfg), tx).run(&rx, &stop))?;
-    Ok((handle, join))
+/// The session table, empty.
+pub fn sessions(cfg: SessionsConfig) -> SessionHandle {
+    SessionHandle {
+        shared: Arc::new(Shared {
+            cfg: Arc::new(cfg),
+            table: Mutex::new(Table::default()),
+            ended: Condvar::new(),
+        }),
+    }
 }
 
 /// How long shutdown waits for live sessions to end and report (each needs one kill, one
 /// 5 s report and one close).
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
 
-struct Sessions {
-    cfg: Arc<SessionsConfig>,
-    /// For the session threads' `Ended`.
-    tx: Sender<SessionMsg>,
-    live: HashMap<String, Live>,
-    next_serial: u64,
-}
-
-impl Sessions {
-    fn new(cfg: Arc<SessionsConfig>, tx: Sender<SessionMsg>) -> Sessions {
-        Sessions {
-            cfg,
-            tx,
-            live: HashMap::new(),
-            next_serial: 0,
-        }
-    }
-
-    fn run(mut self, rx: &Receiver<SessionMsg>, stop: &Receiver<()>) {
-        loop {
-            select_biased! {
-                recv(stop) -> _ => break,
-                recv(rx) -> msg => match msg {
-                    Ok(msg) => self.handle(msg),
-                    // Unreachable while `self.tx` lives; ends the loop all the same.
-                    Err(_) => break,
-                },
-            }
-        }
-        self.shutdown(rx);
-    }
-
-    fn handle(&mut self, msg: SessionMsg) {
-        match msg {
-            SessionMsg::Start(info) => self.start(*info),
-            SessionMsg::Stop(id) => match self.live.get(&id) {
-                Some(live) => {
-                    log::info!("task={id} invoke_version=0 phase=session stop kick");
-                    let _ = live.control.send(Control::Stop);
-                    live.waker.wake();
-                }
-                None => log::warn!(
-                    "task={id} invoke_version=0 phase=session stop session failed: no such session"
-                ),
-            },
-            SessionMsg::Ended { channel_id, serial } => {
-                if self
-                    .live
-                    .get(&channel_id)
-                    .is_some_and(|l| l.serial == serial)
-                {
-                    if let Some(live) = self.live.remove(&channel_id) {
-                        // The thread sent this as its last act: the join returns at once.
-                        let _ = live.join.join();
-                    }
-                }
-            }
-        }
-    }
-
-    fn start(&mut self, info: SessionTaskInfo) {
+impl SessionHandle {
+    /// One `session[]` entry of a fetched list: its thread starts now.
+    pub fn start(&self, info: SessionTaskInfo) {
+        let mut table = self.shared.table.lock();
         let id = info.session_id.clone();
-        let cfg = self.cfg.clone();
-        if self.live.contains_key(&id) {
+        let cfg = self.shared.cfg.clone();
+        if table.closed {
+            log::warn!(
+                "task={id} invoke_version=0 phase=session arrived during shutdown; not started"
+            );
+            return;
+        }
+        if table.live.contains_key(&id) {
             // The reference also removes the original's entry here, so a later stop kick
             // cannot find it; the original stays registered and stoppable.
             log::warn!("task={id} invoke_version=0 phase=session duplicate channel id refused");
@@ -387,26 +334,25 @@ impl Sessions {
                 return;
             }
         };
-        self.next_serial += 1;
-        let serial = self.next_serial;
+        table.next_serial += 1;
+        let serial = table.next_serial;
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let ended = self.tx.clone();
+        let shared = self.shared.clone();
         let thread_waker = waker.clone();
         let thread_id = id.clone();
         let spawned = thread::Builder::new()
             .name(format!("session-{id}"))
             .spawn(move || {
-                // The guard sends `Ended` (and the report, if the body never got to it) even if
-                // the session panics, so the table never keeps a dead entry.
+                // The guard removes the entry (and sends the report, if the body never got to
+                // it) even if the session panics, so the table never keeps a dead entry.
                 let mut guard = EndGuard {
-                    cfg: &cfg,
+                    shared: &shared,
                     id: &thread_id,
                     serial,
-                    ended,
                     reported: false,
                 };
                 let session = Session {
-                    cfg: &cfg,
+                    cfg: &shared.cfg,
                     info: &info,
                     control: control_rx,
                     wake_rx,
@@ -416,13 +362,13 @@ impl Sessions {
             });
         match spawned {
             Ok(join) => {
-                self.live.insert(
+                table.live.insert(
                     id,
                     Live {
                         serial,
                         control: control_tx,
                         waker,
-                        join,
+                        _join: join,
                     },
                 );
             }
@@ -432,32 +378,52 @@ impl Sessions {
         }
     }
 
-    fn shutdown(mut self, rx: &Receiver<SessionMsg>) {
-        if self.live.is_empty() {
-            return;
+    /// `kick_vm session stop <channelId>`.
+    pub fn stop(&self, channel_id: &str) {
+        let table = self.shared.table.lock();
+        match table.live.get(channel_id) {
+            Some(live) => {
+                log::info!("task={channel_id} invoke_version=0 phase=session stop kick");
+                let _ = live.control.send(Control::Stop);
+                live.waker.wake();
+            }
+            None => log::warn!(
+                "task={channel_id} invoke_version=0 phase=session stop session failed: no such session"
+            ),
         }
-        log::info!("phase=shutdown ending {} session(s)", self.live.len());
-        for live in self.live.values() {
+    }
+
+    /// Shutdown, first half (at the start of the agent's shutdown): nothing new starts, and
+    /// every live session is asked to end.
+    pub fn begin_shutdown(&self) {
+        let mut table = self.shared.table.lock();
+        table.closed = true;
+        if !table.live.is_empty() {
+            log::info!("phase=shutdown ending {} session(s)", table.live.len());
+        }
+        for live in table.live.values() {
             let _ = live.control.send(Control::Shutdown);
             live.waker.wake();
         }
+    }
+
+    /// Shutdown, second half: waits (at most `SHUTDOWN_WAIT`) for the sessions to end and
+    /// report.
+    pub fn wait_ended(&self) {
+        self.begin_shutdown();
         let deadline = Instant::now() + SHUTDOWN_WAIT;
-        while !self.live.is_empty() {
-            match rx.recv_deadline(deadline) {
-                Ok(SessionMsg::Ended { channel_id, serial }) => {
-                    self.handle(SessionMsg::Ended { channel_id, serial })
-                }
-                Ok(SessionMsg::Start(info)) => {
-                    log::warn!(
-                        "task={} invoke_version=0 phase=session arrived during shutdown; not started",
-                        info.session_id
-                    )
-                }
-                Ok(SessionMsg::Stop(_)) => {}
-                Err(_) => break,
+        let mut table = self.shared.table.lock();
+        while !table.live.is_empty() {
+            if self
+                .shared
+                .ended
+                .wait_until(&mut table, deadline)
+                .timed_out()
+            {
+                break;
             }
         }
-        for id in self.live.keys() {
+        for id in table.live.keys() {
             log::warn!("task={id} invoke_version=0 phase=shutdown session did not end in time");
         }
     }
@@ -491,17 +457,16 @@ fn report_status(http: &dyn Http, id: &str, code: Code) {
 }
 
 struct EndGuard<'a> {
-    cfg: &'a SessionsConfig,
+    shared: &'a Shared,
     id: &'a str,
     serial: u64,
-    ended: Sender<SessionMsg>,
     reported: bool,
 }
 
 impl EndGuard<'_> {
     fn report(&mut self, code: Code) {
         if !std::mem::replace(&mut self.reported, true) {
-            report(self.cfg, self.id, code);
+            report(&self.shared.cfg, self.id, code);
         }
     }
 }
@@ -510,10 +475,16 @@ impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
         // A panic inside the session is the reference's `Unknown_error`.
         self.report(Code::UnknownError);
-        let _ = self.ended.send(SessionMsg::Ended {
-            channel_id: self.id.to_string(),
-            serial: self.serial,
-        });
+        let mut table = self.shared.table.lock();
+        if table
+            .live
+            .get(self.id)
+            .is_some_and(|l| l.serial == self.serial)
+        {
+            // Its own join handle: dropping it detaches this thread, which ends right after.
+            table.live.remove(self.id);
+        }
+        self.shared.ended.notify_all();
     }
 }
 
