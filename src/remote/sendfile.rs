@@ -256,12 +256,10 @@ pub fn send_file(
         return Err(SendFileFailure::new(C::EmptyContent));
     }
     // The user the file is for may own the directories it goes to (a file delivered into
-    // their home); looked up here for the walk only, reported in the reference's order below.
-    let for_user: Vec<libc::uid_t> = [task.owner.as_str()]
-        .into_iter()
-        .filter(|o| !o.is_empty() && *o != "root")
-        .filter_map(lookup_uid)
-        .collect();
+    // their home): looked up once, here, for the walk; a lookup failure is reported in the
+    // reference's order below.
+    let owner = resolve_owner(&task.owner, &task.group);
+    let for_user: Vec<libc::uid_t> = owner.iter().flatten().map(|(uid, _)| *uid).collect();
     let (dir_path, create) = if task.destination.is_empty() {
         (cfg.default_destination.clone(), None)
     } else {
@@ -313,7 +311,7 @@ pub fn send_file(
     if crate::fsutil::exists_in(&dir, name).unwrap_or(false) && !task.overwrite {
         return Err(SendFileFailure::new(C::FileAlreadyExist));
     }
-    let owner = resolve_owner(&task.owner, &task.group)?;
+    let owner = owner?;
     write_file(&dir, &dir_path, name, &bytes, mode, owner)?;
     Ok(path)
 }

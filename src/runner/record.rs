@@ -283,13 +283,7 @@ pub fn recover(
                 "task={id} invoke_version={version} phase=recover its final report is in the spool already; not reported again{}",
                 if found > 0 { format!(" ({found} process(es) it left were killed)") } else { String::new() }
             );
-            if once {
-                record.reported = true;
-                let _ = fsutil::write_atomic(&path, encode(&record).as_bytes(), 0o600);
-                out.interrupted.insert((id, version));
-            } else {
-                let _ = fs::remove_file(&path);
-            }
+            settle(&path, &mut record, &mut out);
             continue;
         }
         let killed = found > 0;
@@ -324,21 +318,30 @@ pub fn recover(
             output: Vec::new(),
         };
         out.reports.push(report);
-        if once {
-            // Kept, marked, so a re-delivery within REMEMBER_MS is refused by the engine.
-            record.reported = true;
-            if let Err(e) = fsutil::write_atomic(&path, encode(&record).as_bytes(), 0o600) {
-                log::warn!(
-                    "phase=recover cannot mark {} reported ({e})",
-                    path.display()
-                );
-            }
-            out.interrupted.insert((id, version));
-        } else if let Err(e) = fs::remove_file(&path) {
-            log::warn!("phase=recover cannot remove {} ({e})", path.display());
-        }
+        settle(&path, &mut record, &mut out);
     }
     out
+}
+
+/// A recovered record whose invocation now has its final report: a once-invocation's is kept,
+/// marked, so a re-delivery within REMEMBER_MS is refused by the engine; a periodic one's goes
+/// (the task runs again at its next firing).
+fn settle(path: &Path, record: &mut RunRecord, out: &mut Recovery) {
+    if record.head.repeat.is_periodic() {
+        if let Err(e) = fs::remove_file(path) {
+            log::warn!("phase=recover cannot remove {} ({e})", path.display());
+        }
+        return;
+    }
+    record.reported = true;
+    if let Err(e) = fsutil::write_atomic(path, encode(record).as_bytes(), 0o600) {
+        log::warn!(
+            "phase=recover cannot mark {} reported ({e})",
+            path.display()
+        );
+    }
+    out.interrupted
+        .insert((record.head.task_id.clone(), record.head.invoke_version));
 }
 
 #[cfg(test)]
