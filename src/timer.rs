@@ -3,7 +3,6 @@
 //! callbacks that are due. It never runs a task and never touches the task registry:
 //! callbacks only hand work to the pool.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,39 +30,98 @@ pub struct Firing {
 /// enqueue work and return.
 pub type Callback = Box<dyn FnMut(Firing) + Send>;
 
+/// Names one armed schedule. `TimerHandle::arm` hands it out and `disarm` takes it back, so
+/// an id is never disarmed twice or used after it was given back. It is a slot number in the
+/// timer's slab: the timer keeps no map from task ids, and an armed schedule costs one slot.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a schedule stays armed until its id is given to `disarm`"]
+pub struct TimerId(u32);
+
+impl TimerId {
+    /// The slot number, for log lines.
+    pub fn get(&self) -> u32 {
+        self.0
+    }
+}
+
 /// Messages to the timer thread.
 pub enum TimerCtl {
-    /// Starts (or replaces) the schedule registered under `key`.
+    /// Starts (or replaces) the schedule in slot `id`.
     Arm {
-        key: String,
+        id: u32,
         schedule: Arc<Schedule>,
         callback: Callback,
     },
-    /// Removes the schedule registered under `key`; unknown keys are ignored.
-    Disarm { key: String },
+    /// Empties slot `id`; an empty slot is left as it is.
+    Disarm { id: u32 },
+}
+
+/// Slot numbers not in use: the next never-used one and those given back. Shared by every
+/// clone of a `TimerHandle`. The thread that arms takes a number here before it sends
+/// `Arm`, and `disarm` returns it only after sending `Disarm`; the channel keeps order, so
+/// a reused number's `Arm` always reaches the timer after the `Disarm` that freed it.
+#[derive(Default)]
+struct Ids {
+    next: u32,
+    free: Vec<u32>,
 }
 
 /// Handle to the timer thread. Dropping every clone of it ends the thread.
 #[derive(Clone)]
 pub struct TimerHandle {
     ctl: Sender<TimerCtl>,
+    ids: Arc<parking_lot::Mutex<Ids>>,
 }
 
 impl TimerHandle {
-    pub fn arm(&self, key: &str, schedule: Arc<Schedule>, callback: Callback) {
-        // The timer only stops after every handle is dropped, so a send cannot fail while
-        // `self` exists; if it ever did, the schedule would just not fire.
-        let _ = self.ctl.send(TimerCtl::Arm {
-            key: key.to_string(),
+    /// Arms `schedule`: from its next run on, each firing calls `callback` on the timer
+    /// thread, until the returned id is disarmed or the schedule has no run left.
+    pub fn arm(&self, schedule: Arc<Schedule>, callback: Callback) -> TimerId {
+        let id = {
+            let mut ids = self.ids.lock();
+            match ids.free.pop() {
+                Some(id) => id,
+                None => {
+                    let id = ids.next;
+                    ids.next = id
+                        .checked_add(1)
+                        .expect("fewer than 2^32 timers are armed at once");
+                    id
+                }
+            }
+        };
+        self.send(TimerCtl::Arm {
+            id,
+            schedule,
+            callback,
+        });
+        TimerId(id)
+    }
+
+    /// Replaces what `id` holds: its old schedule and callback are dropped.
+    pub fn rearm(&self, id: &TimerId, schedule: Arc<Schedule>, callback: Callback) {
+        self.send(TimerCtl::Arm {
+            id: id.0,
             schedule,
             callback,
         });
     }
 
-    pub fn disarm(&self, key: &str) {
-        let _ = self.ctl.send(TimerCtl::Disarm {
-            key: key.to_string(),
-        });
+    /// Stops the schedule armed under `id` (if it has not ended on its own) and frees the id.
+    pub fn disarm(&self, id: TimerId) {
+        self.send(TimerCtl::Disarm { id: id.0 });
+        let mut ids = self.ids.lock();
+        ids.free.push(id.0);
+        if ids.free.len() as u32 == ids.next {
+            // Nothing is armed: start numbering again, so the slab's pages can go.
+            *ids = Ids::default();
+        }
+    }
+
+    fn send(&self, msg: TimerCtl) {
+        // The timer only stops after every handle is dropped, so a send cannot fail while
+        // `self` exists; if it ever did, the schedule would just not fire.
+        let _ = self.ctl.send(msg);
     }
 }
 
@@ -106,7 +164,13 @@ pub fn spawn(clock: impl WallClock) -> (TimerHandle, thread::JoinHandle<()>) {
             TimerState::new(clock, clock_steps.is_some()).run(rx, clock_steps.unwrap_or_else(never))
         })
         .expect("spawning the timer thread only fails when the process is out of resources");
-    (TimerHandle { ctl: tx }, join)
+    (
+        TimerHandle {
+            ctl: tx,
+            ids: Arc::default(),
+        },
+        join,
+    )
 }
 
 /// What the wheel holds for each armed key.
@@ -188,7 +252,7 @@ impl<C: WallClock> TimerState<C> {
     fn handle(&mut self, msg: TimerCtl) {
         match msg {
             TimerCtl::Arm {
-                key,
+                id,
                 schedule,
                 callback,
             } => {
@@ -202,22 +266,26 @@ impl<C: WallClock> TimerState<C> {
                     other => other.next_after(now),
                 };
                 let Some(next) = next else {
-                    log::info!("task={key} phase=schedule no run left; not armed");
-                    self.wheel.remove(&key);
+                    // The caller checked that a run is left a moment ago: only a schedule
+                    // whose last run passed in between gets here.
+                    log::info!("timer={id} phase=schedule no run left; not armed");
+                    self.wheel.remove(id);
                     return;
                 };
-                self.wheel.insert(&key, next, Armed { schedule, callback });
+                self.wheel.insert(id, next, Armed { schedule, callback });
             }
-            TimerCtl::Disarm { key } => {
-                self.wheel.remove(&key);
+            TimerCtl::Disarm { id } => {
+                self.wheel.remove(id);
             }
         }
     }
 
     /// Fires every schedule whose time has come, then re-arms each from its firing time.
+    /// A schedule with no run left leaves the wheel after its last firing, which says so
+    /// (`Firing::last`); its id stays the caller's until it is disarmed.
     fn fire_due(&mut self) {
         let now = self.clock.now();
-        self.wheel.pop_due(now, |key, scheduled, armed| {
+        self.wheel.pop_due(now, |_, scheduled, armed| {
             // The next run is computed from the later of the scheduled time and now, so a
             // late wakeup (or a suspended host) fires once instead of catching up every
             // missed run, and the schedule never goes backwards.
@@ -226,9 +294,6 @@ impl<C: WallClock> TimerState<C> {
                 scheduled,
                 last: next.is_none(),
             });
-            if next.is_none() {
-                log::info!("task={key} phase=schedule last run fired");
-            }
             next
         });
     }
@@ -246,12 +311,15 @@ const OVERFLOW: u16 = (LEVELS * SLOTS) as u16;
 /// The list index of the due list: entries whose tick the wheel has already reached.
 const DUE: u16 = OVERFLOW + 1;
 const LISTS: usize = DUE as usize + 1;
-/// "No node": the end of a list, and the end of the free list.
+/// "No node": the end of a list.
 const NIL: u32 = u32::MAX;
+/// Slots in a page of the slab. The slab grows a page at a time, so what it holds unused is
+/// at most one page's tail (256 slots of 48 bytes), never the half of a doubled `Vec`.
+const PAGE: usize = 256;
 
-/// A hierarchical timing wheel of wall-clock deadlines, one per key, each with a value `V`.
-/// It holds time only as the millisecond ticks since `base_ms`: it never reads a clock, never
-/// sleeps and never calls out, except to the closure `pop_due` is given.
+/// A hierarchical timing wheel of wall-clock deadlines, one per slot id, each with a value
+/// `V`. It holds time only as the millisecond ticks since `base_ms`: it never reads a clock,
+/// never sleeps and never calls out, except to the closure `pop_due` is given.
 ///
 /// Every entry sits in exactly one list: a slot of one level, the overflow list or the due
 /// list. Each level is a ring: slot `s` of level `l` holds the deadlines whose tick, shifted
@@ -260,6 +328,10 @@ const NIL: u32 = u32::MAX;
 /// slot after it (one `rotate_right` and `trailing_zeros`) is that level's earliest, and a
 /// slot is emptied (fired, or cascaded into lower levels) when `elapsed` reaches its first
 /// tick, before any of its deadlines.
+///
+/// Entries are addressed by the id the caller chose (`TimerHandle` hands ids out densely
+/// and reuses freed ones), so the wheel needs no index: id `i` is slot `i % PAGE` of page
+/// `i / PAGE`, and the lists link ids.
 struct Wheel<V> {
     /// The wall time of tick 0, in Unix milliseconds.
     base_ms: i64,
@@ -272,21 +344,14 @@ struct Wheel<V> {
     /// No entry in the overflow list has an earlier tick (`u64::MAX` when it is empty). It is
     /// not raised when an entry leaves, so it may be early: that only cascades early.
     overflow_min: u64,
-    /// The slab: nodes are addressed by index, freed slots are chained from `free`.
-    nodes: Vec<Slot<V>>,
-    free: u32,
-    /// Key to node index. The key's allocation is shared with the node.
-    index: HashMap<Arc<str>, u32>,
-}
-
-enum Slot<V> {
-    Full(Node<V>),
-    /// A free slot and the next free one.
-    Free(u32),
+    /// The slab, a page at a time; pages are allocated as ids reach them and all freed when
+    /// the last entry leaves.
+    pages: Vec<Box<[Option<Node<V>>]>>,
+    /// Entries armed.
+    len: usize,
 }
 
 struct Node<V> {
-    key: Arc<str>,
     /// The entry's exact deadline; its tick is the first millisecond at or after it.
     when: DateTime<Utc>,
     value: V,
@@ -297,9 +362,10 @@ struct Node<V> {
     list: u16,
 }
 
-// An armed timer costs one slab slot of 64 bytes (plus its key and its index entry); this
-// keeps the slot from growing unnoticed.
-const _: () = assert!(std::mem::size_of::<Slot<Armed>>() <= 64);
+// An armed timer costs one slab slot: its deadline, the schedule's `Arc`, the callback's box
+// and the list links. This keeps the slot from growing unnoticed (issue 12: at most 64 bytes
+// a timer beyond the schedule itself).
+const _: () = assert!(std::mem::size_of::<Option<Node<Armed>>>() <= 48);
 
 impl<V> Wheel<V> {
     fn new(now: DateTime<Utc>) -> Self {
@@ -309,66 +375,54 @@ impl<V> Wheel<V> {
             heads: [NIL; LISTS],
             occupied: [0; LEVELS],
             overflow_min: u64::MAX,
-            nodes: Vec::new(),
-            free: NIL,
-            index: HashMap::new(),
+            pages: Vec::new(),
+            len: 0,
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
-    /// Arms `key` at `when`, replacing (in place) what `key` held before; returns the value
-    /// it replaced.
-    fn insert(&mut self, key: &str, when: DateTime<Utc>, value: V) -> Option<V> {
-        if let Some(&i) = self.index.get(key) {
-            self.unlink(i);
-            let node = self.node_mut(i);
+    fn slot(&self, i: u32) -> Option<&Node<V>> {
+        let page = self.pages.get(i as usize / PAGE)?;
+        page[i as usize % PAGE].as_ref()
+    }
+
+    /// Arms `id` at `when`, replacing (in place) what it held before; returns the value it
+    /// replaced.
+    fn insert(&mut self, id: u32, when: DateTime<Utc>, value: V) -> Option<V> {
+        assert!(id != NIL, "timer id {NIL} is the lists' end mark");
+        if self.slot(id).is_some() {
+            self.unlink(id);
+            let node = self.node_mut(id);
             node.when = when;
             let old = std::mem::replace(&mut node.value, value);
-            self.place(i);
+            self.place(id);
             return Some(old);
         }
-        let key: Arc<str> = Arc::from(key);
-        let node = Node {
-            key: key.clone(),
+        let page = id as usize / PAGE;
+        while self.pages.len() <= page {
+            self.pages.push((0..PAGE).map(|_| None).collect());
+        }
+        self.pages[page][id as usize % PAGE] = Some(Node {
             when,
             value,
             prev: NIL,
             next: NIL,
             list: DUE,
-        };
-        let i = match self.free {
-            NIL => {
-                let i = u32::try_from(self.nodes.len())
-                    .ok()
-                    .filter(|&i| i != NIL)
-                    .expect("fewer than 2^32 - 1 timers are armed at once");
-                self.nodes.push(Slot::Full(node));
-                i
-            }
-            i => {
-                let slot = &mut self.nodes[i as usize];
-                self.free = match slot {
-                    Slot::Free(next) => *next,
-                    Slot::Full(_) => unreachable!("the free list holds only free slots"),
-                };
-                *slot = Slot::Full(node);
-                i
-            }
-        };
-        self.index.insert(key, i);
-        self.place(i);
+        });
+        self.len += 1;
+        self.place(id);
         None
     }
 
-    /// Disarms `key` and frees its slot; `None` when it was not armed.
-    fn remove(&mut self, key: &str) -> Option<V> {
-        let i = self.index.remove(key)?;
-        self.unlink(i);
-        Some(self.release(i))
+    /// Disarms `id` and frees its slot; `None` when it was not armed.
+    fn remove(&mut self, id: u32) -> Option<V> {
+        self.slot(id)?;
+        self.unlink(id);
+        Some(self.release(id))
     }
 
     /// When the wheel next needs `pop_due`: the first tick of its earliest occupied slot,
@@ -390,13 +444,13 @@ impl<V> Wheel<V> {
         )
     }
 
-    /// Advances the wheel to `now` and calls `fire` for every entry whose deadline, rounded up
-    /// to the millisecond, is at or before `now`, with its key, deadline and value. `fire` returns the entry's next
-    /// deadline, or `None` to remove it. A `now` before the wheel's time (the clock went
-    /// back) rebuilds the wheel first, so nothing fires early.
+    /// Advances the wheel to `now` and calls `fire` for every entry whose deadline, rounded
+    /// up to the millisecond, is at or before `now`, with its id, deadline and value. `fire`
+    /// returns the entry's next deadline, or `None` to remove it. A `now` before the wheel's
+    /// time (the clock went back) rebuilds the wheel first, so nothing fires early.
     fn pop_due<F>(&mut self, now: DateTime<Utc>, mut fire: F)
     where
-        F: FnMut(&str, DateTime<Utc>, &mut V) -> Option<DateTime<Utc>>,
+        F: FnMut(u32, DateTime<Utc>, &mut V) -> Option<DateTime<Utc>>,
     {
         let now_ms = now.timestamp_millis();
         if now_ms - self.base_ms < self.elapsed as i64 {
@@ -430,7 +484,7 @@ impl<V> Wheel<V> {
     /// Fires the entries of a detached list starting at node `i` (see `pop_due`).
     fn fire_chain<F>(&mut self, mut i: u32, now: DateTime<Utc>, fire: &mut F)
     where
-        F: FnMut(&str, DateTime<Utc>, &mut V) -> Option<DateTime<Utc>>,
+        F: FnMut(u32, DateTime<Utc>, &mut V) -> Option<DateTime<Utc>>,
     {
         while i != NIL {
             let node = self.node_mut(i);
@@ -440,14 +494,12 @@ impl<V> Wheel<V> {
                 // nothing ever fires before its exact time.
                 self.place(i);
             } else {
-                match fire(&node.key, node.when, &mut node.value) {
+                match fire(i, node.when, &mut node.value) {
                     Some(when) => {
                         node.when = when;
                         self.place(i);
                     }
                     None => {
-                        let key = node.key.clone();
-                        self.index.remove(&key);
                         self.release(i);
                     }
                 }
@@ -463,9 +515,9 @@ impl<V> Wheel<V> {
         self.heads = [NIL; LISTS];
         self.occupied = [0; LEVELS];
         self.overflow_min = u64::MAX;
-        for i in 0..self.nodes.len() {
-            if matches!(self.nodes[i], Slot::Full(_)) {
-                self.place(i as u32);
+        for i in 0..(self.pages.len() * PAGE) as u32 {
+            if self.slot(i).is_some() {
+                self.place(i);
             }
         }
     }
@@ -572,29 +624,27 @@ impl<V> Wheel<V> {
         std::mem::replace(&mut self.heads[list as usize], NIL)
     }
 
-    /// Frees the slot of node `i`, which is in no list and no longer in `index`.
+    /// Empties the slot of node `i`, which is in no list; the last entry to leave frees
+    /// every page.
     fn release(&mut self, i: u32) -> V {
-        match std::mem::replace(&mut self.nodes[i as usize], Slot::Free(self.free)) {
-            Slot::Full(node) => {
-                self.free = i;
-                node.value
-            }
-            Slot::Free(_) => unreachable!("only a full slot is released"),
+        let node = self.pages[i as usize / PAGE][i as usize % PAGE]
+            .take()
+            .expect("only a full slot is released");
+        self.len -= 1;
+        if self.len == 0 {
+            self.pages = Vec::new();
         }
+        node.value
     }
 
     fn node(&self, i: u32) -> &Node<V> {
-        match &self.nodes[i as usize] {
-            Slot::Full(node) => node,
-            Slot::Free(_) => unreachable!("a linked index names a full slot"),
-        }
+        self.slot(i).expect("a linked id names a full slot")
     }
 
     fn node_mut(&mut self, i: u32) -> &mut Node<V> {
-        match &mut self.nodes[i as usize] {
-            Slot::Full(node) => node,
-            Slot::Free(_) => unreachable!("a linked index names a full slot"),
-        }
+        self.pages[i as usize / PAGE][i as usize % PAGE]
+            .as_mut()
+            .expect("a linked id names a full slot")
     }
 }
 
@@ -602,6 +652,7 @@ impl<V> Wheel<V> {
 mod tests {
     use super::*;
     use crate::schedule::{ScheduleKind, Zone};
+    use std::collections::HashMap;
 
     fn rate(expr: &str, creation: DateTime<Utc>) -> Arc<Schedule> {
         Arc::new(
@@ -619,8 +670,7 @@ mod tests {
     fn fires_a_rate_schedule_repeatedly_and_stops_when_disarmed() {
         let (timer, join) = spawn(SystemClock);
         let (tx, rx) = unbounded();
-        timer.arm(
-            "t-1",
+        let id = timer.arm(
             rate("rate(1s)", Utc::now()),
             Box::new(move |f| tx.send(f).expect("test receiver alive")),
         );
@@ -632,7 +682,7 @@ mod tests {
             .expect("second firing");
         assert!(second.scheduled > first.scheduled);
         assert!(!first.last);
-        timer.disarm("t-1");
+        timer.disarm(id);
         drop(timer);
         join.join()
             .expect("timer thread ends when the handles are dropped");
@@ -648,8 +698,7 @@ mod tests {
         let expr = format!("at({})", when.format("%Y-%m-%dT%H:%M:%S"));
         let schedule =
             Arc::new(Schedule::parse(&expr, ScheduleKind::At, 0, &Zone::utc()).expect("valid at"));
-        timer.arm(
-            "t-at",
+        let _id = timer.arm(
             schedule,
             Box::new(move |f| tx.send(f).expect("test receiver alive")),
         );
@@ -666,24 +715,55 @@ mod tests {
     }
 
     #[test]
-    fn rearming_a_key_replaces_its_schedule() {
+    fn rearming_an_id_replaces_its_schedule() {
         let (timer, join) = spawn(SystemClock);
         let (tx, rx) = unbounded();
         let tx2 = tx.clone();
         let far = Utc::now() + chrono::Duration::days(365);
-        timer.arm(
-            "k",
+        let id = timer.arm(
             rate("rate(1000d)", far),
             Box::new(move |_| tx.send("old").expect("alive")),
         );
-        timer.arm(
-            "k",
+        timer.rearm(
+            &id,
             rate("rate(1s)", Utc::now()),
             Box::new(move |_| tx2.send("new").expect("alive")),
         );
         assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok("new"));
         drop(timer);
         join.join().expect("timer thread ends");
+    }
+
+    #[test]
+    fn ids_are_reused_after_disarm_and_renumbered_when_none_is_armed() {
+        let (tx, rx) = unbounded();
+        let timer = TimerHandle {
+            ctl: tx,
+            ids: Arc::default(),
+        };
+        let arm = || timer.arm(rate("rate(1h)", Utc::now()), Box::new(|_| {}));
+        let (a, b) = (arm(), arm());
+        assert_eq!((a.get(), b.get()), (0, 1));
+        timer.disarm(a);
+        let c = arm();
+        assert_eq!(c.get(), 0, "a freed id is reused");
+        timer.disarm(b);
+        timer.disarm(c);
+        let d = arm();
+        assert_eq!(d.get(), 0, "with nothing armed, numbering starts again");
+        // Each `Disarm` reaches the timer before the `Arm` that reuses its id.
+        let sent: Vec<String> = rx
+            .try_iter()
+            .map(|msg| match msg {
+                TimerCtl::Arm { id, .. } => format!("arm {id}"),
+                TimerCtl::Disarm { id } => format!("disarm {id}"),
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            ["arm 0", "arm 1", "disarm 0", "arm 0", "disarm 1", "disarm 0", "arm 0"]
+        );
+        timer.disarm(d);
     }
 
     /// A clock the test sets by hand.
@@ -711,7 +791,7 @@ mod tests {
         let mut state = TimerState::new(clock.clone(), true);
         let (tx, rx) = unbounded();
         state.handle(TimerCtl::Arm {
-            key: "k".to_string(),
+            id: 0,
             schedule,
             callback: Box::new(move |f| tx.send(f).expect("test receiver alive")),
         });
@@ -769,7 +849,7 @@ mod tests {
         let mut state = TimerState::new(clock.clone(), true);
         let (tx, rx) = unbounded();
         state.handle(TimerCtl::Arm {
-            key: "k".to_string(),
+            id: 0,
             schedule: at(t(0)),
             callback: Box::new(move |f| tx.send(f).expect("test receiver alive")),
         });
@@ -802,14 +882,14 @@ mod tests {
         crate::schedule::testing::utc("2024-03-15T10:00:00Z") + chrono::Duration::milliseconds(ms)
     }
 
-    /// One firing seen by a wheel test: key, value, deadline, and the `now` it fired at.
-    type Fired = (String, u32, DateTime<Utc>, DateTime<Utc>);
+    /// One firing seen by a wheel test: id, value, deadline, and the `now` it fired at.
+    type Fired = (u32, u32, DateTime<Utc>, DateTime<Utc>);
 
     /// Calls `pop_due(now)`, removing what fires, and returns the firings.
     fn pop(w: &mut Wheel<u32>, now: DateTime<Utc>) -> Vec<Fired> {
         let mut fired = Vec::new();
-        w.pop_due(now, |key, when, value| {
-            fired.push((key.to_string(), *value, when, now));
+        w.pop_due(now, |id, when, value| {
+            fired.push((id, *value, when, now));
             None
         });
         fired
@@ -831,10 +911,9 @@ mod tests {
         (fired, wakeups)
     }
 
-    /// The level a key's node sits in (`LEVELS` for the overflow list).
-    fn level_of(w: &Wheel<u32>, key: &str) -> usize {
-        let i = *w.index.get(key).expect("key is armed");
-        w.node(i).list as usize / SLOTS
+    /// The level an id's node sits in (`LEVELS` for the overflow list).
+    fn level_of(w: &Wheel<u32>, id: u32) -> usize {
+        w.node(id).list as usize / SLOTS
     }
 
     #[test]
@@ -843,35 +922,31 @@ mod tests {
         // 64 and 200 top-level slots (2^30 ms each) ahead: beyond the levels' 63.
         let far = t((64 << 30) + 12_345);
         let farther = t((200 << 30) + 5);
-        w.insert("far", far, 1);
-        w.insert("farther", farther, 2);
+        w.insert(1, far, 1);
+        w.insert(2, farther, 2);
         assert_eq!(
-            level_of(&w, "far"),
+            level_of(&w, 1),
             LEVELS,
             "beyond the levels: in the overflow list"
         );
-        assert_eq!(level_of(&w, "farther"), LEVELS);
+        assert_eq!(level_of(&w, 2), LEVELS);
         // The overflow list comes due when its earliest entry is 63 top-level slots away.
         assert_eq!(w.next_deadline(), Some(t(1 << 30)));
         assert!(pop(&mut w, t((1 << 30) - 1)).is_empty());
         assert!(pop(&mut w, t(1 << 30)).is_empty());
+        assert_eq!(level_of(&w, 1), LEVELS - 1, "cascaded into the top level");
         assert_eq!(
-            level_of(&w, "far"),
-            LEVELS - 1,
-            "cascaded into the top level"
-        );
-        assert_eq!(
-            level_of(&w, "farther"),
+            level_of(&w, 2),
             LEVELS,
             "still beyond: back to the overflow list"
         );
         assert_eq!(w.next_deadline(), Some(t(64 << 30)));
         let (fired, wakeups) = drive(&mut w, far);
-        assert_eq!(fired, vec![("far".to_string(), 1, far, far)]);
+        assert_eq!(fired, vec![(1, 1, far, far)]);
         assert!(wakeups <= LEVELS + 1, "{wakeups} wakeups to fire one entry");
         assert_eq!(w.next_deadline(), Some(t(137 << 30)));
         let (fired, _) = drive(&mut w, farther);
-        assert_eq!(fired, vec![("farther".to_string(), 2, farther, farther)]);
+        assert_eq!(fired, vec![(2, 2, farther, farther)]);
         assert_eq!((w.len(), w.next_deadline()), (0, None));
     }
 
@@ -881,28 +956,26 @@ mod tests {
         assert!(pop(&mut w, t(4_000)).is_empty());
         // One second ahead but across a 4096 ms boundary: still level 1 (64 ms slots), so a
         // second's worth of such re-arms never piles up in one level-2 slot.
-        w.insert("k", t(5_000), 1);
-        assert_eq!(level_of(&w, "k"), 1);
+        w.insert(7, t(5_000), 1);
+        assert_eq!(level_of(&w, 7), 1);
         assert_eq!(w.next_deadline(), Some(t(4_992)));
         let (fired, _) = drive(&mut w, t(5_000));
-        assert_eq!(fired, vec![("k".to_string(), 1, t(5_000), t(5_000))]);
+        assert_eq!(fired, vec![(7, 1, t(5_000), t(5_000))]);
     }
 
     #[test]
     fn wheel_fires_every_entry_of_a_crowded_slot_and_none_of_the_next() {
         let mut w = Wheel::new(t(0));
         for i in 0..1000 {
-            w.insert(&format!("a{i}"), t(5_000), i);
+            w.insert(i, t(5_000), i);
         }
         for i in 0..10 {
-            w.insert(&format!("b{i}"), t(5_001), i);
+            w.insert(1000 + i, t(5_001), i);
         }
         let (fired, _) = drive(&mut w, t(5_000));
-        let mut keys: Vec<_> = fired.iter().map(|(k, ..)| k.clone()).collect();
-        keys.sort();
-        let mut want: Vec<_> = (0..1000).map(|i| format!("a{i}")).collect();
-        want.sort();
-        assert_eq!(keys, want);
+        let mut ids: Vec<_> = fired.iter().map(|(id, ..)| *id).collect();
+        ids.sort();
+        assert_eq!(ids, (0..1000).collect::<Vec<_>>());
         assert!(fired.iter().all(|(_, _, when, at)| when == at));
         assert_eq!(w.len(), 10);
         assert_eq!(w.next_deadline(), Some(t(5_001)));
@@ -912,19 +985,19 @@ mod tests {
     fn wheel_disarms_an_entry_in_a_higher_level() {
         let mut w = Wheel::new(t(0));
         let day = 86_400_000;
-        w.insert("day", t(day), 1);
-        w.insert("day-too", t(day + 1), 2);
-        w.insert("soon", t(10), 3);
-        assert_eq!(level_of(&w, "day"), 4);
-        assert_eq!(w.remove("day"), Some(1));
-        assert_eq!(w.remove("day"), None);
+        w.insert(4, t(day), 1);
+        w.insert(5, t(day + 1), 2);
+        w.insert(3, t(10), 3);
+        assert_eq!(level_of(&w, 4), 4);
+        assert_eq!(w.remove(4), Some(1));
+        assert_eq!(w.remove(4), None);
         let (fired, _) = drive(&mut w, t(2 * day));
-        let keys: Vec<_> = fired.iter().map(|(k, ..)| k.as_str()).collect();
-        assert_eq!(keys, vec!["soon", "day-too"]);
+        let ids: Vec<_> = fired.iter().map(|(id, ..)| *id).collect();
+        assert_eq!(ids, vec![3, 5]);
         // Removing a slot's last entry clears its occupancy bit: nothing is left to wake for.
-        w.insert("alone", t(3 * day), 4);
+        w.insert(6, t(3 * day), 4);
         assert_ne!(w.occupied, [0; LEVELS]);
-        assert_eq!(w.remove("alone"), Some(4));
+        assert_eq!(w.remove(6), Some(4));
         assert_eq!(w.occupied, [0; LEVELS]);
         assert_eq!(w.next_deadline(), None);
     }
@@ -932,21 +1005,24 @@ mod tests {
     #[test]
     fn wheel_rearm_moves_an_entry_in_place() {
         let mut w = Wheel::new(t(0));
-        assert_eq!(w.insert("k", t(86_400_000), 1), None);
-        assert_eq!(w.insert("k", t(20), 2), Some(1));
-        assert_eq!((w.len(), w.nodes.len()), (1, 1), "re-arm reuses the entry");
+        assert_eq!(w.insert(7, t(86_400_000), 1), None);
+        assert_eq!(w.insert(7, t(20), 2), Some(1));
+        assert_eq!((w.len(), w.pages.len()), (1, 1), "re-arm reuses the entry");
         assert_eq!(w.next_deadline(), Some(t(20)));
         let (fired, _) = drive(&mut w, t(2 * 86_400_000));
-        assert_eq!(fired, vec![("k".to_string(), 2, t(20), t(20))]);
+        assert_eq!(fired, vec![(7, 2, t(20), t(20))]);
         // And later: the old, earlier deadline no longer fires.
-        w.insert("j", t(30), 1);
-        w.insert("j", t(5_000), 2);
+        w.insert(8, t(30), 1);
+        w.insert(8, t(5_000), 2);
         assert!(pop(&mut w, t(4_999)).is_empty());
         assert_eq!(pop(&mut w, t(5_000)).len(), 1);
-        // A freed slot is reused by the next new key.
-        let slots = w.nodes.len();
-        w.insert("new", t(40), 3);
-        assert_eq!(w.nodes.len(), slots);
+        // The last entry to leave frees the slab.
+        assert_eq!(w.remove(9), None);
+        assert_eq!((w.len(), w.pages.len()), (0, 0));
+        w.insert(9, t(40), 3);
+        assert_eq!(w.pages.len(), 1);
+        assert_eq!(w.remove(9), Some(3));
+        assert_eq!(w.pages.len(), 0);
     }
 
     #[test]
@@ -954,16 +1030,16 @@ mod tests {
         let mut w = Wheel::new(t(0));
         let deadlines = [3, 100, 5_000, 3_600_000, 86_400_000, 30 * 86_400_000];
         for (level, &ms) in deadlines.iter().enumerate().rev() {
-            w.insert(&format!("l{level}"), t(ms), level as u32);
+            w.insert(level as u32, t(ms), level as u32);
         }
         for level in 0..LEVELS {
-            assert_eq!(level_of(&w, &format!("l{level}")), level);
+            assert_eq!(level_of(&w, level as u32), level);
         }
         assert_eq!(w.next_deadline(), Some(t(3)));
         // Without level 0, the earliest is level 1's slot of 64..128 ms.
-        w.remove("l0");
+        w.remove(0);
         assert_eq!(w.next_deadline(), Some(t(64)));
-        w.insert("l0", t(3), 0);
+        w.insert(0, t(3), 0);
         let (fired, _) = drive(&mut w, t(31 * 86_400_000));
         let order: Vec<_> = fired
             .iter()
@@ -992,7 +1068,7 @@ mod tests {
         ];
         let mut w = Wheel::new(t(0));
         for (i, &ms) in boundaries.iter().enumerate() {
-            w.insert(&format!("b{i}"), t(ms), i as u32);
+            w.insert(i as u32, t(ms), i as u32);
         }
         let (fired, _) = drive(&mut w, t(1 << 37));
         let got: Vec<_> = fired
@@ -1011,34 +1087,31 @@ mod tests {
     fn wheel_never_fires_before_a_deadline_inside_a_millisecond() {
         let mut w = Wheel::new(t(0));
         let when = t(10) + chrono::Duration::microseconds(500);
-        w.insert("k", when, 1);
+        w.insert(7, when, 1);
         assert_eq!(
             w.next_deadline(),
             Some(t(11)),
             "the deadline's tick rounds up"
         );
         assert!(pop(&mut w, t(10) + chrono::Duration::microseconds(999)).is_empty());
-        assert_eq!(pop(&mut w, t(11)), vec![("k".to_string(), 1, when, t(11))]);
+        assert_eq!(pop(&mut w, t(11)), vec![(7, 1, when, t(11))]);
     }
 
     #[test]
     fn wheel_rebuilds_when_time_goes_backwards() {
         let mut w = Wheel::new(t(0));
-        w.insert("a", t(10_000), 1);
+        w.insert(1, t(10_000), 1);
         assert!(pop(&mut w, t(5_000)).is_empty());
         // The clock steps back an hour. Relative to the wheel's time (5 s) this deadline is
         // past; it must still wait for its own wall time.
         let hour = 3_600_000;
-        w.insert("b", t(2_000 - hour), 2);
+        w.insert(2, t(2_000 - hour), 2);
         assert!(pop(&mut w, t(1_000 - hour)).is_empty());
         let (fired, _) = drive(&mut w, t(2_000 - hour));
-        assert_eq!(
-            fired,
-            vec![("b".to_string(), 2, t(2_000 - hour), t(2_000 - hour))]
-        );
+        assert_eq!(fired, vec![(2, 2, t(2_000 - hour), t(2_000 - hour))]);
         assert!(pop(&mut w, t(9_999)).is_empty());
         let (fired, _) = drive(&mut w, t(10_000));
-        assert_eq!(fired, vec![("a".to_string(), 1, t(10_000), t(10_000))]);
+        assert_eq!(fired, vec![(1, 1, t(10_000), t(10_000))]);
     }
 
     #[test]
@@ -1046,7 +1119,7 @@ mod tests {
         let mut w = Wheel::new(t(0));
         let deadlines = [1_000, 2_000, 3_600_000, 86_400_000];
         for (i, &ms) in deadlines.iter().enumerate() {
-            w.insert(&format!("k{i}"), t(ms), i as u32);
+            w.insert(i as u32, t(ms), i as u32);
         }
         // Back a day: every deadline is now far away and is placed accordingly.
         w.rebuild(t(-86_400_000));
@@ -1077,7 +1150,7 @@ mod tests {
     #[test]
     fn wheel_rearms_from_the_firing_closure() {
         let mut w = Wheel::new(t(0));
-        w.insert("every-second", t(1_000), 0);
+        w.insert(0, t(1_000), 0);
         let mut fired = Vec::new();
         for now in [t(1_000), t(1_500), t(2_000), t(3_000)] {
             w.pop_due(now, |_, when, count| {
@@ -1087,7 +1160,7 @@ mod tests {
             });
         }
         assert_eq!(fired, vec![t(1_000), t(2_000), t(3_000)]);
-        assert_eq!(w.remove("every-second"), Some(3));
+        assert_eq!(w.remove(0), Some(3));
     }
 
     /// A small deterministic generator (xorshift64*), so the test needs no dependency and
@@ -1125,17 +1198,17 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut now = t(0);
         let mut w = Wheel::new(now);
-        let mut model: HashMap<String, DateTime<Utc>> = HashMap::new();
+        let mut model: HashMap<u32, DateTime<Utc>> = HashMap::new();
         for step in 0..20_000 {
-            let key = format!("k{}", rng.below(300));
+            let key = rng.below(300) as u32;
             match rng.below(10) {
                 0..=3 => {
                     let when = now + rng.ahead();
-                    w.insert(&key, when, 0);
+                    w.insert(key, when, 0);
                     model.insert(key, when);
                 }
                 4 => {
-                    assert_eq!(w.remove(&key).is_some(), model.remove(&key).is_some());
+                    assert_eq!(w.remove(key).is_some(), model.remove(&key).is_some());
                 }
                 5 => {
                     // The clock steps back, with or without a notice.
@@ -1154,10 +1227,10 @@ mod tests {
             let mut fired = Vec::new();
             let mut rearmed = Vec::new();
             w.pop_due(now, |key, when, _| {
-                fired.push((key.to_string(), when));
+                fired.push((key, when));
                 if rng.below(2) == 0 {
                     let next = now + rng.ahead() + chrono::Duration::microseconds(1);
-                    rearmed.push((key.to_string(), next));
+                    rearmed.push((key, next));
                     Some(next)
                 } else {
                     None
@@ -1168,7 +1241,7 @@ mod tests {
             let mut due: Vec<_> = model
                 .iter()
                 .filter(|(_, &when)| ceil_ms(when) <= now.timestamp_millis())
-                .map(|(k, &when)| (k.clone(), when))
+                .map(|(&k, &when)| (k, when))
                 .collect();
             due.sort();
             assert_eq!(fired, due, "step {step}: fired at {now}");

@@ -11,7 +11,7 @@ use crate::model::{RepeatType, RunTaskInfo};
 use crate::report::{Report, ReportHead, WallClock};
 use crate::runner::{self, Cancel};
 use crate::schedule::{Schedule, ScheduleKind};
-use crate::timer::{Callback, Firing};
+use crate::timer::{Callback, Firing, TimerId};
 
 use super::invocation::{random_delay, run_job, stopped_without_run, JobContext};
 use super::pool::Pool;
@@ -121,9 +121,9 @@ impl Engine {
                 status.task_removed(id);
             }
         }
-        if info.repeat.is_periodic() && self.ctx.registry.take_periodic(id).is_some() {
-            if let Some(timer) = &self.timer {
-                timer.disarm(id);
+        if info.repeat.is_periodic() {
+            if let Some((_, timer_id)) = self.ctx.registry.take_periodic(id) {
+                self.disarm(timer_id);
             }
         }
         if !self.ctx.registry.cancel(id, how) {
@@ -286,7 +286,21 @@ impl Engine {
             first.to_rfc3339()
         );
         let callback = self.periodic_callback(info.clone(), schedule.clone());
-        timer.arm(&info.task_id, schedule.clone(), callback);
+        let timer_id = timer.arm(schedule.clone(), callback);
+        log::debug!(
+            "task={} invoke_version={} phase=schedule timer={}",
+            info.task_id,
+            info.invoke_version,
+            timer_id.get()
+        );
+        if let Err(timer_id) =
+            self.ctx
+                .registry
+                .attach_timer(&info.task_id, info.invoke_version, timer_id)
+        {
+            // Only the control loop registers and unregisters periodic tasks, and it is here.
+            timer.disarm(timer_id);
+        }
         self.hold(&info, Some(&schedule));
         self.catch_up(&info, &schedule);
     }
@@ -299,6 +313,13 @@ impl Engine {
         let is_cron = matches!(info.repeat, RepeatType::Period);
         let delay_secs = info.local.as_ref().map_or(0, |l| l.random_delay_secs);
         Box::new(move |firing: Firing| {
+            if firing.last {
+                log::info!(
+                    "task={} invoke_version={} phase=schedule last run fired",
+                    info.task_id,
+                    info.invoke_version
+                );
+            }
             let Launch { ctx, pool } = &*launch;
             let completes_cron = is_cron && firing.last;
             let Some(cancel) = ctx
@@ -344,22 +365,27 @@ impl Engine {
 
     /// Spec §5.9: stop the timer, unregister, kill a running invocation; no report.
     pub(super) fn cancel_periodic_quietly(&mut self, id: &str) {
-        self.ctx.registry.take_periodic(id);
-        if let Some(timer) = &self.timer {
-            timer.disarm(id);
+        if let Some((_, timer_id)) = self.ctx.registry.take_periodic(id) {
+            self.disarm(timer_id);
         }
         self.ctx.registry.cancel(id, Cancel::Quiet);
     }
 
+    /// Stops an unregistered periodic task's timer. After shutdown began the timer is
+    /// ending anyway, and the id is just dropped.
+    fn disarm(&self, timer_id: Option<TimerId>) {
+        if let (Some(timer), Some(timer_id)) = (&self.timer, timer_id) {
+            timer.disarm(timer_id);
+        }
+    }
+
     /// Spec §9 `deletePeriodicTask`: drop the registration silently; a running invocation continues.
     pub(super) fn delete_periodic(&mut self, id: &str) {
-        if self.ctx.registry.take_periodic(id).is_some() {
+        if let Some((_, timer_id)) = self.ctx.registry.take_periodic(id) {
             log::info!(
                 "task={id} phase=report-error periodic task dropped at the server's request"
             );
-            if let Some(timer) = &self.timer {
-                timer.disarm(id);
-            }
+            self.disarm(timer_id);
         }
     }
 

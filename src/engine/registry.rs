@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 
 use crate::runner::Cancel;
+use crate::timer::TimerId;
 
 /// A queued or running invocation.
 struct Live {
@@ -30,12 +31,19 @@ pub struct Registry {
 #[derive(Default)]
 struct Inner {
     live: HashMap<String, Live>,
-    /// Registered periodic tasks and their invoke versions. The task itself and its schedule
-    /// live in the timer's callback; this map only answers "which version is registered",
-    /// so it costs a few dozen bytes a task.
-    periodic: HashMap<Box<str>, i64>,
+    /// Registered periodic tasks: their invoke versions and timer ids. The task itself and
+    /// its schedule live in the timer's callback; this map only answers "which version is
+    /// registered" and "which timer to disarm", so it costs a few dozen bytes a task.
+    periodic: HashMap<Box<str>, Periodic>,
     /// Set at shutdown: no invocation is added after it.
     closed: bool,
+}
+
+/// A registered periodic task.
+struct Periodic {
+    invoke_version: i64,
+    /// Set right after the task is registered (`attach_timer`); `None` only in between.
+    timer: Option<TimerId>,
 }
 
 /// What the registry knows about a task id.
@@ -66,7 +74,10 @@ impl Registry {
         if let Some(live) = inner.live.get(task_id) {
             return Some(Known::Live(live.invoke_version));
         }
-        inner.periodic.get(task_id).map(|&v| Known::Periodic(v))
+        inner
+            .periodic
+            .get(task_id)
+            .map(|p| Known::Periodic(p.invoke_version))
     }
 
     pub fn has_live(&self, task_id: &str) -> bool {
@@ -96,7 +107,7 @@ impl Registry {
         invoke_version: i64,
     ) -> Option<Receiver<Cancel>> {
         let mut inner = self.inner.lock();
-        let registered = inner.periodic.get(task_id).copied();
+        let registered = inner.periodic.get(task_id).map(|p| p.invoke_version);
         if inner.closed || registered != Some(invoke_version) || inner.live.contains_key(task_id) {
             return None;
         }
@@ -168,24 +179,52 @@ impl Registry {
         n
     }
 
-    /// Registers a periodic task's version; false when the id is registered already.
+    /// Registers a periodic task's version; false when the id is registered already. The
+    /// task is registered before its timer is armed, so that a first firing due at once
+    /// finds it; `attach_timer` then records the timer.
     pub fn register_periodic(&self, task_id: &str, invoke_version: i64) -> bool {
         let mut inner = self.inner.lock();
         if inner.periodic.contains_key(task_id) {
             return false;
         }
-        inner.periodic.insert(task_id.into(), invoke_version);
+        inner.periodic.insert(
+            task_id.into(),
+            Periodic {
+                invoke_version,
+                timer: None,
+            },
+        );
         true
     }
 
-    /// Unregisters a periodic task; returns the version that was registered.
-    pub fn take_periodic(&self, task_id: &str) -> Option<i64> {
-        self.inner.lock().periodic.remove(task_id)
+    /// Records the timer armed for a registered periodic task. When that registration is
+    /// gone (or is another version's), the id comes back for the caller to disarm.
+    pub fn attach_timer(
+        &self,
+        task_id: &str,
+        invoke_version: i64,
+        timer: TimerId,
+    ) -> Result<(), TimerId> {
+        match self.inner.lock().periodic.get_mut(task_id) {
+            Some(p) if p.invoke_version == invoke_version && p.timer.is_none() => {
+                p.timer = Some(timer);
+                Ok(())
+            }
+            _ => Err(timer),
+        }
+    }
+
+    /// Unregisters a periodic task; returns the version that was registered and its timer,
+    /// which the caller disarms.
+    pub fn take_periodic(&self, task_id: &str) -> Option<(i64, Option<TimerId>)> {
+        let p = self.inner.lock().periodic.remove(task_id)?;
+        Some((p.invoke_version, p.timer))
     }
 
     /// The registered version of a periodic task.
     pub fn periodic(&self, task_id: &str) -> Option<i64> {
-        self.inner.lock().periodic.get(task_id).copied()
+        let inner = self.inner.lock();
+        inner.periodic.get(task_id).map(|p| p.invoke_version)
     }
 
     /// The updater's question (spec §1.6): is a non-periodic invocation queued or running?
