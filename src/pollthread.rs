@@ -1,9 +1,10 @@
 //! One thread blocked in `poll` on the descriptors of several sources (the task-directory
-//! watcher, the control socket, the clock watch), which hands each source its readiness. It never reads a descriptor and never decides what
+//! watcher, the control socket, the status writer's wake, the clock watch), which hands each
+//! source its readiness. It never reads a descriptor and never decides what
 //! a source does: each source's `ready` does that, and must not block.
 //!
 //! The thread waits without a timeout unless a source asks for a deadline (a settling
-//! directory, a client that has not sent its line yet): an agent
+//! directory, a client that has not sent its line yet, a status write held back): an agent
 //! with nothing pending never wakes.
 
 use std::fs::File;

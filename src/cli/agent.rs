@@ -314,7 +314,8 @@ fn run_local(
 
     let (signal_tx, signals) = crossbeam_channel::unbounded();
     signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
-    // One poll thread waits for the task directory and `assistd run` on the control socket.
+    // One poll thread waits for the task directory, `assistd run` on the control socket, and
+    // the status writer's wake.
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     // Changes to the task directory arrive like a SIGHUP that re-reads only the tasks. Without
     // inotify the agent still runs; SIGHUP then is the only way to reload.
@@ -337,9 +338,11 @@ fn run_local(
         inner: Arc::new(journal),
         status: status.clone(),
     });
-    status
-        .start_writer()
-        .map_err(io_err("cannot start the status writer thread"))?;
+    sources.push(Box::new(
+        status
+            .writer()
+            .map_err(io_err("cannot start the status writer"))?,
+    ));
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
     engine.set_status(status);
     // Root and the agent's own uid may ask (the socket is 0600 besides).
