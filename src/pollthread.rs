@@ -1,6 +1,6 @@
-//! One thread blocked in `poll` on the descriptors of several sources (the task-directory
-//! watcher, the control socket, the status writer's wake, the clock watch), which hands each
-//! source its readiness. It never reads a descriptor and never decides what
+//! One thread blocked in `poll` on the descriptors of several sources (the signal fd, the
+//! task-directory watcher, the control socket, the status writer's wake, the clock watch),
+//! which hands each source its readiness. It never reads a descriptor and never decides what
 //! a source does: each source's `ready` does that, and must not block.
 //!
 //! The thread waits without a timeout unless a source asks for a deadline (a settling

@@ -312,11 +312,12 @@ fn run_local(
     });
     let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
+    // One poll thread waits for everything local mode gets from a descriptor: signals, the
+    // task directory, `assistd run` on the control socket, and the status writer's wake.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
-    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
-    // One poll thread waits for the task directory, `assistd run` on the control socket, and
-    // the status writer's wake.
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(
+        signals::source(signal_tx.clone()).map_err(io_err("cannot open a signalfd"))?,
+    )];
     // Changes to the task directory arrive like a SIGHUP that re-reads only the tasks. Without
     // inotify the agent still runs; SIGHUP then is the only way to reload.
     let watch_tx = signal_tx;

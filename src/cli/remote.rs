@@ -180,7 +180,9 @@ fn run_remote(
     let exe = exe.as_deref();
     // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
-    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    // Ended (and joined) when `run_remote` returns.
+    let _signal_thread =
+        signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
     let mut tcfg = transport_config(cfg);
     let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
     let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {
