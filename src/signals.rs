@@ -22,7 +22,7 @@ pub enum Signal {
     TasksChanged,
 }
 
-/// The signals the signal thread waits for.
+/// The signals read from the signalfd.
 fn signal_set() -> libc::sigset_t {
     signal_set_with(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
 }
@@ -39,7 +39,7 @@ fn signal_set_with(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Blocks TERM, INT and HUP (taken by the signal thread's `sigwait`) and SIGCHLD (never taken)
+/// Blocks TERM, INT and HUP (read from the signalfd, see `source`) and SIGCHLD (never taken)
 /// in the calling thread. Call it in `main` before any thread is spawned, so every thread
 /// inherits the mask. (std resets the mask in spawned children.)
 ///

@@ -1,6 +1,6 @@
 //! `assistd agent`: its flags, the state dir and its lock, and the local mode's wiring (journal,
-//! signal thread, timer, engine, task directory). Remote mode's wiring is in `cli/remote.rs`.
-//! It holds no agent logic of its own; it builds handles and passes them down.
+//! the poll thread's sources, timer, engine, task directory). Remote mode's wiring is in
+//! `cli/remote.rs`. It holds no agent logic of its own; it builds handles and passes them down.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
