@@ -3,25 +3,37 @@
 //! small thread only at such a step, which tells the timer to recompute its sleep. It never
 //! reads or changes the clock's value and costs no wakeup while the clock runs normally.
 
-use crate::pollthread::PollThread;
+use crate::pollthread::{pollfd, Keep, PollThread, Source};
 use std::io;
+use std::time::Instant;
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 /// A running watcher; dropping it ends the thread (see `PollThread`).
 pub struct ClockWatch {
     _thread: PollThread,
 }
 
-/// Starts the watcher; each message on the returned channel means "the wall clock was set".
-/// Fails where `timerfd` is missing (not Linux, old kernels); the caller then falls back to
-/// capped sleeps.
+/// Starts the watcher on a poll thread of its own (`clockwatch`); each message on the
+/// returned channel means "the wall clock was set". Fails where `timerfd` is missing (not
+/// Linux, old kernels); the caller then falls back to capped sleeps.
 #[cfg(target_os = "linux")]
 pub fn spawn() -> io::Result<(ClockWatch, Receiver<()>)> {
+    let (source, rx) = source()?;
+    let thread = PollThread::spawn("clockwatch", vec![Box::new(source)])?;
+    Ok((ClockWatch { _thread: thread }, rx))
+}
+
+/// The watch as a source for a poll thread (`spawn` gives it one of its own); the receiver
+/// as for `spawn`.
+#[cfg(target_os = "linux")]
+pub fn source() -> io::Result<(ClockSource, Receiver<()>)> {
     use std::os::unix::io::{FromRawFd, OwnedFd};
 
     // SAFETY: timerfd_create with valid flags; the result is checked.
-    let tfd = unsafe { libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_CLOEXEC) };
+    let tfd = unsafe {
+        libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_CLOEXEC | libc::TFD_NONBLOCK)
+    };
     if tfd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -29,51 +41,41 @@ pub fn spawn() -> io::Result<(ClockWatch, Receiver<()>)> {
     let tfd = unsafe { OwnedFd::from_raw_fd(tfd) };
     arm(&tfd)?;
     let (tx, rx) = bounded(1);
-    let thread = PollThread::spawn("clockwatch", move |read_end| {
+    Ok((ClockSource { tfd, tx }, rx))
+}
+
+/// The timerfd and where its notices go.
+#[cfg(target_os = "linux")]
+pub struct ClockSource {
+    tfd: std::os::unix::io::OwnedFd,
+    tx: Sender<()>,
+}
+
+#[cfg(target_os = "linux")]
+impl Source for ClockSource {
+    fn fds(&self, fds: &mut Vec<libc::pollfd>) {
         use std::os::unix::io::AsRawFd;
-        loop {
-            let mut pfd = [
-                libc::pollfd {
-                    fd: tfd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: read_end.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `pfd` holds two valid pollfd entries; -1 waits without a timeout (the
-            // pipe's hang-up ends the wait at shutdown).
-            let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) };
-            if rc < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::warn!("phase=clock poll failed; wall-clock steps are no longer watched");
-                return;
-            }
-            if pfd[1].revents != 0 {
-                return; // the timer is gone
-            }
-            if pfd[0].revents != 0 {
-                let mut buf = [0u8; 8];
-                // SAFETY: reading at most 8 bytes into an 8-byte buffer.
-                let n = unsafe { libc::read(tfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECANCELED) {
-                    log::info!("phase=clock the wall clock was set; re-arming the schedules");
-                    // Full means a notice is already pending: one is enough.
-                    let _ = tx.try_send(());
-                }
-                if arm(&tfd).is_err() {
-                    log::warn!("phase=clock cannot re-arm the clock watch");
-                    return;
-                }
+        fds.push(pollfd(self.tfd.as_raw_fd(), libc::POLLIN));
+    }
+
+    fn ready(&mut self, _: &[libc::pollfd], _: Instant) -> Keep {
+        use std::os::unix::io::AsRawFd;
+        let mut buf = [0u8; 8];
+        // SAFETY: reading at most 8 bytes into an 8-byte buffer (non-blocking).
+        let n = unsafe { libc::read(self.tfd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECANCELED) {
+            log::info!("phase=clock the wall clock was set; re-arming the schedules");
+            // Full means a notice is already pending: one is enough.
+            if let Err(crossbeam_channel::TrySendError::Disconnected(())) = self.tx.try_send(()) {
+                return Keep::Done; // the timer is gone
             }
         }
-    })?;
-    Ok((ClockWatch { _thread: thread }, rx))
+        if arm(&self.tfd).is_err() {
+            log::warn!("phase=clock cannot re-arm the clock watch");
+            return Keep::Done;
+        }
+        Keep::Polling
+    }
 }
 
 #[cfg(not(target_os = "linux"))]

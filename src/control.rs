@@ -1,37 +1,40 @@
 //! The control socket, `<state-dir>/control.sock`: how `assistd run ID` asks a running local
-//! agent to run a task now. One thread blocks in `accept` (an idle agent never wakes for it),
-//! checks who connected (`SO_PEERCRED`: root or the agent's own uid only), reads one request
-//! line, hands it to the control loop as a `Request` and writes the answer back as one JSON
-//! line. It never decides anything about a task; the engine does.
+//! agent to run a task now. A source of the local agent's poll thread (`pollthread`): it
+//! accepts when the socket is readable (an idle agent never wakes for it), checks who
+//! connected (`SO_PEERCRED`: root or the agent's own uid only), reads one request line,
+//! hands it to the control loop as a `Request` and writes the answer back as one JSON line.
+//! Every socket is non-blocking, so no client holds the poll thread. It never decides
+//! anything about a task; the engine does.
 //!
 //! Protocol (one connection, one request): the client writes `run <task id>\n`; the agent
 //! answers `{"answer":"started"|"running"|"unknown"|"stopping"|"refused"|"bad-request",
 //! "task":ID,"invoke_version":N}` and closes.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+
+use crate::pollthread::{pollfd, Keep, Source, Wake};
 
 /// A request line is a command and a task id: anything longer is refused.
-const MAX_REQUEST: u64 = 1024;
-/// How long a client may take to send its line, and the engine to answer: bounds how long
-/// one slow client holds the thread, never a poll.
+const MAX_REQUEST: usize = 1024;
+/// How long a client may take to send its line, and the engine to answer: the only
+/// deadlines of the source, and only while a client is connected.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clients served at once; more wait in the listen backlog. Bounds the descriptors held
+/// and the requests queued for the control loop.
+const MAX_CLIENTS: usize = 16;
 
 /// What the control loop is asked.
 #[derive(Debug)]
 pub enum Request {
     /// Run this task now, once, under the non-overlap rule.
-    Run {
-        task_id: String,
-        reply: Sender<RunAnswer>,
-    },
+    Run { task_id: String, reply: Reply },
 }
 
 /// The control loop's answer to `Request::Run`.
@@ -67,17 +70,66 @@ impl RunAnswer {
     }
 }
 
-/// The listening side, owned by `cli` for the agent's lifetime. Dropping it shuts the
-/// socket down (which ends the thread's `accept`), joins the thread and removes the file.
+/// How the control loop answers a `Request`: `send` hands the answer back to the control
+/// socket's source, and wakes it. Dropped unanswered (the agent is stopping), it wakes it too,
+/// and the client is told `stopping`.
+#[derive(Debug)]
+pub struct Reply {
+    answer: Sender<RunAnswer>,
+    wake: Wake,
+}
+
+impl Reply {
+    /// A reply whose answer arrives on the returned receiver, for askers other than the
+    /// socket (the engine's tests).
+    pub fn channel() -> io::Result<(Reply, Receiver<RunAnswer>)> {
+        let (answer, rx) = bounded(1);
+        let wake = Wake::new()?;
+        Ok((Reply { answer, wake }, rx))
+    }
+
+    pub fn send(self, answer: RunAnswer) -> Result<(), crossbeam_channel::SendError<RunAnswer>> {
+        self.answer.send(answer)
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.wake.wake();
+    }
+}
+
+/// The listening socket and its clients, a source for a poll thread (owned by it for the
+/// agent's lifetime). Dropping it removes the socket file.
 pub struct Listener {
     path: PathBuf,
     listener: UnixListener,
-    join: Option<thread::JoinHandle<()>>,
+    owner: u32,
+    requests: Sender<Request>,
+    /// Made readable by each `Reply`.
+    wake: Wake,
+    /// Clients whose request line is not complete yet.
+    reading: Vec<Reading>,
+    /// Clients whose request is with the control loop.
+    asked: Vec<Asked>,
+}
+
+struct Reading {
+    stream: UnixStream,
+    line: Vec<u8>,
+    deadline: Instant,
+}
+
+struct Asked {
+    stream: UnixStream,
+    task_id: String,
+    answer: Receiver<RunAnswer>,
+    deadline: Instant,
 }
 
 /// Binds `<state_dir>/control.sock` (a stale one from a dead agent is removed first: the
-/// caller holds the state dir's lock) with mode 0600, and starts the thread. Requests go to
-/// the returned receiver; `owner` is the uid besides root that may ask.
+/// caller holds the state dir's lock) with mode 0600. Requests go to the returned receiver
+/// once the `Listener` is polled; `owner` is the uid besides root that may ask.
 pub fn listen(state_dir: &Path, owner: u32) -> io::Result<(Listener, Receiver<Request>)> {
     let path = crate::fsutil::StateDir::new(state_dir).control_socket();
     match std::fs::remove_file(&path) {
@@ -87,16 +139,18 @@ pub fn listen(state_dir: &Path, owner: u32) -> io::Result<(Listener, Receiver<Re
     }
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let accept = listener.try_clone()?;
-    let (tx, rx) = bounded(16);
-    let join = thread::Builder::new()
-        .name("control".to_string())
-        .spawn(move || accept_loop(accept, owner, tx))?;
+    listener.set_nonblocking(true)?;
+    // Never full: a request is sent only for a client in `asked`, at most `MAX_CLIENTS`.
+    let (tx, rx) = bounded(MAX_CLIENTS);
     Ok((
         Listener {
             path,
             listener,
-            join: Some(join),
+            owner,
+            requests: tx,
+            wake: Wake::new()?,
+            reading: Vec::new(),
+            asked: Vec::new(),
         },
         rx,
     ))
@@ -104,47 +158,194 @@ pub fn listen(state_dir: &Path, owner: u32) -> io::Result<(Listener, Receiver<Re
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        // SAFETY: shutdown on our own listening socket; on Linux it makes the blocked
-        // `accept` on its clone return EINVAL.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Some(join) = self.join.take() {
-            let _ = join.join();
-        }
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn accept_loop(listener: UnixListener, owner: u32, requests: Sender<Request>) {
-    loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            // A client that hung up before it was accepted.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                continue
-            }
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) =>
-            {
-                log::warn!("phase=control cannot accept a connection: {e}");
-                // Out of descriptors or memory: waiting for some to be freed is the only way
-                // on (only while the host is in that state; an idle agent never gets here).
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            // Shut down (EINVAL), or the socket is unusable: the thread ends.
-            Err(_) => return,
+impl Source for Listener {
+    fn fds(&self, fds: &mut Vec<libc::pollfd>) {
+        fds.push(pollfd(self.wake.fd(), libc::POLLIN));
+        // Full: new clients wait in the backlog until one is done.
+        let listen = if self.clients() < MAX_CLIENTS {
+            self.listener.as_raw_fd()
+        } else {
+            -1
         };
-        if let Err(e) = serve(stream, owner, &requests) {
-            log::debug!("phase=control request ended early: {e}");
+        fds.push(pollfd(listen, libc::POLLIN));
+        for r in &self.reading {
+            fds.push(pollfd(r.stream.as_raw_fd(), libc::POLLIN));
         }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let reading = self.reading.iter().map(|r| r.deadline);
+        reading.chain(self.asked.iter().map(|a| a.deadline)).min()
+    }
+
+    fn ready(&mut self, fds: &[libc::pollfd], now: Instant) -> Keep {
+        if fds[0].revents != 0 {
+            self.wake.clear();
+        }
+        self.answer_asked(now);
+        // The clients `fds` listed, before new ones join.
+        let mut i = 2;
+        let mut reading = std::mem::take(&mut self.reading);
+        reading.retain_mut(|r| {
+            let revents = fds[i].revents;
+            i += 1;
+            if revents == 0 && r.deadline > now {
+                return true;
+            }
+            self.read_request(r, now)
+        });
+        self.reading = reading;
+        if fds[1].revents != 0 && self.accept(now) == Keep::Done {
+            return Keep::Done;
+        }
+        Keep::Polling
+    }
+}
+
+impl Listener {
+    fn clients(&self) -> usize {
+        self.reading.len() + self.asked.len()
+    }
+
+    fn accept(&mut self, now: Instant) -> Keep {
+        while self.clients() < MAX_CLIENTS {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // A client that hung up before it was accepted.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) =>
+                {
+                    // Out of descriptors or memory: the socket stays readable, so the next
+                    // turn tries again (only while the host is in that state).
+                    log::warn!("phase=control cannot accept a connection: {e}");
+                    break;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "phase=control the control socket failed ({e}); `assistd run` is off"
+                    );
+                    return Keep::Done;
+                }
+            };
+            if let Err(e) = self.admit(stream, now) {
+                log::debug!("phase=control request ended early: {e}");
+            }
+        }
+        Keep::Polling
+    }
+
+    /// A new client: refused unless root or the owner, else read from when readable.
+    fn admit(&mut self, mut stream: UnixStream, now: Instant) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let uid = peer_uid(&stream)?;
+        if uid != 0 && uid != self.owner {
+            log::warn!("phase=control refused a request from uid {uid}");
+            return answer(&mut stream, "refused", None, None);
+        }
+        self.reading.push(Reading {
+            stream,
+            line: Vec::new(),
+            deadline: now + CLIENT_TIMEOUT,
+        });
+        Ok(())
+    }
+
+    /// Reads what the client sent; false when it is done with (answered, asked, or gone).
+    fn read_request(&mut self, r: &mut Reading, now: Instant) -> bool {
+        let mut buf = [0u8; 256];
+        let complete = loop {
+            if r.line.contains(&b'\n') || r.line.len() >= MAX_REQUEST {
+                break true;
+            }
+            let want = buf.len().min(MAX_REQUEST - r.line.len());
+            match r.stream.read(&mut buf[..want]) {
+                Ok(0) => break true, // the client's end: what it sent is all
+                Ok(n) => r.line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) => {
+                    log::debug!("phase=control request ended early: {e}");
+                    return false;
+                }
+            }
+        };
+        if !complete {
+            if r.deadline <= now {
+                log::debug!("phase=control request ended early: the client sent no line");
+                return false;
+            }
+            return true;
+        }
+        // One line: what follows its newline is not read, as `read_line` would not.
+        let end = r
+            .line
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(r.line.len(), |i| i + 1);
+        let line = String::from_utf8_lossy(&r.line[..end]).into_owned();
+        let Some(task_id) = parse_request(&line) else {
+            let _ = answer(&mut r.stream, "bad-request", None, None);
+            return false;
+        };
+        let (tx, rx) = bounded(1);
+        let request = Request::Run {
+            task_id: task_id.clone(),
+            reply: Reply {
+                answer: tx,
+                wake: self.wake.clone(),
+            },
+        };
+        let stream = r.stream.try_clone();
+        match (self.requests.try_send(request), stream) {
+            (Ok(()), Ok(stream)) => self.asked.push(Asked {
+                stream,
+                task_id,
+                answer: rx,
+                deadline: now + ENGINE_TIMEOUT,
+            }),
+            _ => {
+                let a = RunAnswer::Stopping;
+                let _ = answer(&mut r.stream, a.word(), Some(&task_id), a.version());
+            }
+        }
+        false
+    }
+
+    /// Writes the answers the control loop gave, and `stopping` where it gave none in time.
+    fn answer_asked(&mut self, now: Instant) {
+        self.asked.retain_mut(|a| {
+            let reply = match a.answer.try_recv() {
+                Ok(reply) => reply,
+                Err(TryRecvError::Disconnected) => RunAnswer::Stopping,
+                Err(TryRecvError::Empty) if a.deadline <= now => RunAnswer::Stopping,
+                Err(TryRecvError::Empty) => return true,
+            };
+            if let Err(e) = answer(
+                &mut a.stream,
+                reply.word(),
+                Some(&a.task_id),
+                reply.version(),
+            ) {
+                log::debug!("phase=control request ended early: {e}");
+            }
+            false
+        });
     }
 }
 
@@ -170,37 +371,6 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(cred.uid)
-}
-
-fn serve(stream: UnixStream, owner: u32, requests: &Sender<Request>) -> io::Result<()> {
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let uid = peer_uid(&stream)?;
-    if uid != 0 && uid != owner {
-        log::warn!("phase=control refused a request from uid {uid}");
-        return answer(&mut writer, "refused", None, None);
-    }
-    let mut line = String::new();
-    BufReader::new(stream.take(MAX_REQUEST)).read_line(&mut line)?;
-    let Some(task_id) = parse_request(&line) else {
-        return answer(&mut writer, "bad-request", None, None);
-    };
-    let (tx, rx) = bounded(1);
-    let sent = requests.send_timeout(
-        Request::Run {
-            task_id: task_id.clone(),
-            reply: tx,
-        },
-        ENGINE_TIMEOUT,
-    );
-    let reply = match sent {
-        Ok(()) => rx
-            .recv_timeout(ENGINE_TIMEOUT)
-            .unwrap_or(RunAnswer::Stopping),
-        Err(_) => RunAnswer::Stopping,
-    };
-    answer(&mut writer, reply.word(), Some(&task_id), reply.version())
 }
 
 /// `run <id>` (the id as the agent spells it: printable ASCII without spaces).
@@ -263,24 +433,38 @@ mod tests {
     fn a_request_reaches_the_engine_and_its_answer_the_client() {
         let dir = TempDir::new("control");
         let (listener, requests) = listen(dir.path(), crate::fsutil::euid()).expect("listen");
-        let engine = thread::spawn(move || {
-            let Ok(Request::Run { task_id, reply }) = requests.recv() else {
-                panic!("no request")
-            };
-            let answer = if task_id == "t" {
-                RunAnswer::Started { invoke_version: 3 }
-            } else {
-                RunAnswer::Unknown
-            };
-            reply.send(answer).expect("reply");
+        let poll = crate::pollthread::PollThread::spawn("controltest", vec![Box::new(listener)])
+            .expect("poll thread");
+        let engine = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let Ok(Request::Run { task_id, reply }) = requests.recv() else {
+                    panic!("no request")
+                };
+                match task_id.as_str() {
+                    "t" => reply
+                        .send(RunAnswer::Started { invoke_version: 3 })
+                        .expect("reply"),
+                    // Dropped unanswered, as at shutdown.
+                    _ => drop(reply),
+                }
+            }
             requests
         });
         assert_eq!(
             ask_run(dir.path(), "t").expect("asked"),
             ("started".to_string(), Some(3))
         );
+        assert_eq!(
+            ask_run(dir.path(), "u").expect("asked"),
+            ("stopping".to_string(), None)
+        );
+        let mut bad = UnixStream::connect(dir.path().join("control.sock")).expect("connect");
+        bad.write_all(b"stop t\n").expect("write");
+        let mut text = String::new();
+        bad.read_to_string(&mut text).expect("answer");
+        assert!(text.contains("\"bad-request\""), "{text}");
         let _requests = engine.join().expect("engine");
-        drop(listener);
+        drop(poll);
         assert!(!dir.path().join("control.sock").exists(), "removed on drop");
         assert!(ask_run(dir.path(), "t").is_err(), "nobody listens");
     }

@@ -1,11 +1,15 @@
-//! The signal thread: blocks TERM, INT and HUP in every thread and turns them into typed
-//! `Signal` messages with `sigwait`; blocks SIGCHLD so that no child's exit interrupts a
-//! blocking call. It never handles a signal asynchronously.
+//! Signals as messages: blocks TERM, INT and HUP in every thread and turns them into typed
+//! `Signal` messages, read from a `signalfd` by a poll thread (`pollthread`: the local
+//! agent's shared one, or one of its own in remote mode); blocks SIGCHLD so that no child's
+//! exit interrupts a blocking call. It never handles a signal asynchronously.
 
 use std::io;
-use std::thread;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::Sender;
+
+use crate::pollthread::{pollfd, Keep, PollThread, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -18,7 +22,7 @@ pub enum Signal {
     TasksChanged,
 }
 
-/// The signals the signal thread waits for.
+/// The signals read from the signalfd.
 fn signal_set() -> libc::sigset_t {
     signal_set_with(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
 }
@@ -35,7 +39,7 @@ fn signal_set_with(signals: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Blocks TERM, INT and HUP (taken by the signal thread's `sigwait`) and SIGCHLD (never taken)
+/// Blocks TERM, INT and HUP (read from the signalfd, see `source`) and SIGCHLD (never taken)
 /// in the calling thread. Call it in `main` before any thread is spawned, so every thread
 /// inherits the mask. (std resets the mask in spawned children.)
 ///
@@ -57,37 +61,96 @@ pub fn block() -> io::Result<()> {
     Ok(())
 }
 
-/// Spawns the signal thread. It lives until the process exits (it is never joined: `sigwait`
-/// cannot be interrupted, and the thread holds nothing that needs cleaning up).
-pub fn spawn() -> io::Result<Receiver<Signal>> {
-    let (tx, rx) = unbounded();
-    spawn_into(tx)?;
-    Ok(rx)
+/// Starts a poll thread of its own (`signals`) that sends the signals into `tx`, a channel
+/// the caller owns, so that other sources of the same messages (the server's
+/// `kick_vm agent stop`) can share it. Dropping the handle ends the thread.
+pub fn spawn_into(tx: Sender<Signal>) -> io::Result<PollThread> {
+    PollThread::spawn("signals", vec![Box::new(source(tx)?)])
 }
 
-/// Like `spawn`, sending into a channel the caller owns, so that other sources of the same
-/// messages (the server's `kick_vm agent stop`) can share it.
-pub fn spawn_into(tx: Sender<Signal>) -> io::Result<()> {
-    thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || {
-            let set = signal_set();
-            loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is initialised and `sig` is a valid out pointer.
-                let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc != 0 {
-                    continue;
-                }
-                let msg = if sig == libc::SIGHUP {
-                    Signal::Reload
-                } else {
-                    Signal::Terminate
-                };
-                if tx.send(msg).is_err() {
-                    return;
-                }
+/// TERM, INT and HUP as a source for a poll thread: each one read becomes a `Signal` on `tx`.
+/// Call `block` first: a signal that some thread does not block may go to that thread
+/// instead of the descriptor.
+pub fn source(tx: Sender<Signal>) -> io::Result<SignalSource> {
+    let set = signal_set();
+    // SAFETY: a new signalfd (-1) for an initialised set; the result is checked.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(SignalSource { fd, tx })
+}
+
+/// The signalfd and where its signals go.
+pub struct SignalSource {
+    fd: OwnedFd,
+    tx: Sender<Signal>,
+}
+
+impl Source for SignalSource {
+    fn fds(&self, fds: &mut Vec<libc::pollfd>) {
+        fds.push(pollfd(self.fd.as_raw_fd(), libc::POLLIN));
+    }
+
+    fn ready(&mut self, _: &[libc::pollfd], _: Instant) -> Keep {
+        loop {
+            // SAFETY: an all-zero signalfd_siginfo is a valid value of the plain C struct.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: reads at most one `signalfd_siginfo` into one.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                // EAGAIN: all taken (EINTR cannot happen with these signals blocked).
+                return Keep::Polling;
             }
-        })?;
-    Ok(())
+            let msg = if info.ssi_signo == libc::SIGHUP as u32 {
+                Signal::Reload
+            } else {
+                Signal::Terminate
+            };
+            if self.tx.send(msg).is_err() {
+                return Keep::Done;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_signal_is_read_from_the_descriptor() {
+        // Blocked in this test thread only; the signal is sent to this thread, so no other
+        // thread of the test process can take it.
+        let set = signal_set_with(&[libc::SIGHUP]);
+        // SAFETY: `set` is a valid, initialised signal set.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut source = source(tx).expect("signalfd");
+        // SAFETY: a signal to the calling thread, which blocks it.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+        let mut fds = Vec::new();
+        source.fds(&mut fds);
+        assert_eq!(source.ready(&fds, Instant::now()), Keep::Polling);
+        assert_eq!(rx.try_recv(), Ok(Signal::Reload));
+        drop(rx);
+        // SAFETY: as above.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+        assert_eq!(
+            source.ready(&fds, Instant::now()),
+            Keep::Done,
+            "nobody listens"
+        );
+        // SAFETY: as above; nothing is pending any more.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
 }

@@ -15,12 +15,14 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::model::RunTaskInfo;
+use crate::pollthread::{pollfd, Keep, Source, Wake};
 use crate::report::{Report, ReportError, Reporter, StopResult, Verdict};
 
 /// The file's format; a reader refuses a file of another one.
@@ -29,7 +31,7 @@ pub const FORMAT: u32 = 1;
 pub const MAX_TASKS: usize = 10_000;
 /// Schedule texts are cut at this many bytes in the file.
 const MAX_TEXT: usize = 256;
-/// The writer thread writes at most once per this long, however many tasks fire: the file
+/// The writer writes at most once per this long, however many tasks fire: the file
 /// lags an event by this much at most, and a host with thousands of tasks does not rewrite
 /// it (fsync and all) for each of them. Only events start the pause: an idle agent never
 /// wakes for it.
@@ -292,10 +294,10 @@ pub struct Status {
     /// The generation last written: writers serialise here, outside the table's lock, and
     /// skip a snapshot older than one already on disk.
     written: Mutex<u64>,
-    /// With a writer thread (`start_writer`): `save` only kicks it, so that no worker waits
-    /// for an fsync and a burst of events becomes one write. `None`: `save` writes itself.
-    kick: Mutex<Option<crossbeam_channel::Sender<()>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// With a writer (`writer`, polled by a poll thread): `save` only wakes it, so that no
+    /// worker waits for an fsync and a burst of events becomes one write. `None`: `save`
+    /// writes itself.
+    kick: Mutex<Option<Wake>>,
 }
 
 struct Inner {
@@ -332,7 +334,6 @@ impl Status {
             }),
             written: Mutex::new(0),
             kick: Mutex::new(None),
-            writer: Mutex::new(None),
         }
     }
 
@@ -451,60 +452,38 @@ impl Status {
         self.save();
     }
 
-    /// Starts the `status` thread that does the writes `save` asks for: it blocks on a
-    /// one-slot channel (an idle agent never wakes it); kicks that arrive while it writes or
-    /// pauses (`MIN_WRITE_INTERVAL`) become one more write of the newest table. It ends at
-    /// `agent_stopped`.
-    pub fn start_writer(self: &std::sync::Arc<Self>) -> io::Result<()> {
-        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-        let status = self.clone();
-        let join = std::thread::Builder::new()
-            .name("status".to_string())
-            .spawn(move || {
-                let mut due = rx.recv().is_ok();
-                while due {
-                    status.write_now();
-                    // At most one write per `MIN_WRITE_INTERVAL`: kicks during the pause
-                    // become one write after it. Disconnected: the stop writes the rest.
-                    let until = std::time::Instant::now() + MIN_WRITE_INTERVAL;
-                    due = false;
-                    loop {
-                        match rx.recv_deadline(until) {
-                            Ok(()) => due = true,
-                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
-                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                        }
-                    }
-                    if !due {
-                        due = rx.recv().is_ok();
-                    }
-                }
-            })?;
-        *self.kick.lock() = Some(tx);
-        *self.writer.lock() = Some(join);
-        Ok(())
+    /// The writer that does the writes `save` asks for, a source for a poll thread: it
+    /// waits on a `Wake` (an idle agent never wakes it), writes at once, and wakes that come
+    /// while it pauses (`MIN_WRITE_INTERVAL`) become one more write of the newest table. It
+    /// ends at `agent_stopped`.
+    pub fn writer(self: &std::sync::Arc<Self>) -> io::Result<StatusWriter> {
+        let wake = Wake::new()?;
+        *self.kick.lock() = Some(wake.clone());
+        Ok(StatusWriter {
+            status: self.clone(),
+            wake,
+            due: false,
+            paused_until: None,
+        })
     }
 
-    /// The agent stops cleanly: the writer thread ends and the last table, with the stop,
-    /// is written before this returns. An invocation still marked running never ends.
+    /// The agent stops cleanly: the writer ends (it writes no more) and the last table, with
+    /// the stop, is written before this returns. An invocation still marked running never
+    /// ends.
     pub fn agent_stopped(&self) {
         {
             let mut inner = self.inner.lock();
             inner.agent.stopped_ms = Some(now_ms());
         }
         drop(self.kick.lock().take());
-        let writer = self.writer.lock().take();
-        if let Some(join) = writer {
-            let _ = join.join();
-        }
         self.write_now();
     }
 
-    /// Asks for the table to be written: by the writer thread if there is one, else now.
+    /// Asks for the table to be written: by the writer if there is one, else now.
     pub fn save(&self) {
         if let Some(kick) = &*self.kick.lock() {
-            // Full: a write is already due, and it will take the newest table.
-            let _ = kick.try_send(());
+            // Already woken: a write is due, and it will take the newest table.
+            kick.wake();
             return;
         }
         self.write_now();
@@ -535,6 +514,42 @@ impl Status {
             Ok(()) => *written = generation,
             Err(e) => log::warn!("phase=status cannot write {}: {e}", self.path.display()),
         }
+    }
+}
+
+/// `Status::writer`'s source: the writes `save` asks for, on the poll thread.
+pub struct StatusWriter {
+    status: std::sync::Arc<Status>,
+    wake: Wake,
+    /// A `save` came since the last write.
+    due: bool,
+    /// No write before this (the pause after the last one).
+    paused_until: Option<Instant>,
+}
+
+impl Source for StatusWriter {
+    fn fds(&self, fds: &mut Vec<libc::pollfd>) {
+        fds.push(pollfd(self.wake.fd(), libc::POLLIN));
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.paused_until.filter(|_| self.due)
+    }
+
+    fn ready(&mut self, fds: &[libc::pollfd], now: Instant) -> Keep {
+        if fds[0].revents != 0 {
+            self.wake.clear();
+            self.due = true;
+        }
+        if self.status.kick.lock().is_none() {
+            return Keep::Done; // stopped: `agent_stopped` wrote the last table
+        }
+        if self.due && !matches!(self.paused_until, Some(t) if t > now) {
+            self.due = false;
+            self.status.write_now();
+            self.paused_until = Some(Instant::now() + MIN_WRITE_INTERVAL);
+        }
+        Keep::Polling
     }
 }
 
@@ -677,11 +692,13 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_thread_writes_what_was_saved_and_the_stop_last() {
+    fn the_writer_writes_what_was_saved_and_the_stop_last() {
         let dir = TempDir::new("status-writer");
         let path = dir.path().join("status.json");
         let status = std::sync::Arc::new(Status::open(path.clone(), this_agent(0)));
-        status.start_writer().expect("writer");
+        let writer = status.writer().expect("writer");
+        let poll = crate::pollthread::PollThread::spawn("statustest", vec![Box::new(writer)])
+            .expect("poll thread");
         for i in 0..50 {
             status.task_added(&task(&format!("t{i}"), "0 * * * * *"));
             status.save();
@@ -690,11 +707,17 @@ mod tests {
         let file = read(&path, fsutil::euid()).expect("readable");
         assert_eq!(file.tasks.len(), 50);
         assert!(file.agent.stopped_ms.is_some());
-        assert!(status.writer.lock().is_none(), "joined");
+        assert!(status.kick.lock().is_none(), "detached");
+        drop(poll);
         assert_eq!(
             std::sync::Arc::strong_count(&status),
             1,
-            "the thread let go"
+            "the poll thread let go"
+        );
+        let again = read(&path, fsutil::euid()).expect("readable");
+        assert!(
+            again.agent.stopped_ms.is_some(),
+            "nothing written after the stop"
         );
     }
 

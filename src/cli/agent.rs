@@ -1,6 +1,6 @@
 //! `assistd agent`: its flags, the state dir and its lock, and the local mode's wiring (journal,
-//! signal thread, timer, engine, task directory). Remote mode's wiring is in `cli/remote.rs`.
-//! It holds no agent logic of its own; it builds handles and passes them down.
+//! the poll thread's sources, timer, engine, task directory). Remote mode's wiring is in
+//! `cli/remote.rs`. It holds no agent logic of its own; it builds handles and passes them down.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigWatch};
 use crate::engine::{Engine, EngineConfig, Reload};
 use crate::error_chain::error_chain;
 use crate::fsutil::StateDir;
+use crate::pollthread::{PollThread, Source};
 use crate::report::journal::{Journal, JournalLimits};
 use crate::runner::RunnerConfig;
 use crate::schedule;
@@ -311,21 +312,24 @@ fn run_local(
     });
     let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
+    // One poll thread waits for everything local mode gets from a descriptor: signals, the
+    // task directory, `assistd run` on the control socket, and the status writer's wake.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
-    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(
+        signals::source(signal_tx.clone()).map_err(io_err("cannot open a signalfd"))?,
+    )];
     // Changes to the task directory arrive like a SIGHUP that re-reads only the tasks. Without
     // inotify the agent still runs; SIGHUP then is the only way to reload.
     let watch_tx = signal_tx;
-    let dir_watch = crate::source::watch::spawn(&local_dir, move || {
+    match crate::source::watch::watch(&local_dir, move || {
         watch_tx.send(signals::Signal::TasksChanged).is_ok()
-    })
-    .map_err(|e| {
-        log::warn!(
+    }) {
+        Ok(dir_watch) => sources.push(Box::new(dir_watch)),
+        Err(e) => log::warn!(
             "phase=startup cannot watch {} ({e}); task file changes apply on SIGHUP only",
             crate::escape::for_terminal(&local_dir.display().to_string())
-        )
-    })
-    .ok();
+        ),
+    }
     let (timer, timer_join) = timer::spawn(timer::SystemClock);
     let status = Arc::new(Status::open(
         state.status_file(),
@@ -335,9 +339,11 @@ fn run_local(
         inner: Arc::new(journal),
         status: status.clone(),
     });
-    status
-        .start_writer()
-        .map_err(io_err("cannot start the status writer thread"))?;
+    sources.push(Box::new(
+        status
+            .writer()
+            .map_err(io_err("cannot start the status writer"))?,
+    ));
     let mut engine = Engine::new(engine_config(cfg, state), reporter, timer);
     engine.set_status(status);
     // Root and the agent's own uid may ask (the socket is 0600 besides).
@@ -346,17 +352,18 @@ fn run_local(
             "cannot listen on {}",
             state.control_socket().display()
         )))?;
+    sources.push(Box::new(control));
     engine.set_control(requests);
+    let poll =
+        PollThread::spawn("poll", sources).map_err(io_err("cannot start the poll thread"))?;
     // Journaled off the start path, by the engine's reports threads.
     let recovered = recover_interrupted(state, &mut engine, &|_, _| false, Default::default());
     engine.send_later(recovered);
     let mut source = ConfigReload::new(watch, LocalReload(LocalSource::new(local_dir, reboot)));
     let result = engine.run(&mut source, crossbeam_channel::never(), signals);
-    // No more requests: the socket goes away (its thread is joined) before the agent ends.
-    drop(control);
-    // The watcher holds a sender of the engine's (now dropped) signal channel; ending it here
-    // joins its thread.
-    drop(dir_watch);
+    // No more requests, signals or directory changes: the thread is joined, and the control
+    // socket goes away with it, before the agent ends.
+    drop(poll);
     // The engine dropped its timer handle during shutdown; the timer thread has ended or is ending.
     let _ = timer_join.join();
     result.map_err(CliError::Engine)?;

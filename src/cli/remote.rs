@@ -150,8 +150,8 @@ pub(super) fn run_remote_and_restart(
     let Some(restart) = run_remote(cfg, state, start, watch)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    // Every thread but the signal thread has ended. The lock is closed here (it is
-    // O_CLOEXEC as well), so the new image takes it as any fresh start would.
+    // Every thread has ended (`run_remote` joined the signal thread too). The lock is closed
+    // here (it is O_CLOEXEC as well), so the new image takes it as any fresh start would.
     drop(lock);
     let source = restart.exec();
     Err(CliError::Io {
@@ -180,7 +180,9 @@ fn run_remote(
     let exe = exe.as_deref();
     // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
-    signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    // Ended (and joined) when `run_remote` returns.
+    let _signal_thread =
+        signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
     let mut tcfg = transport_config(cfg);
     let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
     let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {

@@ -469,11 +469,11 @@ fn a_refused_new_version_leaves_the_verified_periodic_task_running() {
 
 /// Asks the engine to run `id` now, as the control socket does.
 fn ask_run(requests: &Sender<crate::control::Request>, id: &str) -> RunAnswer {
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (reply, rx) = crate::control::Reply::channel().expect("an eventfd");
     requests
         .send(crate::control::Request::Run {
             task_id: id.to_string(),
-            reply: tx,
+            reply,
         })
         .expect("engine running");
     rx.recv_timeout(DEADLINE).expect("an answer")

@@ -2,11 +2,12 @@
 //! that it should be read again. It never reads a task file and never decides what changed:
 //! the control loop re-reads the directory (`LocalSource::scan`) when told.
 //!
-//! One thread (`taskwatch`) blocks in `poll` on the inotify descriptor and a stop pipe with
-//! no timeout, so an agent whose task directory does not change never wakes. After an event
-//! that may concern a task file it waits until `SETTLE` has passed without another one (at
-//! most `MAX_SETTLE` after the first), then calls its `notify` once: an editor's temp file,
-//! rename and chmod become one re-read, and a half-written file is not read in between.
+//! It is a source of the local agent's poll thread (`pollthread`), which waits on the inotify
+//! descriptor with no timeout, so an agent whose task directory does not change never wakes.
+//! After an event that may concern a task file it asks for a deadline until `SETTLE` has
+//! passed without another one (at most `MAX_SETTLE` after the first), then calls its `notify`
+//! once: an editor's temp file, rename and chmod become one re-read, and a half-written file
+//! is not read in between.
 //!
 //! Watched: the directory's entries (created, deleted, written and closed, renamed in or out,
 //! permissions changed) for names ending in `.json`, the directory itself (its permissions,
@@ -14,7 +15,7 @@
 //! so a directory that is replaced (`mv tasks.new tasks`, a symlink swapped) is watched again
 //! and re-read. Changes further up (an ancestor's permissions) are not seen: SIGHUP re-reads.
 
-use crate::pollthread::PollThread;
+use crate::pollthread::{pollfd, Keep, Source};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -28,9 +29,13 @@ pub const SETTLE: Duration = Duration::from_millis(500);
 /// A directory that never stays quiet is still re-read this long after the first event.
 pub const MAX_SETTLE: Duration = Duration::from_secs(5);
 
-/// The running watcher; dropping it ends the thread (see `PollThread`).
+/// The watcher, a source for a poll thread.
 pub struct DirWatch {
-    _thread: PollThread,
+    watcher: Watcher,
+    notify: Box<dyn FnMut() -> bool + Send>,
+    /// The first unsettled event; `None` while nothing is pending.
+    first: Option<Instant>,
+    last: Instant,
 }
 
 const DIR_MASK: u32 = libc::IN_CREATE
@@ -55,10 +60,10 @@ struct Watcher {
     parent_wd: Option<i32>,
 }
 
-/// Starts watching `dir`. `notify` is called (on the watcher's thread) each time changes have
-/// settled; when it returns false the thread ends. Fails where inotify is missing or the
+/// Starts watching `dir`. `notify` is called (on the poll thread) each time changes have
+/// settled; when it returns false the watch ends. Fails where inotify is missing or the
 /// watch cannot be set (a missing directory); the caller then relies on SIGHUP.
-pub fn spawn(dir: &Path, notify: impl FnMut() -> bool + Send + 'static) -> io::Result<DirWatch> {
+pub fn watch(dir: &Path, notify: impl FnMut() -> bool + Send + 'static) -> io::Result<DirWatch> {
     // SAFETY: inotify_init1 with valid flags; the result is checked.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if fd < 0 {
@@ -88,8 +93,37 @@ pub fn spawn(dir: &Path, notify: impl FnMut() -> bool + Send + 'static) -> io::R
             ),
         }
     }
-    let thread = PollThread::spawn("taskwatch", move |read_end| w.run(read_end, notify))?;
-    Ok(DirWatch { _thread: thread })
+    Ok(DirWatch {
+        watcher: w,
+        notify: Box::new(notify),
+        first: None,
+        last: Instant::now(),
+    })
+}
+
+impl Source for DirWatch {
+    fn fds(&self, fds: &mut Vec<libc::pollfd>) {
+        fds.push(pollfd(self.watcher.fd.as_raw_fd(), libc::POLLIN));
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.first
+            .map(|first| (self.last + SETTLE).min(first + MAX_SETTLE))
+    }
+
+    fn ready(&mut self, fds: &[libc::pollfd], now: Instant) -> Keep {
+        if fds[0].revents != 0 && self.watcher.drain() {
+            self.last = now;
+            self.first.get_or_insert(now);
+        }
+        if self.deadline().is_some_and(|d| d <= now) {
+            self.first = None;
+            if !(self.notify)() {
+                return Keep::Done;
+            }
+        }
+        Keep::Polling
+    }
 }
 
 fn add_watch(fd: &OwnedFd, path: &Path, mask: u32) -> io::Result<i32> {
@@ -138,58 +172,6 @@ fn task_file_name(name: &[u8]) -> bool {
 }
 
 impl Watcher {
-    fn run(mut self, stop: OwnedFd, mut notify: impl FnMut() -> bool) {
-        // The first unsettled event; `None` while nothing is pending.
-        let mut first: Option<Instant> = None;
-        let mut last = Instant::now();
-        loop {
-            let timeout_ms = match first {
-                None => -1,
-                Some(first) => {
-                    let quiet = SETTLE.saturating_sub(last.elapsed());
-                    let cap = MAX_SETTLE.saturating_sub(first.elapsed());
-                    quiet.min(cap).as_millis().min(i32::MAX as u128) as i32
-                }
-            };
-            let mut pfd = [
-                libc::pollfd {
-                    fd: self.fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `pfd` holds two valid pollfd entries.
-            let rc = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout_ms) };
-            if rc < 0 {
-                if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::warn!("phase=watch poll failed; task file changes need SIGHUP from now on");
-                return;
-            }
-            if pfd[1].revents != 0 {
-                return;
-            }
-            if pfd[0].revents != 0 && self.drain() {
-                last = Instant::now();
-                first.get_or_insert(last);
-            }
-            if let Some(f) = first {
-                if last.elapsed() >= SETTLE || f.elapsed() >= MAX_SETTLE {
-                    first = None;
-                    if !notify() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
     /// Reads every queued event; true when one of them may change what the directory holds.
     fn drain(&mut self) -> bool {
         let mut relevant = false;
