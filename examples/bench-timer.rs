@@ -200,7 +200,7 @@ fn memory_and_arm_cost(n: usize) {
     let schedules: Vec<Arc<Schedule>> = (0..n)
         .map(|i| Arc::new(mixed_schedule(i, base_ms, &zone)))
         .collect();
-    let (handle, join) = timer::spawn(timer::SystemClock);
+    let (handle, join) = timer::spawn(timer::SystemClock, None);
     fence(&handle);
 
     let (live0, rss0, cpu0) = (live_bytes(), rss_bytes(), timer_cpu_ns());
@@ -249,7 +249,7 @@ type Sample = (DateTime<Utc>, i64);
 /// second of warm-up) and prints p50/p99/max of actual minus scheduled fire time.
 fn lateness(n: usize, seconds: u64) {
     let zone = Zone::utc();
-    let (handle, join) = timer::spawn(timer::SystemClock);
+    let (handle, join) = timer::spawn(timer::SystemClock, None);
     let samples: Arc<Mutex<Vec<Sample>>> =
         Arc::new(Mutex::new(Vec::with_capacity(n * (seconds as usize + 3))));
     let base = Utc::now().timestamp_millis();

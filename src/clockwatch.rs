@@ -1,31 +1,18 @@
 //! Notices when the wall clock is set (NTP stepping the clock of a board with no RTC, an
-//! operator's `date -s`): a Linux `timerfd` armed with `TFD_TIMER_CANCEL_ON_SET` wakes one
-//! small thread only at such a step, which tells the timer to recompute its sleep. It never
-//! reads or changes the clock's value and costs no wakeup while the clock runs normally.
+//! operator's `date -s`): a Linux `timerfd` armed with `TFD_TIMER_CANCEL_ON_SET`, a source of
+//! the agent's poll thread, becomes readable only at such a step, and the timer is told to
+//! recompute its sleep. It never reads or changes the clock's value and costs no wakeup while
+//! the clock runs normally.
 
-use crate::pollthread::{pollfd, Keep, PollThread, Source};
+use crate::pollthread::{pollfd, Keep, Source};
 use std::io;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-/// A running watcher; dropping it ends the thread (see `PollThread`).
-pub struct ClockWatch {
-    _thread: PollThread,
-}
-
-/// Starts the watcher on a poll thread of its own (`clockwatch`); each message on the
-/// returned channel means "the wall clock was set". Fails where `timerfd` is missing (not
-/// Linux, old kernels); the caller then falls back to capped sleeps.
-#[cfg(target_os = "linux")]
-pub fn spawn() -> io::Result<(ClockWatch, Receiver<()>)> {
-    let (source, rx) = source()?;
-    let thread = PollThread::spawn("clockwatch", vec![Box::new(source)])?;
-    Ok((ClockWatch { _thread: thread }, rx))
-}
-
-/// The watch as a source for a poll thread (`spawn` gives it one of its own); the receiver
-/// as for `spawn`.
+/// The watch as a source for a poll thread; each message on the returned channel means "the
+/// wall clock was set" (give it to `timer::spawn`). Fails where `timerfd` is missing (not
+/// Linux, old kernels); the timer then falls back to capped sleeps.
 #[cfg(target_os = "linux")]
 pub fn source() -> io::Result<(ClockSource, Receiver<()>)> {
     use std::os::unix::io::{FromRawFd, OwnedFd};
@@ -79,7 +66,7 @@ impl Source for ClockSource {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn spawn() -> io::Result<(ClockWatch, Receiver<()>)> {
+pub fn source() -> io::Result<(std::convert::Infallible, Receiver<()>)> {
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "timerfd is Linux only",
@@ -114,10 +101,12 @@ fn arm(tfd: &std::os::unix::io::OwnedFd) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pollthread::PollThread;
 
     #[test]
     fn the_watcher_ends_when_dropped_and_is_silent_meanwhile() {
-        let (watch, notices) = spawn().expect("timerfd on Linux");
+        let (source, notices) = source().expect("timerfd on Linux");
+        let watch = PollThread::spawn("clockwatch-test", vec![Box::new(source)]).expect("thread");
         // Nobody sets the clock in a test (that would need CAP_SYS_TIME and disturb the host),
         // so no notice may be pending.
         assert!(notices.try_recv().is_err());

@@ -1,6 +1,6 @@
 //! Signals as messages: blocks TERM, INT and HUP in every thread and turns them into typed
-//! `Signal` messages, read from a `signalfd` by a poll thread (`pollthread`: the local
-//! agent's shared one, or one of its own in remote mode); blocks SIGCHLD so that no child's
+//! `Signal` messages, read from a `signalfd` by the agent's poll thread (`pollthread`); blocks
+//! SIGCHLD so that no child's
 //! exit interrupts a blocking call. It never handles a signal asynchronously.
 
 use std::io;
@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::pollthread::{pollfd, Keep, PollThread, Source};
+use crate::pollthread::{pollfd, Keep, Source};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Signal {
@@ -59,13 +59,6 @@ pub fn block() -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
-}
-
-/// Starts a poll thread of its own (`signals`) that sends the signals into `tx`, a channel
-/// the caller owns, so that other sources of the same messages (the server's
-/// `kick_vm agent stop`) can share it. Dropping the handle ends the thread.
-pub fn spawn_into(tx: Sender<Signal>) -> io::Result<PollThread> {
-    PollThread::spawn("signals", vec![Box::new(source(tx)?)])
 }
 
 /// TERM, INT and HUP as a source for a poll thread: each one read becomes a `Signal` on `tx`.

@@ -140,27 +140,23 @@ impl WallClock for SystemClock {
 }
 
 /// Spawns the timer thread. It ends when every `TimerHandle` is dropped; join the returned
-/// handle after that.
-pub fn spawn(clock: impl WallClock) -> (TimerHandle, thread::JoinHandle<()>) {
+/// handle after that. `clock_steps` delivers a message each time the wall clock is set
+/// (`clockwatch`, a source of the caller's poll thread); without it (no `timerfd`, or a
+/// test) the timer looks at the wall clock again at least every `MAX_SLEEP_UNWATCHED`.
+pub fn spawn(
+    clock: impl WallClock,
+    clock_steps: Option<Receiver<()>>,
+) -> (TimerHandle, thread::JoinHandle<()>) {
     let (tx, rx) = unbounded();
     let join = thread::Builder::new()
         .name("timer".to_string())
         .spawn(move || {
-            // Owned by the timer thread: it ends (and is joined) when this thread returns.
-            let watch = match crate::clockwatch::spawn() {
-                Ok(watch) => Some(watch),
-                Err(e) => {
-                    log::info!(
-                        "phase=clock no clock-step notification ({e}); checking the wall clock every {} s",
-                        MAX_SLEEP_UNWATCHED.as_secs()
-                    );
-                    None
-                }
-            };
-            let (_watch, clock_steps) = match watch {
-                Some((w, rx)) => (Some(w), Some(rx)),
-                None => (None, None),
-            };
+            if clock_steps.is_none() {
+                log::info!(
+                    "phase=clock no clock-step notices: checking the wall clock every {} s",
+                    MAX_SLEEP_UNWATCHED.as_secs()
+                );
+            }
             TimerState::new(clock, clock_steps.is_some()).run(rx, clock_steps.unwrap_or_else(never))
         })
         .expect("spawning the timer thread only fails when the process is out of resources");
@@ -668,7 +664,7 @@ mod tests {
 
     #[test]
     fn fires_a_rate_schedule_repeatedly_and_stops_when_disarmed() {
-        let (timer, join) = spawn(SystemClock);
+        let (timer, join) = spawn(SystemClock, None);
         let (tx, rx) = unbounded();
         let id = timer.arm(
             rate("rate(1s)", Utc::now()),
@@ -692,7 +688,7 @@ mod tests {
 
     #[test]
     fn an_at_schedule_fires_once_and_says_it_was_the_last() {
-        let (timer, join) = spawn(SystemClock);
+        let (timer, join) = spawn(SystemClock, None);
         let (tx, rx) = unbounded();
         let when = Utc::now() + chrono::Duration::seconds(1);
         let expr = format!("at({})", when.format("%Y-%m-%dT%H:%M:%S"));
@@ -716,7 +712,7 @@ mod tests {
 
     #[test]
     fn rearming_an_id_replaces_its_schedule() {
-        let (timer, join) = spawn(SystemClock);
+        let (timer, join) = spawn(SystemClock, None);
         let (tx, rx) = unbounded();
         let tx2 = tx.clone();
         let far = Utc::now() + chrono::Duration::days(365);

@@ -313,7 +313,8 @@ fn run_local(
     let reboot = RebootState::load(state.reboot_file(), boot_id).map_err(CliError::Load)?;
 
     // One poll thread waits for everything local mode gets from a descriptor: signals, the
-    // task directory, `assistd run` on the control socket, and the status writer's wake.
+    // task directory, wall-clock steps, `assistd run` on the control socket, and the status
+    // writer's wake.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
     let mut sources: Vec<Box<dyn Source>> = vec![Box::new(
         signals::source(signal_tx.clone()).map_err(io_err("cannot open a signalfd"))?,
@@ -330,7 +331,8 @@ fn run_local(
             crate::escape::for_terminal(&local_dir.display().to_string())
         ),
     }
-    let (timer, timer_join) = timer::spawn(timer::SystemClock);
+    let clock_steps = super::watch_clock(&mut sources);
+    let (timer, timer_join) = timer::spawn(timer::SystemClock, clock_steps);
     let status = Arc::new(Status::open(
         state.status_file(),
         crate::status::this_agent(chrono::Utc::now().timestamp_millis()),

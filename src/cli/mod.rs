@@ -278,6 +278,23 @@ pub fn run(raw: Vec<OsString>) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Adds the clock watch to a poll thread's sources; its notices are for `timer::spawn`. `None`
+/// (logged) where there is no `timerfd`: the timer then caps its sleeps.
+fn watch_clock(
+    sources: &mut Vec<Box<dyn crate::pollthread::Source>>,
+) -> Option<crossbeam_channel::Receiver<()>> {
+    match crate::clockwatch::source() {
+        Ok((source, steps)) => {
+            sources.push(Box::new(source));
+            Some(steps)
+        }
+        Err(e) => {
+            log::info!("phase=clock cannot watch for wall-clock steps: {e}");
+            None
+        }
+    }
+}
+
 /// The config file (from `--config`, else the default location if present) with the flags
 /// every command shares applied on top.
 fn load_config(args: &mut Args) -> Result<Config, CliError> {

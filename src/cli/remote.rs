@@ -178,11 +178,16 @@ fn run_remote(
         .as_deref()
         .and_then(|exe| trial::settle(first, exe, &state.root));
     let exe = exe.as_deref();
-    // One signal channel: the signal thread and the server's `kick_vm agent stop` feed it.
+    // One signal channel: the poll thread and the server's `kick_vm agent stop` feed it.
     let (signal_tx, signals) = crossbeam_channel::unbounded();
-    // Ended (and joined) when `run_remote` returns.
-    let _signal_thread =
-        signals::spawn_into(signal_tx.clone()).map_err(io_err("cannot start the signal thread"))?;
+    // The poll thread waits on what remote mode gets from a descriptor without a thread of
+    // its own: signals and wall-clock steps. Ended (and joined) when `run_remote` returns.
+    let mut sources: Vec<Box<dyn crate::pollthread::Source>> = vec![Box::new(
+        signals::source(signal_tx.clone()).map_err(io_err("cannot open a signalfd"))?,
+    )];
+    let clock_steps = super::watch_clock(&mut sources);
+    let _poll = crate::pollthread::PollThread::spawn("poll", sources)
+        .map_err(io_err("cannot start the poll thread"))?;
     let mut tcfg = transport_config(cfg);
     let probe = UreqHttp::new(&tcfg).map_err(CliError::Transport)?;
     let Some((base_url, instance_id)) = resolve_server(cfg, &probe, &signals) else {
@@ -257,7 +262,7 @@ fn run_remote(
     // Every request that gets an answer tells the spool the server is back.
     let http = spool.writer.observe(http);
 
-    let (timer, timer_join) = timer::spawn(timer::SystemClock);
+    let (timer, timer_join) = timer::spawn(timer::SystemClock, clock_steps);
     let reporter = Arc::new(RemoteReporter::new(http.clone()).with_spool(spool.writer.clone()));
     let mut engine = Engine::new(engine_config(cfg, state), reporter.clone(), timer);
     // At shutdown, queued reports get one attempt each, and none once the server fails one

@@ -41,7 +41,7 @@ impl Harness {
             std::env::temp_dir().join(format!("assistd-engine-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&script_dir);
         let reporter = MemoryReporter::new();
-        let (timer, _timer_join) = timer::spawn(SystemClock);
+        let (timer, _timer_join) = timer::spawn(SystemClock, None);
         let cfg = EngineConfig {
             workers: 4,
             runner: RunnerConfig {
@@ -486,7 +486,7 @@ fn run_now_starts_a_held_task_once_and_says_when_it_is_running_or_unknown() {
     let _ = std::fs::remove_dir_all(&script_dir);
     std::fs::create_dir_all(&script_dir).expect("temp dir");
     let reporter = MemoryReporter::new();
-    let (timer, _timer_join) = timer::spawn(SystemClock);
+    let (timer, _timer_join) = timer::spawn(SystemClock, None);
     let cfg = EngineConfig {
         workers: 2,
         runner: RunnerConfig {
