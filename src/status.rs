@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::model::RunTaskInfo;
+use crate::model::{ById, CompactTask};
 use crate::report::{Report, ReportError, Reporter, StopResult, Verdict};
 
 /// The file's format; a reader refuses a file of another one.
@@ -300,11 +300,60 @@ pub struct Status {
 
 struct Inner {
     agent: AgentInfo,
-    tasks: BTreeMap<String, TaskStatus>,
+    /// The engine's own packed tasks (shared, not copied: the key is the task) and what
+    /// happened to each; a `TaskStatus` is made of them only when the file is written.
+    tasks: BTreeMap<ById, Entry>,
     /// What the previous agent's file said, by id: seen times and last runs carry over, and
     /// `catchUp` reads them.
     previous: BTreeMap<String, TaskStatus>,
     generation: u64,
+}
+
+/// What the table adds to a task.
+struct Entry {
+    /// When an agent first had this task (Unix ms); kept across restarts.
+    seen_ms: i64,
+    /// Boxed: a task that never ran (or ran under no earlier agent) costs one pointer.
+    runs: Option<Box<Runs>>,
+}
+
+/// `TaskStatus::last` and `TaskStatus::previous`.
+#[derive(Default)]
+struct Runs {
+    last: Option<LastRun>,
+    previous: Option<LastRun>,
+}
+
+impl Entry {
+    fn status(&self, task: &CompactTask) -> TaskStatus {
+        let (catch_up, random_delay_secs, written) = match task.local() {
+            Some(l) => (l.catch_up, l.random_delay_secs, l.cron_written.as_str()),
+            None => (false, 0, ""),
+        };
+        let schedule = if written.is_empty() {
+            task.cron()
+        } else {
+            written
+        };
+        let runs = self.runs.as_deref();
+        TaskStatus {
+            id: task.task_id().to_string(),
+            schedule: cut(schedule),
+            cron: cut(task.cron()),
+            repeat: task.repeat().as_wire().to_string(),
+            creation_time: task.creation_time(),
+            invoke_version: task.invoke_version(),
+            catch_up,
+            random_delay_secs,
+            seen_ms: self.seen_ms,
+            last: runs.and_then(|r| r.last.clone()),
+            previous: runs.and_then(|r| r.previous.clone()),
+        }
+    }
+
+    fn runs(&mut self) -> &mut Runs {
+        self.runs.get_or_insert_with(Box::default)
+    }
 }
 
 impl Status {
@@ -348,35 +397,26 @@ impl Status {
     }
 
     /// A task the engine took (a new one, or a new version). Not written until `save`.
-    pub fn task_added(&self, info: &RunTaskInfo) {
+    pub fn task_added(&self, task: &std::sync::Arc<CompactTask>) {
         let mut inner = self.inner.lock();
-        let (catch_up, delay, written) = match &info.local {
-            Some(l) => (l.catch_up, l.random_delay_secs, l.cron_written.as_str()),
-            None => (false, 0, ""),
-        };
-        let schedule = if written.is_empty() {
-            &info.cron
-        } else {
-            written
-        };
-        let old = inner
-            .tasks
-            .remove(&info.task_id)
-            .or_else(|| inner.previous.get(&info.task_id).cloned());
-        let entry = TaskStatus {
-            id: info.task_id.clone(),
-            schedule: cut(schedule),
-            cron: cut(&info.cron),
-            repeat: info.repeat.as_wire().to_string(),
-            creation_time: info.creation_time,
-            invoke_version: info.invoke_version,
-            catch_up,
-            random_delay_secs: delay,
-            seen_ms: old.as_ref().map(|o| o.seen_ms).unwrap_or_else(now_ms),
-            last: old.as_ref().and_then(|o| o.last.clone()),
-            previous: old.and_then(|o| o.previous),
-        };
-        inner.tasks.insert(info.task_id.clone(), entry);
+        let id = task.task_id();
+        // Removed, not replaced: `insert` would keep the old key, the old version.
+        let entry = inner.tasks.remove(id).unwrap_or_else(|| {
+            let old = inner.previous.get(id);
+            let runs = old
+                .filter(|o| o.last.is_some() || o.previous.is_some())
+                .map(|o| {
+                    Box::new(Runs {
+                        last: o.last.clone(),
+                        previous: o.previous.clone(),
+                    })
+                });
+            Entry {
+                seen_ms: old.map(|o| o.seen_ms).unwrap_or_else(now_ms),
+                runs,
+            }
+        });
+        inner.tasks.insert(ById(task.clone()), entry);
     }
 
     /// A task the engine dropped (its file went away). Not written until `save`.
@@ -388,9 +428,10 @@ impl Status {
     pub fn started(&self, task_id: &str, invoke_version: i64) {
         {
             let mut inner = self.inner.lock();
-            let Some(task) = inner.tasks.get_mut(task_id) else {
+            let Some(entry) = inner.tasks.get_mut(task_id) else {
                 return;
             };
+            let task = entry.runs();
             let run = LastRun {
                 invoke_version,
                 started_ms: now_ms(),
@@ -424,12 +465,13 @@ impl Status {
         let head = report.head();
         {
             let mut inner = self.inner.lock();
-            let Some(task) = inner.tasks.get_mut(&head.task_id) else {
+            let Some(entry) = inner.tasks.get_mut(head.task_id.as_str()) else {
                 return;
             };
-            let Some(run) = task
-                .last
+            let Some(run) = entry
+                .runs
                 .as_mut()
+                .and_then(|r| r.last.as_mut())
                 .filter(|l| l.ended_ms == 0 && l.invoke_version == head.invoke_version)
             else {
                 return;
@@ -520,7 +562,12 @@ impl Status {
                 format: FORMAT,
                 agent: inner.agent.clone(),
                 updated_ms: now_ms(),
-                tasks: inner.tasks.values().take(MAX_TASKS).cloned().collect(),
+                tasks: inner
+                    .tasks
+                    .iter()
+                    .take(MAX_TASKS)
+                    .map(|(task, entry)| entry.status(&task.0))
+                    .collect(),
                 left_out,
             };
             let mut bytes = serde_json::to_vec(&file).unwrap_or_default();
@@ -556,8 +603,12 @@ impl Reporter for StatusReporter {
 mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
-    use crate::model::RepeatType;
+    use crate::model::{RepeatType, RunTaskInfo};
     use crate::report::{ReportHead, Span, WallClock};
+
+    fn kept(info: RunTaskInfo) -> std::sync::Arc<CompactTask> {
+        std::sync::Arc::new(info.into())
+    }
 
     fn task(id: &str, cron: &str) -> RunTaskInfo {
         RunTaskInfo {
@@ -601,7 +652,7 @@ mod tests {
         let dir = TempDir::new("status");
         let path = dir.path().join("status.json");
         let status = Status::open(path.clone(), this_agent(5));
-        status.task_added(&task("a", "0 * * * * *"));
+        status.task_added(&kept(task("a", "0 * * * * *")));
         status.save();
         status.started("a", 1);
         let file = read(&path, fsutil::euid()).expect("readable");
@@ -631,7 +682,7 @@ mod tests {
         let again = Status::open(path.clone(), this_agent(9));
         let prev = again.previous("a").expect("known");
         assert_eq!(prev.reference_ms(), 1_000);
-        again.task_added(&task("a", "0 * * * * *"));
+        again.task_added(&kept(task("a", "0 * * * * *")));
         again.save();
         let file = read(&path, fsutil::euid()).expect("readable");
         assert_eq!(file.tasks[0].seen_ms, prev.seen_ms);
@@ -683,7 +734,7 @@ mod tests {
         let status = std::sync::Arc::new(Status::open(path.clone(), this_agent(0)));
         status.start_writer().expect("writer");
         for i in 0..50 {
-            status.task_added(&task(&format!("t{i}"), "0 * * * * *"));
+            status.task_added(&kept(task(&format!("t{i}"), "0 * * * * *")));
             status.save();
         }
         status.agent_stopped();
@@ -707,8 +758,8 @@ mod tests {
             cron_written: "*/15 * * * *".to_string(),
             ..Default::default()
         }));
-        status.task_added(&info);
-        status.task_added(&task("b", &"1,".repeat(300)));
+        status.task_added(&kept(info));
+        status.task_added(&kept(task("b", &"1,".repeat(300))));
         status.save();
         let file = read(&dir.path().join("status.json"), fsutil::euid()).expect("readable");
         assert_eq!(file.tasks[0].schedule, "*/15 * * * *");
