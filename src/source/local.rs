@@ -263,6 +263,16 @@ impl FileFacts {
             legacy: h.finish(),
         }
     }
+
+    fn tracked_len(&self) -> u32 {
+        u32::try_from(self.len).unwrap_or(u32::MAX)
+    }
+
+    fn tracked_digest(&self) -> [u8; 16] {
+        let mut half = [0; 16];
+        half.copy_from_slice(&self.digest.0[..16]);
+        half
+    }
 }
 
 /// The task directory may be trusted: owned by root or the agent, not writable by group or
@@ -905,9 +915,11 @@ pub struct Scan {
 /// doubled the agent's memory per task).
 #[derive(Clone)]
 struct Tracked {
-    /// Length and SHA-256 of the file's bytes: a change of either is a new version.
-    len: usize,
-    digest: Digest,
+    /// Length and the first half of the SHA-256 of the file's bytes: a change of either is a
+    /// new version (128 bits tell an edit as surely as 256, in half the bytes a task). A
+    /// length beyond `u32` (never: `MAX_FILE_SIZE`) counts as `u32::MAX`; the digest decides.
+    len: u32,
+    digest: [u8; 16],
     invoke_version: i64,
     repeat: RepeatType,
     /// Whether the last version was handed to the engine (a reboot task may be held back).
@@ -920,8 +932,8 @@ struct Tracked {
 impl Tracked {
     fn new(path: &Path, file: &FileFacts, task: &RunTaskInfo, emitted: bool) -> Tracked {
         Tracked {
-            len: file.len,
-            digest: file.digest,
+            len: file.tracked_len(),
+            digest: file.tracked_digest(),
             invoke_version: task.invoke_version,
             repeat: task.repeat,
             emitted,
@@ -930,7 +942,7 @@ impl Tracked {
     }
 
     fn same_file(&self, file: &FileFacts) -> bool {
-        self.len == file.len && self.digest == file.digest
+        self.len == file.tracked_len() && self.digest == file.tracked_digest()
     }
 
     /// The version the engine last received, as a stop request.
@@ -1728,6 +1740,12 @@ mod tests {
             )),
             "{msgs:?}"
         );
+    }
+
+    #[test]
+    fn a_tracked_file_is_small() {
+        // One per task file, kept for as long as the agent runs.
+        assert!(std::mem::size_of::<Tracked>() <= 48);
     }
 
     #[test]
