@@ -152,8 +152,9 @@ pub struct CompactTask {
     packed: Box<[u8]>,
     invoke_version: i64,
     creation_time: i64,
-    /// `None` when empty (nearly always in local mode): one pointer instead of a map's 24.
-    builtin_params: Option<Box<BTreeMap<String, String>>>,
+    /// The map's entries in its order; `None` when empty (nearly always in local mode):
+    /// one pointer instead of a map's 24 bytes.
+    builtin_params: Option<Box<[(String, String)]>>,
     output: OutputInfo,
     local: Option<Box<LocalExtras>>,
     enable_parameter: bool,
@@ -252,7 +253,8 @@ impl From<RunTaskInfo> for CompactTask {
             packed: packed.into_boxed_slice(),
             invoke_version,
             creation_time,
-            builtin_params: (!builtin_params.is_empty()).then(|| Box::new(builtin_params)),
+            builtin_params: (!builtin_params.is_empty())
+                .then(|| builtin_params.into_iter().collect()),
             output,
             local,
             enable_parameter,
@@ -283,7 +285,7 @@ impl CompactTask {
             creation_time: self.creation_time,
             container_id: t(Text::ContainerId),
             container_name: t(Text::ContainerName),
-            builtin_params: self.builtin_params.as_deref().cloned().unwrap_or_default(),
+            builtin_params: self.builtin_params.iter().flatten().cloned().collect(),
             termination_mode: t(Text::TerminationMode),
             launcher: t(Text::Launcher),
             signature: t(Text::Signature),
