@@ -320,8 +320,52 @@ struct Entry {
 /// `TaskStatus::last` and `TaskStatus::previous`.
 #[derive(Default)]
 struct Runs {
-    last: Option<LastRun>,
-    previous: Option<LastRun>,
+    last: Option<Run>,
+    previous: Option<Run>,
+}
+
+/// A `LastRun` as the table keeps it: its result one of the names the agent writes, not a
+/// `String` of its own (a daily task has a run from its first day on).
+#[derive(Clone, Copy)]
+struct Run {
+    invoke_version: i64,
+    started_ms: i64,
+    ended_ms: i64,
+    exit_code: Option<i32>,
+    result: &'static str,
+}
+
+/// The results an agent writes: `running` and the final reports' events.
+const RESULTS: [&str; 9] = [
+    "running", "finished", "timeout", "failed", "error", "removed", "stopped", "invalid",
+    "verified",
+];
+
+impl Run {
+    /// A run an earlier agent wrote. A result this agent never writes (a newer agent's) reads
+    /// as `unknown` until the task runs again.
+    fn from_file(run: &LastRun) -> Run {
+        Run {
+            invoke_version: run.invoke_version,
+            started_ms: run.started_ms,
+            ended_ms: run.ended_ms,
+            exit_code: run.exit_code,
+            result: RESULTS
+                .into_iter()
+                .find(|r| *r == run.result)
+                .unwrap_or("unknown"),
+        }
+    }
+
+    fn to_file(self) -> LastRun {
+        LastRun {
+            invoke_version: self.invoke_version,
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+            result: self.result.to_string(),
+            exit_code: self.exit_code,
+        }
+    }
 }
 
 impl Entry {
@@ -346,8 +390,8 @@ impl Entry {
             catch_up,
             random_delay_secs,
             seen_ms: self.seen_ms,
-            last: runs.and_then(|r| r.last.clone()),
-            previous: runs.and_then(|r| r.previous.clone()),
+            last: runs.and_then(|r| r.last).map(Run::to_file),
+            previous: runs.and_then(|r| r.previous).map(Run::to_file),
         }
     }
 
@@ -407,8 +451,8 @@ impl Status {
                 .filter(|o| o.last.is_some() || o.previous.is_some())
                 .map(|o| {
                     Box::new(Runs {
-                        last: o.last.clone(),
-                        previous: o.previous.clone(),
+                        last: o.last.as_ref().map(Run::from_file),
+                        previous: o.previous.as_ref().map(Run::from_file),
                     })
                 });
             Entry {
@@ -432,11 +476,11 @@ impl Status {
                 return;
             };
             let task = entry.runs();
-            let run = LastRun {
+            let run = Run {
                 invoke_version,
                 started_ms: now_ms(),
                 ended_ms: 0,
-                result: "running".to_string(),
+                result: "running",
                 exit_code: None,
             };
             if let Some(done) = task.last.take().filter(|l| l.ended_ms > 0) {
@@ -484,7 +528,7 @@ impl Status {
             if span.start_ms > 0 {
                 run.started_ms = span.start_ms;
             }
-            run.result = report.event().to_string();
+            run.result = report.event();
             run.exit_code = match report {
                 Report::Finished { .. } | Report::Timeout { .. } => Some(span.exit_code),
                 _ => None,
@@ -636,6 +680,23 @@ mod tests {
             },
             output: Vec::new(),
         }
+    }
+
+    #[test]
+    fn runs_from_a_file_keep_their_result_name() {
+        let run = |result: &str| LastRun {
+            invoke_version: 2,
+            started_ms: 10,
+            ended_ms: 20,
+            result: result.to_string(),
+            exit_code: Some(1),
+        };
+        for result in RESULTS {
+            assert_eq!(Run::from_file(&run(result)).to_file(), run(result));
+        }
+        assert_eq!(Run::from_file(&run("paused")).to_file(), run("unknown"));
+        // Every task that ran keeps one, boxed (musl's 112-byte class).
+        assert!(std::mem::size_of::<Runs>() <= 96);
     }
 
     #[test]
