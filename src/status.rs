@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
-use crate::model::RunTaskInfo;
+use crate::model::{ById, CompactTask};
 use crate::pollthread::{pollfd, Keep, Source, Wake};
 use crate::report::{Report, ReportError, Reporter, StopResult, Verdict};
 
@@ -302,11 +302,104 @@ pub struct Status {
 
 struct Inner {
     agent: AgentInfo,
-    tasks: BTreeMap<String, TaskStatus>,
+    /// The engine's own packed tasks (shared, not copied: the key is the task) and what
+    /// happened to each; a `TaskStatus` is made of them only when the file is written.
+    tasks: BTreeMap<ById, Entry>,
     /// What the previous agent's file said, by id: seen times and last runs carry over, and
     /// `catchUp` reads them.
     previous: BTreeMap<String, TaskStatus>,
     generation: u64,
+}
+
+/// What the table adds to a task.
+struct Entry {
+    /// When an agent first had this task (Unix ms); kept across restarts.
+    seen_ms: i64,
+    /// Boxed: a task that never ran (or ran under no earlier agent) costs one pointer.
+    runs: Option<Box<Runs>>,
+}
+
+/// `TaskStatus::last` and `TaskStatus::previous`.
+#[derive(Default)]
+struct Runs {
+    last: Option<Run>,
+    previous: Option<Run>,
+}
+
+/// A `LastRun` as the table keeps it: its result one of the names the agent writes, not a
+/// `String` of its own (a daily task has a run from its first day on).
+#[derive(Clone, Copy)]
+struct Run {
+    invoke_version: i64,
+    started_ms: i64,
+    ended_ms: i64,
+    exit_code: Option<i32>,
+    result: &'static str,
+}
+
+/// The results an agent writes: `running` and the final reports' events.
+const RESULTS: [&str; 9] = [
+    "running", "finished", "timeout", "failed", "error", "removed", "stopped", "invalid",
+    "verified",
+];
+
+impl Run {
+    /// A run an earlier agent wrote. A result this agent never writes (a newer agent's) reads
+    /// as `unknown` until the task runs again.
+    fn from_file(run: &LastRun) -> Run {
+        Run {
+            invoke_version: run.invoke_version,
+            started_ms: run.started_ms,
+            ended_ms: run.ended_ms,
+            exit_code: run.exit_code,
+            result: RESULTS
+                .into_iter()
+                .find(|r| *r == run.result)
+                .unwrap_or("unknown"),
+        }
+    }
+
+    fn to_file(self) -> LastRun {
+        LastRun {
+            invoke_version: self.invoke_version,
+            started_ms: self.started_ms,
+            ended_ms: self.ended_ms,
+            result: self.result.to_string(),
+            exit_code: self.exit_code,
+        }
+    }
+}
+
+impl Entry {
+    fn status(&self, task: &CompactTask) -> TaskStatus {
+        let (catch_up, random_delay_secs, written) = match task.local() {
+            Some(l) => (l.catch_up, l.random_delay_secs, l.cron_written.as_str()),
+            None => (false, 0, ""),
+        };
+        let schedule = if written.is_empty() {
+            task.cron()
+        } else {
+            written
+        };
+        let runs = self.runs.as_deref();
+        TaskStatus {
+            id: task.task_id().to_string(),
+            schedule: cut(schedule),
+            cron: cut(task.cron()),
+            repeat: task.repeat().as_wire().to_string(),
+            creation_time: task.creation_time(),
+            invoke_version: task.invoke_version(),
+            catch_up,
+            random_delay_secs,
+            seen_ms: self.seen_ms,
+            last: runs.and_then(|r| r.last).map(Run::to_file),
+            previous: runs.and_then(|r| r.previous).map(Run::to_file),
+        }
+    }
+
+    fn runs(&mut self) -> &mut Runs {
+        self.runs.get_or_insert_with(Box::default)
+    }
 }
 
 impl Status {
@@ -349,35 +442,26 @@ impl Status {
     }
 
     /// A task the engine took (a new one, or a new version). Not written until `save`.
-    pub fn task_added(&self, info: &RunTaskInfo) {
+    pub fn task_added(&self, task: &std::sync::Arc<CompactTask>) {
         let mut inner = self.inner.lock();
-        let (catch_up, delay, written) = match &info.local {
-            Some(l) => (l.catch_up, l.random_delay_secs, l.cron_written.as_str()),
-            None => (false, 0, ""),
-        };
-        let schedule = if written.is_empty() {
-            &info.cron
-        } else {
-            written
-        };
-        let old = inner
-            .tasks
-            .remove(&info.task_id)
-            .or_else(|| inner.previous.get(&info.task_id).cloned());
-        let entry = TaskStatus {
-            id: info.task_id.clone(),
-            schedule: cut(schedule),
-            cron: cut(&info.cron),
-            repeat: info.repeat.as_wire().to_string(),
-            creation_time: info.creation_time,
-            invoke_version: info.invoke_version,
-            catch_up,
-            random_delay_secs: delay,
-            seen_ms: old.as_ref().map(|o| o.seen_ms).unwrap_or_else(now_ms),
-            last: old.as_ref().and_then(|o| o.last.clone()),
-            previous: old.and_then(|o| o.previous),
-        };
-        inner.tasks.insert(info.task_id.clone(), entry);
+        let id = task.task_id();
+        // Removed, not replaced: `insert` would keep the old key, the old version.
+        let entry = inner.tasks.remove(id).unwrap_or_else(|| {
+            let old = inner.previous.get(id);
+            let runs = old
+                .filter(|o| o.last.is_some() || o.previous.is_some())
+                .map(|o| {
+                    Box::new(Runs {
+                        last: o.last.as_ref().map(Run::from_file),
+                        previous: o.previous.as_ref().map(Run::from_file),
+                    })
+                });
+            Entry {
+                seen_ms: old.map(|o| o.seen_ms).unwrap_or_else(now_ms),
+                runs,
+            }
+        });
+        inner.tasks.insert(ById(task.clone()), entry);
     }
 
     /// A task the engine dropped (its file went away). Not written until `save`.
@@ -389,14 +473,15 @@ impl Status {
     pub fn started(&self, task_id: &str, invoke_version: i64) {
         {
             let mut inner = self.inner.lock();
-            let Some(task) = inner.tasks.get_mut(task_id) else {
+            let Some(entry) = inner.tasks.get_mut(task_id) else {
                 return;
             };
-            let run = LastRun {
+            let task = entry.runs();
+            let run = Run {
                 invoke_version,
                 started_ms: now_ms(),
                 ended_ms: 0,
-                result: "running".to_string(),
+                result: "running",
                 exit_code: None,
             };
             if let Some(done) = task.last.take().filter(|l| l.ended_ms > 0) {
@@ -425,12 +510,13 @@ impl Status {
         let head = report.head();
         {
             let mut inner = self.inner.lock();
-            let Some(task) = inner.tasks.get_mut(&head.task_id) else {
+            let Some(entry) = inner.tasks.get_mut(head.task_id.as_str()) else {
                 return;
             };
-            let Some(run) = task
-                .last
+            let Some(run) = entry
+                .runs
                 .as_mut()
+                .and_then(|r| r.last.as_mut())
                 .filter(|l| l.ended_ms == 0 && l.invoke_version == head.invoke_version)
             else {
                 return;
@@ -443,7 +529,7 @@ impl Status {
             if span.start_ms > 0 {
                 run.started_ms = span.start_ms;
             }
-            run.result = report.event().to_string();
+            run.result = report.event();
             run.exit_code = match report {
                 Report::Finished { .. } | Report::Timeout { .. } => Some(span.exit_code),
                 _ => None,
@@ -499,7 +585,12 @@ impl Status {
                 format: FORMAT,
                 agent: inner.agent.clone(),
                 updated_ms: now_ms(),
-                tasks: inner.tasks.values().take(MAX_TASKS).cloned().collect(),
+                tasks: inner
+                    .tasks
+                    .iter()
+                    .take(MAX_TASKS)
+                    .map(|(task, entry)| entry.status(&task.0))
+                    .collect(),
                 left_out,
             };
             let mut bytes = serde_json::to_vec(&file).unwrap_or_default();
@@ -571,8 +662,12 @@ impl Reporter for StatusReporter {
 mod tests {
     use super::*;
     use crate::fsutil::tests::TempDir;
-    use crate::model::RepeatType;
+    use crate::model::{RepeatType, RunTaskInfo};
     use crate::report::{ReportHead, Span, WallClock};
+
+    fn kept(info: RunTaskInfo) -> std::sync::Arc<CompactTask> {
+        std::sync::Arc::new(info.into())
+    }
 
     fn task(id: &str, cron: &str) -> RunTaskInfo {
         RunTaskInfo {
@@ -603,6 +698,23 @@ mod tests {
     }
 
     #[test]
+    fn runs_from_a_file_keep_their_result_name() {
+        let run = |result: &str| LastRun {
+            invoke_version: 2,
+            started_ms: 10,
+            ended_ms: 20,
+            result: result.to_string(),
+            exit_code: Some(1),
+        };
+        for result in RESULTS {
+            assert_eq!(Run::from_file(&run(result)).to_file(), run(result));
+        }
+        assert_eq!(Run::from_file(&run("paused")).to_file(), run("unknown"));
+        // Every task that ran keeps one, boxed (musl's 112-byte class).
+        assert!(std::mem::size_of::<Runs>() <= 96);
+    }
+
+    #[test]
     fn start_ticks_are_counted_after_the_command_name() {
         let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(stat_start_ticks(stat), Some(98765));
@@ -616,7 +728,7 @@ mod tests {
         let dir = TempDir::new("status");
         let path = dir.path().join("status.json");
         let status = Status::open(path.clone(), this_agent(5));
-        status.task_added(&task("a", "0 * * * * *"));
+        status.task_added(&kept(task("a", "0 * * * * *")));
         status.save();
         status.started("a", 1);
         let file = read(&path, fsutil::euid()).expect("readable");
@@ -646,7 +758,7 @@ mod tests {
         let again = Status::open(path.clone(), this_agent(9));
         let prev = again.previous("a").expect("known");
         assert_eq!(prev.reference_ms(), 1_000);
-        again.task_added(&task("a", "0 * * * * *"));
+        again.task_added(&kept(task("a", "0 * * * * *")));
         again.save();
         let file = read(&path, fsutil::euid()).expect("readable");
         assert_eq!(file.tasks[0].seen_ms, prev.seen_ms);
@@ -700,7 +812,7 @@ mod tests {
         let poll = crate::pollthread::PollThread::spawn("statustest", vec![Box::new(writer)])
             .expect("poll thread");
         for i in 0..50 {
-            status.task_added(&task(&format!("t{i}"), "0 * * * * *"));
+            status.task_added(&kept(task(&format!("t{i}"), "0 * * * * *")));
             status.save();
         }
         status.agent_stopped();
@@ -730,8 +842,8 @@ mod tests {
             cron_written: "*/15 * * * *".to_string(),
             ..Default::default()
         }));
-        status.task_added(&info);
-        status.task_added(&task("b", &"1,".repeat(300)));
+        status.task_added(&kept(info));
+        status.task_added(&kept(task("b", &"1,".repeat(300))));
         status.save();
         let file = read(&dir.path().join("status.json"), fsutil::euid()).expect("readable");
         assert_eq!(file.tasks[0].schedule, "*/15 * * * *");

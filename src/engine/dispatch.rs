@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 
-use crate::model::{RepeatType, RunTaskInfo};
+use crate::model::{ById, CompactTask, RepeatType, RunTaskInfo};
 use crate::report::{Report, ReportHead, WallClock};
 use crate::runner::{self, Cancel};
 use crate::schedule::{Schedule, ScheduleKind};
@@ -116,7 +116,7 @@ impl Engine {
             info.invoke_version,
             info.repeat
         );
-        if self.held.remove(id).is_some() {
+        if self.held.remove(id.as_str()).is_some() {
             if let Some(status) = &self.status {
                 status.task_removed(id);
             }
@@ -170,39 +170,38 @@ impl Engine {
         };
         let ctx = self.ctx.clone();
         let head = head_for(&info, None);
+        if self.status.is_some() {
+            self.hold(&Arc::new(CompactTask::from(info.clone())), None);
+        }
         let info = Arc::new(info);
-        self.hold(&info, None);
         self.pool
             .execute(move || run_job(ctx, info, head, cancel, false, Duration::ZERO));
     }
 
     /// Keeps a task the engine took for `assistd run` and tells the status (local mode only).
-    fn hold(&mut self, info: &Arc<RunTaskInfo>, schedule: Option<&Arc<Schedule>>) {
+    /// The held task, the status's and the timer callback's are one `Arc`.
+    fn hold(&mut self, task: &Arc<CompactTask>, schedule: Option<&Arc<Schedule>>) {
         let Some(status) = &self.status else { return };
-        status.task_added(info);
-        self.held.insert(
-            info.task_id.clone(),
-            super::Held {
-                info: info.clone(),
-                schedule: schedule.cloned(),
-            },
-        );
+        status.task_added(task);
+        // Removed first: `insert` would keep the old key, and with it the old version.
+        self.held.remove(task.task_id());
+        self.held.insert(ById(task.clone()), schedule.cloned());
     }
 
     /// `catchUp: "last"`, at start only: when the previous agent's status file shows that a
     /// run fell due after the task last started (or was first seen) and before now, one
     /// firing now. The reference time comes from the file, so a clock set back (a reference
     /// in the future) finds nothing due: missed runs are never replayed one by one.
-    fn catch_up(&self, info: &Arc<RunTaskInfo>, schedule: &Arc<Schedule>) {
-        let wanted = info.local.as_ref().is_some_and(|l| l.catch_up);
+    fn catch_up(&self, task: &Arc<CompactTask>, schedule: &Arc<Schedule>) {
+        let wanted = task.local().is_some_and(|l| l.catch_up);
         let (Some(status), true, true) = (&self.status, wanted, self.starting) else {
             return;
         };
-        let Some(previous) = status.previous(&info.task_id) else {
+        let Some(previous) = status.previous(task.task_id()) else {
             log::info!(
                 "task={} invoke_version={} phase=catch-up none: the task is new",
-                info.task_id,
-                info.invoke_version
+                task.task_id(),
+                task.invoke_version()
             );
             return;
         };
@@ -214,12 +213,12 @@ impl Engine {
             Some(due) if due <= now => {
                 log::info!(
                     "task={} invoke_version={} phase=catch-up a run was due at {} while no agent ran (last {}); running once now",
-                    info.task_id,
-                    info.invoke_version,
+                    task.task_id(),
+                    task.invoke_version(),
                     due.to_rfc3339(),
                     reference.to_rfc3339()
                 );
-                let mut fire = self.periodic_callback(info.clone(), schedule.clone());
+                let mut fire = self.periodic_callback(task.clone(), schedule.clone());
                 fire(Firing {
                     scheduled: due,
                     last: false,
@@ -227,8 +226,8 @@ impl Engine {
             }
             _ => log::info!(
                 "task={} invoke_version={} phase=catch-up none: no run was due since {}",
-                info.task_id,
-                info.invoke_version,
+                task.task_id(),
+                task.invoke_version(),
                 reference.to_rfc3339()
             ),
         }
@@ -247,7 +246,7 @@ impl Engine {
             Ok(ok) => ok,
             Err(e) => {
                 // The version it replaced is gone: `assistd run` and `list` must not show it.
-                if self.held.remove(&info.task_id).is_some() {
+                if self.held.remove(info.task_id.as_str()).is_some() {
                     if let Some(status) = &self.status {
                         status.task_removed(&info.task_id);
                     }
@@ -268,35 +267,35 @@ impl Engine {
         };
         let Some(timer) = &self.timer else { return };
         let schedule = Arc::new(schedule);
-        let info = Arc::new(info);
+        let info = Arc::new(CompactTask::from(info));
         if !self
             .ctx
             .registry
-            .register_periodic(&info.task_id, info.invoke_version)
+            .register_periodic(info.task_id(), info.invoke_version())
         {
-            log::debug!("task={} phase=schedule already registered", info.task_id);
+            log::debug!("task={} phase=schedule already registered", info.task_id());
             return;
         }
         log::info!(
             "task={} invoke_version={} phase=schedule {} '{}' first run {}",
-            info.task_id,
-            info.invoke_version,
-            info.repeat,
-            info.cron,
+            info.task_id(),
+            info.invoke_version(),
+            info.repeat(),
+            info.cron(),
             first.to_rfc3339()
         );
         let callback = self.periodic_callback(info.clone(), schedule.clone());
         let timer_id = timer.arm(schedule.clone(), callback);
         log::debug!(
             "task={} invoke_version={} phase=schedule timer={}",
-            info.task_id,
-            info.invoke_version,
+            info.task_id(),
+            info.invoke_version(),
             timer_id.get()
         );
         if let Err(timer_id) =
             self.ctx
                 .registry
-                .attach_timer(&info.task_id, info.invoke_version, timer_id)
+                .attach_timer(info.task_id(), info.invoke_version(), timer_id)
         {
             // Only the control loop registers and unregisters periodic tasks, and it is here.
             timer.disarm(timer_id);
@@ -307,47 +306,39 @@ impl Engine {
 
     /// What the timer calls on each firing: the non-overlap check, then a pool job. The
     /// closure is kept for every registered task, so it holds one shared `Launch` instead of
-    /// a clone of each handle (32 bytes a task instead of about 100).
-    fn periodic_callback(&self, info: Arc<RunTaskInfo>, schedule: Arc<Schedule>) -> Callback {
+    /// a clone of each handle (32 bytes a task instead of about 100), and the task packed: a
+    /// firing unpacks the `RunTaskInfo` its run needs.
+    fn periodic_callback(&self, task: Arc<CompactTask>, schedule: Arc<Schedule>) -> Callback {
         let launch = self.launch.clone();
-        let is_cron = matches!(info.repeat, RepeatType::Period);
-        let delay_secs = info.local.as_ref().map_or(0, |l| l.random_delay_secs);
+        let is_cron = matches!(task.repeat(), RepeatType::Period);
+        let delay_secs = task.local().map_or(0, |l| l.random_delay_secs);
         Box::new(move |firing: Firing| {
             if firing.last {
                 log::info!(
                     "task={} invoke_version={} phase=schedule last run fired",
-                    info.task_id,
-                    info.invoke_version
+                    task.task_id(),
+                    task.invoke_version()
                 );
             }
             let Launch { ctx, pool } = &*launch;
             let completes_cron = is_cron && firing.last;
-            let Some(cancel) = ctx
-                .registry
-                .try_add_periodic_invocation(&info.task_id, info.invoke_version)
-            else {
+            let (id, version) = (task.task_id(), task.invoke_version());
+            let Some(cancel) = ctx.registry.try_add_periodic_invocation(id, version) else {
                 // The cron's last run is skipped: the running invocation completes it instead.
-                if completes_cron
-                    && ctx
-                        .registry
-                        .request_completion(&info.task_id, info.invoke_version)
-                {
+                if completes_cron && ctx.registry.request_completion(id, version) {
                     log::info!(
-                        "task={} invoke_version={} phase=fire last run skipped (overlap); the running invocation reports completed",
-                        info.task_id,
-                        info.invoke_version
+                        "task={id} invoke_version={version} phase=fire last run skipped (overlap); the running invocation reports completed"
                     );
                     return;
                 }
                 log::info!(
-                    "task={} invoke_version={} phase=fire skip invocation since overlapped with existing invocation",
-                    info.task_id,
-                    info.invoke_version
+                    "task={id} invoke_version={version} phase=fire skip invocation since overlapped with existing invocation"
                 );
                 return;
             };
+            let info = Arc::new(task.unpack());
             let head = head_for(&info, Some(&schedule));
-            let (ctx, info) = (ctx.clone(), info.clone());
+            let ctx = ctx.clone();
             let delay = random_delay(delay_secs);
             if delay_secs > 0 {
                 log::info!(

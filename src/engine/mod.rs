@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{at, never, select_biased, unbounded, Receiver};
 
-use crate::model::RunTaskInfo;
+use crate::model::{ById, RunTaskInfo};
 use crate::report::{Reporter, StopResult};
 use crate::runner::{Cancel, Invalid, RunnerConfig};
 use crate::schedule::Zone;
@@ -114,11 +114,9 @@ enum Event {
     Control(Request),
 }
 
-/// A task the engine holds, kept for `assistd run` when the status is on (local mode).
-struct Held {
-    info: Arc<RunTaskInfo>,
-    schedule: Option<Arc<Schedule>>,
-}
+/// The tasks the engine holds, kept for `assistd run` when the status is on (local mode):
+/// each one the same packed task its timer callback and the status share, and its schedule.
+type Held = std::collections::HashMap<ById, Option<Arc<Schedule>>>;
 
 pub struct Engine {
     ctx: JobContext,
@@ -145,7 +143,7 @@ pub struct Engine {
     /// The local agent's status file; `None` in remote mode.
     status: Option<Arc<Status>>,
     /// Tasks the engine holds, by id (only with a status: `assistd run` starts them).
-    held: std::collections::HashMap<String, Held>,
+    held: Held,
     /// Requests from the control socket (`assistd run`).
     control: Option<Receiver<Request>>,
     /// True while the first reload at start is handled: the only time `catchUp` applies.
@@ -191,7 +189,7 @@ impl Engine {
             on_shutdown: Vec::new(),
             interrupted: HashSet::new(),
             status: None,
-            held: std::collections::HashMap::new(),
+            held: Held::new(),
             control: None,
             starting: false,
         }
@@ -364,11 +362,11 @@ impl Engine {
     /// `assistd run ID`: one invocation of a task the engine holds, now, unless one is queued
     /// or running (the non-overlap rule). No `randomDelay`: it was asked for now.
     fn run_now(&mut self, task_id: &str) -> RunAnswer {
-        let Some(held) = self.held.get(task_id) else {
+        let Some((held, schedule)) = self.held.get_key_value(task_id) else {
             log::info!("task={task_id} phase=run-now refused: no such task");
             return RunAnswer::Unknown;
         };
-        let info = held.info.clone();
+        let info = Arc::new(held.0.unpack());
         let version = info.invoke_version;
         let cancel = if info.repeat.is_periodic() {
             self.ctx
@@ -394,7 +392,7 @@ impl Engine {
             };
         };
         log::info!("task={task_id} invoke_version={version} phase=run-now started on request");
-        let head = dispatch::head_for(&info, held.schedule.as_deref());
+        let head = dispatch::head_for(&info, schedule.as_deref());
         let ctx = self.ctx.clone();
         self.pool
             .execute(move || invocation::run_job(ctx, info, head, cancel, false, Duration::ZERO));

@@ -327,6 +327,12 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_is_one_small_allocation() {
+        // Every registered periodic task keeps one `Arc<Schedule>` (musl's 160-byte class).
+        assert!(std::mem::size_of::<Schedule>() <= 136);
+    }
+
+    #[test]
     fn wire_values_follow_the_reference() {
         use ScheduleKind::{At, Cron, Rate};
         assert_eq!(wire("0 0 8 * *", Cron), "InvalidCronExpression");

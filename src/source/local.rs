@@ -9,6 +9,7 @@
 //! server `RunTaskInfo` key refuses the file, so a typo never passes silently.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -242,6 +243,38 @@ pub fn load_file(path: &Path) -> Result<RunTaskInfo, LoadError> {
     read_task(path).map(|(_, task)| task)
 }
 
+/// What a scan keeps of a task file's bytes: enough to tell a change and a once task's
+/// earlier run, so that a scan of 10,000 files does not hold all their bytes at once.
+struct FileFacts {
+    len: usize,
+    digest: Digest,
+    /// The digest state files held before SHA-256 (`legacy_digest_matches`).
+    legacy: u64,
+}
+
+impl FileFacts {
+    fn of(bytes: &[u8]) -> FileFacts {
+        use std::hash::Hasher;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(bytes);
+        FileFacts {
+            len: bytes.len(),
+            digest: Digest::of(bytes),
+            legacy: h.finish(),
+        }
+    }
+
+    fn tracked_len(&self) -> u32 {
+        u32::try_from(self.len).unwrap_or(u32::MAX)
+    }
+
+    fn tracked_digest(&self) -> [u8; 16] {
+        let mut half = [0; 16];
+        half.copy_from_slice(&self.digest.0[..16]);
+        half
+    }
+}
+
 /// The task directory may be trusted: owned by root or the agent, not writable by group or
 /// others, and so are its ancestors (sticky ones excepted). `check` and every scan ask.
 pub fn check_dir_trust(dir: &Path) -> Result<(), LoadError> {
@@ -276,7 +309,7 @@ fn check_link(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn read_task(path: &Path) -> Result<(Vec<u8>, RunTaskInfo), LoadError> {
+fn read_task(path: &Path) -> Result<(FileFacts, RunTaskInfo), LoadError> {
     check_link(path)?;
     let file = fs::File::open(path).map_err(|e| err(path, LoadErrorKind::Read(e)))?;
     let meta = file
@@ -307,7 +340,7 @@ fn read_task(path: &Path) -> Result<(Vec<u8>, RunTaskInfo), LoadError> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let task = parse_task(&bytes, &stem, mtime_ms).map_err(|kind| err(path, kind))?;
-    Ok((bytes, task))
+    Ok((FileFacts::of(&bytes), task))
 }
 
 /// Variables the agent sets for every task; a task file cannot change them.
@@ -692,7 +725,7 @@ pub struct RebootState {
     entries: BTreeMap<String, RebootEntry>,
     /// Last invoke version per id, for every repeat type; kept after a file goes away so a
     /// re-added file gets a new version.
-    versions: BTreeMap<String, i64>,
+    versions: BTreeMap<Box<str>, i64>,
     dirty: bool,
 }
 
@@ -743,7 +776,7 @@ impl RebootState {
 
     /// Gives `task_id` its next invoke version and records it.
     fn next_version(&mut self, task_id: &str) -> i64 {
-        let version = self.versions.entry(task_id.to_string()).or_insert(0);
+        let version = self.versions.entry(task_id.into()).or_insert(0);
         *version = version.saturating_add(1);
         self.dirty = true;
         *version
@@ -752,7 +785,7 @@ impl RebootState {
     /// Decides whether a task of this repeat type is handed to the engine now, and records
     /// it when it is (before the engine runs it: a crash then loses that boot's run rather
     /// than repeating it).
-    fn admit(&mut self, task_id: &str, repeat: RepeatType, bytes: &[u8], digest: &Digest) -> bool {
+    fn admit(&mut self, task_id: &str, repeat: RepeatType, file: &FileFacts) -> bool {
         if !matches!(
             repeat,
             RepeatType::EveryReboot | RepeatType::NextRebootOnly | RepeatType::Once
@@ -769,11 +802,11 @@ impl RebootState {
             }
         });
         if repeat == RepeatType::Once {
-            let hex = digest.hex();
+            let hex = file.digest.hex();
             if entry.once_digest == hex {
                 return false;
             }
-            if legacy_digest_matches(&entry.once_digest, bytes) {
+            if legacy_digest_matches(&entry.once_digest, file.legacy) {
                 // Ran before the upgrade: keep it run, and store the stable digest.
                 entry.once_digest = hex;
                 self.dirty = true;
@@ -840,7 +873,7 @@ impl RebootState {
 }
 
 /// Reboot entries and last versions per id.
-type ParsedState = (BTreeMap<String, RebootEntry>, BTreeMap<String, i64>);
+type ParsedState = (BTreeMap<String, RebootEntry>, BTreeMap<Box<str>, i64>);
 
 fn parse_reboot_state(bytes: &[u8]) -> Result<ParsedState, LoadErrorKind> {
     let root: Value = serde_json::from_slice(bytes).map_err(syntax)?;
@@ -854,7 +887,7 @@ fn parse_reboot_state(bytes: &[u8]) -> Result<ParsedState, LoadErrorKind> {
         // Absent in state files written before versions were kept.
         let version = o.int("last_version").map_err(LoadErrorKind::Field)?;
         if version > 0 {
-            versions.insert(id.clone(), version);
+            versions.insert(id.as_str().into(), version);
         }
         if o.get("first_seen_boot").is_none() {
             continue;
@@ -877,34 +910,39 @@ pub struct Scan {
     pub errors: Vec<LoadError>,
 }
 
-/// What the source remembers of a task id between scans.
 /// What the source remembers of a task file: enough to notice a change and to stop the task,
 /// not the task itself (the engine holds that; keeping a second copy of 10,000 tasks here
 /// doubled the agent's memory per task).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Tracked {
-    /// Length and SHA-256 of the file's bytes: a change of either is a new version.
-    len: usize,
-    digest: Digest,
+    /// Length and the first half of the SHA-256 of the file's bytes: a change of either is a
+    /// new version (128 bits tell an edit as surely as 256, in half the bytes a task). A
+    /// length beyond `u32` (never: `MAX_FILE_SIZE`) counts as `u32::MAX`; the digest decides.
+    len: u32,
+    digest: [u8; 16],
     invoke_version: i64,
     repeat: RepeatType,
     /// Whether the last version was handed to the engine (a reboot task may be held back).
     emitted: bool,
+    /// The name of the file it was last read from, when that is not `<id>.json` (a file
+    /// may name its own id): a file that stops loading keeps the version the engine has.
+    file: Option<Box<OsStr>>,
 }
 
 impl Tracked {
-    fn new(bytes: &[u8], digest: Digest, task: &RunTaskInfo, emitted: bool) -> Tracked {
+    fn new(path: &Path, file: &FileFacts, task: &RunTaskInfo, emitted: bool) -> Tracked {
         Tracked {
-            len: bytes.len(),
-            digest,
+            len: file.tracked_len(),
+            digest: file.tracked_digest(),
             invoke_version: task.invoke_version,
             repeat: task.repeat,
             emitted,
+            file: other_file_name(path, &task.task_id),
         }
     }
 
-    fn same_file(&self, bytes: &[u8], digest: &Digest) -> bool {
-        self.len == bytes.len() && self.digest == *digest
+    fn same_file(&self, file: &FileFacts) -> bool {
+        self.len == file.tracked_len() && self.digest == file.tracked_digest()
     }
 
     /// The version the engine last received, as a stop request.
@@ -927,6 +965,16 @@ impl Tracked {
     }
 }
 
+/// `path`'s file name, unless it is `<id>.json`.
+fn other_file_name(path: &Path, id: &str) -> Option<Box<OsStr>> {
+    let name = path.file_name()?;
+    let is_id = name
+        .to_str()
+        .and_then(|n| n.strip_suffix(".json"))
+        .is_some_and(|stem| stem == id);
+    (!is_id).then(|| name.into())
+}
+
 /// The SHA-256 of a task file's bytes. It is persisted (`once_digest`), so it must stay the
 /// same across builds, which `std`'s `DefaultHasher` does not promise: a toolchain update
 /// would have run every once task again.
@@ -945,26 +993,18 @@ impl Digest {
 }
 
 /// Whether `stored` is the 16-hex-digit `DefaultHasher` digest that state files held before
-/// SHA-256, for these bytes. Only read, so an upgrade does not run every once task again;
-/// a toolchain whose hasher differs makes this false, which runs the task once.
-fn legacy_digest_matches(stored: &str, bytes: &[u8]) -> bool {
-    use std::hash::Hasher;
-    if stored.len() != 16 {
-        return false;
-    }
-    let mut h = std::hash::DefaultHasher::new();
-    h.write(bytes);
-    stored == format!("{:016x}", h.finish())
+/// SHA-256, for the bytes whose `DefaultHasher` digest is `legacy`. Only read, so an upgrade
+/// does not run every once task again; a toolchain whose hasher differs makes this false,
+/// which runs the task once.
+fn legacy_digest_matches(stored: &str, legacy: u64) -> bool {
+    stored.len() == 16 && stored == format!("{legacy:016x}")
 }
 
 /// The task directory and what it last told the engine.
 pub struct LocalSource {
     dir: PathBuf,
     state: RebootState,
-    tracked: BTreeMap<String, Tracked>,
-    /// The file each tracked id was last read from, so a file that stops loading keeps the
-    /// version the engine has.
-    paths: BTreeMap<PathBuf, String>,
+    tracked: BTreeMap<Box<str>, Tracked>,
 }
 
 impl LocalSource {
@@ -973,8 +1013,24 @@ impl LocalSource {
             dir,
             state,
             tracked: BTreeMap::new(),
-            paths: BTreeMap::new(),
         }
+    }
+
+    /// The tracked id last read from `path` (a file of the task directory).
+    fn tracked_id(&self, path: &Path) -> Option<&str> {
+        let name = path.file_name()?;
+        let stem = name.to_str().and_then(|n| n.strip_suffix(".json"));
+        if let Some((id, _)) = stem
+            .and_then(|stem| self.tracked.get_key_value(stem))
+            .filter(|(_, t)| t.file.is_none())
+        {
+            return Some(id);
+        }
+        // A file that names another id: rare, and only asked for a file that fails to load.
+        self.tracked
+            .iter()
+            .find(|(_, t)| t.file.as_deref() == Some(name))
+            .map(|(id, _)| &**id)
     }
 
     pub fn reboot_state(&self) -> &RebootState {
@@ -1010,16 +1066,15 @@ impl LocalSource {
         // A file that loaded before and no longer does keeps its id and the version the
         // engine runs: a typo saved by an editor must not stop a schedule.
         let mut first_path: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut found: Vec<(PathBuf, Vec<u8>, RunTaskInfo)> = Vec::new();
-        let mut results: Vec<(PathBuf, (Vec<u8>, RunTaskInfo))> = Vec::with_capacity(read.len());
+        let mut found: Vec<(PathBuf, FileFacts, RunTaskInfo)> = Vec::new();
+        let mut results: Vec<(PathBuf, (FileFacts, RunTaskInfo))> = Vec::with_capacity(read.len());
         for r in read {
             match r {
                 Ok(ok) => results.push(ok),
                 Err((path, e)) => {
-                    let kept = self
-                        .paths
-                        .get(&path)
-                        .filter(|id| keeps_last_good(&e.kind) && self.tracked.contains_key(*id));
+                    let kept = Some(&e.kind)
+                        .filter(|kind| keeps_last_good(kind))
+                        .and_then(|_| self.tracked_id(&path));
                     if let Some(id) = kept {
                         log::warn!(
                             "task={} invoke_version={} phase=load {} no longer loads; the last good version stays",
@@ -1027,13 +1082,13 @@ impl LocalSource {
                             self.tracked[id].invoke_version,
                             for_terminal(&path.display().to_string())
                         );
-                        first_path.insert(id.clone(), path);
+                        first_path.insert(id.to_string(), path);
                     }
                     scan.errors.push(e);
                 }
             }
         }
-        for (path, (bytes, task)) in results {
+        for (path, (file, task)) in results {
             if let Some(first) = first_path.get(&task.task_id) {
                 let kind = LoadErrorKind::DuplicateId {
                     id: task.task_id.clone(),
@@ -1043,22 +1098,18 @@ impl LocalSource {
                 continue;
             }
             first_path.insert(task.task_id.clone(), path.clone());
-            found.push((path, bytes, task));
+            found.push((path, file, task));
         }
-        self.paths = first_path
-            .iter()
-            .map(|(id, p)| (p.clone(), id.clone()))
-            .collect();
 
         let gone: Vec<String> = self
             .tracked
             .keys()
-            .filter(|id| !first_path.contains_key(*id))
-            .cloned()
+            .filter(|id| !first_path.contains_key(&***id))
+            .map(|id| id.to_string())
             .collect();
         for id in gone {
             self.state.forget_once(&id);
-            if let Some(old) = self.tracked.remove(&id) {
+            if let Some(old) = self.tracked.remove(id.as_str()) {
                 if old.emitted {
                     log::info!(
                         "task={} invoke_version={} phase=load its task file was removed or refused; stopping it",
@@ -1070,18 +1121,26 @@ impl LocalSource {
             }
         }
 
-        for (_, bytes, mut task) in found {
+        for (path, file, mut task) in found {
             let id = task.task_id.clone();
-            let previous = self.tracked.remove(&id);
-            let digest = Digest::of(&bytes);
-            if let Some(prev) = previous.as_ref().filter(|p| p.same_file(&bytes, &digest)) {
-                self.tracked.insert(id, *prev);
-                continue;
-            }
+            let previous = match self.tracked.remove(id.as_str()) {
+                Some(mut prev) if prev.same_file(&file) => {
+                    // The same bytes, perhaps under another name.
+                    prev.file = other_file_name(&path, &id);
+                    self.tracked.insert(id.into(), prev);
+                    continue;
+                }
+                previous => previous,
+            };
             task.invoke_version = self.state.next_version(&id);
-            let admitted = self.state.admit(&id, task.repeat, &bytes, &digest);
+            let admitted = self.state.admit(&id, task.repeat, &file);
+            self.tracked.insert(
+                id.as_str().into(),
+                Tracked::new(&path, &file, &task, admitted),
+            );
             if admitted {
-                scan.events.push(SourceEvent::Run(task.clone()));
+                // Moved, not cloned: the engine keeps the task, this source only `Tracked`.
+                scan.events.push(SourceEvent::Run(task));
             } else {
                 log::info!(
                     "task={} invoke_version={} phase=load {} task already handled for this boot",
@@ -1094,9 +1153,13 @@ impl LocalSource {
                     scan.events.push(prev.stop_event(&id));
                 }
             }
-            self.tracked
-                .insert(id, Tracked::new(&bytes, digest, &task, admitted));
         }
+        // Rebuilt from their sorted entries, the maps' nodes are full: grown one insert at a
+        // time, a `BTreeMap` leaves about half of each node empty (80 bytes a task here).
+        self.tracked = std::mem::take(&mut self.tracked).into_iter().collect();
+        self.state.versions = std::mem::take(&mut self.state.versions)
+            .into_iter()
+            .collect();
 
         if let Err(e) = self.state.save() {
             let path = self.state.path.clone().unwrap_or_default();
@@ -1677,6 +1740,36 @@ mod tests {
             )),
             "{msgs:?}"
         );
+    }
+
+    #[test]
+    fn a_tracked_file_is_small() {
+        // One per task file, kept for as long as the agent runs.
+        assert!(std::mem::size_of::<Tracked>() <= 48);
+    }
+
+    #[test]
+    fn a_renamed_file_is_known_by_its_new_name_when_it_breaks() {
+        let dir = TempDir::new("local-rename");
+        let d = dir.path();
+        let body = r#"{"id":"p","command":"echo p"}"#;
+        write(d, "a.json", body);
+        write(d, "q.json", r#"{"command":"echo q"}"#);
+        let mut src = LocalSource::new(d.to_path_buf(), RebootState::fresh(None, "boot".into()));
+        assert_eq!(runs(&src.scan()), [id_v("p", 1), id_v("q", 1)]);
+        fs::rename(d.join("a.json"), d.join("b.json")).expect("rename");
+        assert!(src.scan().events.is_empty(), "the same bytes");
+        write(d, "b.json", r#"{"id":"p","command":"#);
+        write(d, "q.json", r#"{"command":"#);
+        let s = src.scan();
+        assert!(
+            s.events.is_empty(),
+            "both keep their last good: {:?}",
+            s.events
+        );
+        assert_eq!(s.errors.len(), 2);
+        fs::remove_file(d.join("b.json")).expect("rm");
+        assert_eq!(removals(&src.scan()), [id_v("p", 1)]);
     }
 
     #[test]
