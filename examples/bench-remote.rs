@@ -168,6 +168,26 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The idle memory split of `/proc/<pid>/smaps_rollup`, in KiB: (anonymous, file-backed). The
+/// file-backed part is the binary's own pages (text, read-only data); anonymous is the heap,
+/// the thread stacks and the relocated data.
+fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let rss = field("Rss:")?;
+    let anon = field("Anonymous:")?;
+    Some((anon, rss.saturating_sub(anon)))
+}
+
 fn start_agent(opts: &Options, server: &Server, dir: &Path) -> Result<AgentProcess, String> {
     let log = File::create(dir.join("agent.log")).map_err(|e| format!("agent.log: {e}"))?;
     let child = Command::new(&opts.agent)
@@ -274,6 +294,7 @@ fn run(opts: &Options) -> Result<(), String> {
     let after = switches(pid);
     let t1 = SystemTime::now();
     let rss_after = status_kib(pid, "VmRSS:").unwrap_or(0);
+    let split = rss_split(pid);
     let heartbeats = server
         .requests()
         .iter()
@@ -294,6 +315,9 @@ fn run(opts: &Options) -> Result<(), String> {
         "idle RSS: {rss_before} KiB at the start, {rss_after} KiB after {} s",
         opts.idle_secs
     );
+    if let Some((anon, file)) = split {
+        println!("  of which anonymous {anon} KiB, file-backed (the binary's pages) {file} KiB");
+    }
     println!(
         "idle wakeups (context switches, all threads): {total} in {} s = {:.1}/min",
         opts.idle_secs,

@@ -331,7 +331,14 @@ fn run_remote(
     let (action_tx, actions) = crossbeam_channel::unbounded();
     // Set by the updater while it installs (spec §1.6); kicks are answered `reject:` meanwhile.
     let critical = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let listener = match kick_config(&tcfg, header_hook.clone(), critical.clone()) {
+    // The websockets' TLS settings (kicks and sessions), built once: each build holds its own
+    // root store (the bundled roots are ~150 anchors).
+    let session_tls = if tcfg.base_url.starts_with("https://") {
+        Some(transport::kick_tls_config(tcfg.ca_file.as_deref()).map_err(CliError::Transport)?)
+    } else {
+        None
+    };
+    let listener = match kick_config(&tcfg, header_hook.clone(), critical.clone(), &session_tls) {
         Ok(kcfg) => match kick::spawn_listener(kcfg, action_tx) {
             Ok(listener) => Some(listener),
             Err(e) => {
@@ -349,11 +356,6 @@ fn run_remote(
     };
     // Sessions (shell, port forwarding): their own thread and one thread per session; the
     // websocket carries the same identity and goes through the same proxy as every request.
-    let session_tls = if tcfg.base_url.starts_with("https://") {
-        Some(transport::kick_tls_config(tcfg.ca_file.as_deref()).map_err(CliError::Transport)?)
-    } else {
-        None
-    };
     let sessions = crate::remote::session::sessions(crate::remote::session::SessionsConfig {
         http: http.clone(),
         base_url: tcfg.base_url.clone(),
@@ -477,6 +479,7 @@ fn kick_config(
     tcfg: &TransportConfig,
     hybrid: Option<kick::HeaderHook>,
     critical: Arc<std::sync::atomic::AtomicBool>,
+    tls: &Option<Arc<rustls::ClientConfig>>,
 ) -> Result<kick::KickConfig, CliError> {
     let url = kick::notify_url(&tcfg.base_url).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut kcfg = kick::KickConfig::new(url);
@@ -484,10 +487,11 @@ fn kick_config(
     kcfg.critical_action = Some(critical);
     kcfg.proxy = tcfg.proxy.clone();
     if kcfg.url.starts_with("wss://") {
-        kcfg.tls = Some(
-            crate::remote::transport::kick_tls_config(tcfg.ca_file.as_deref())
+        kcfg.tls = Some(match tls {
+            Some(tls) => tls.clone(),
+            None => crate::remote::transport::kick_tls_config(tcfg.ca_file.as_deref())
                 .map_err(CliError::Transport)?,
-        );
+        });
     }
     Ok(kcfg)
 }

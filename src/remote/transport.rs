@@ -88,6 +88,13 @@ pub const RETRY_ATTEMPTS: u32 = 4;
 pub const RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// The longest connect phase of any request; the request's own timeout bounds it further.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// ureq's read and write buffers per connection (its default is 128 KiB each, zero-filled, so
+/// all of it resident, and twice over on TLS, where the TCP layer under rustls has its own
+/// pair): a pooled idle connection held 256 KiB, 512 KiB on HTTPS. Every server answer's head
+/// is a few hundred bytes and each request's head (identity headers, query string) under
+/// 2 KiB, far below this; bodies stream through the buffers in pieces of this size. 16 KiB is
+/// one TLS record.
+pub const IO_BUFFER_LEN: usize = 16 * 1024;
 
 /// Extra identity headers for one request, from its method and path (hybrid identity,
 /// spec §2.2). Called once per request, so values such as timestamps can be fresh.
@@ -338,6 +345,8 @@ impl UreqHttp {
                 .timeout_recv_response(Some(DEFAULT_TIMEOUT))
                 .timeout_recv_body(Some(DEFAULT_TIMEOUT))
                 .max_redirects(0)
+                .input_buffer_size(IO_BUFFER_LEN)
+                .output_buffer_size(IO_BUFFER_LEN)
                 .build()
                 .into()
         };
