@@ -157,9 +157,15 @@ fn switches(pid: u32) -> BTreeMap<u32, (String, u64)> {
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
+    kib_field(
+        &fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        key,
+    )
+}
+
+/// The value of the `key` line of a /proc file such as `status` or `smaps_rollup`, in KiB.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
         .find_map(|l| l.strip_prefix(key))?
         .trim()
         .trim_end_matches("kB")
@@ -173,18 +179,8 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 /// the thread stacks and the relocated data.
 fn rss_split(pid: u32) -> Option<(u64, u64)> {
     let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |key: &str| -> Option<u64> {
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix(key))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    };
-    let rss = field("Rss:")?;
-    let anon = field("Anonymous:")?;
+    let rss = kib_field(&rollup, "Rss:")?;
+    let anon = kib_field(&rollup, "Anonymous:")?;
     Some((anon, rss.saturating_sub(anon)))
 }
 
