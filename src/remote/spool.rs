@@ -367,10 +367,14 @@ pub fn spawn(
         server_up_queued: server_up_queued.clone(),
         first_resend_delay: limits.first_resend_delay,
     };
+    // The directory is read here, before any writer exists: what it holds now is an
+    // earlier run's, and every file written from now on reaches the thread as a message.
+    // Read on the thread, a report written ahead right after `spawn` could be taken for a
+    // leftover and sent by the startup pass while its own attempt was still under way.
+    let mut spool = SpoolState::load(dir, limits, http);
     let join = thread::Builder::new()
         .name("spool".to_string())
         .spawn(move || {
-            let mut spool = SpoolState::load(dir, limits, http);
             spool.startup_pass();
             drop(startup_gate);
             spool.run(rx, stop, server_up_queued)
