@@ -98,6 +98,32 @@ fn number_after(output: &[u8], tag: &str) -> Option<i32> {
     })
 }
 
+/// The agent's session threads (`session-<id>`), by name.
+fn session_threads(agent: &Agent) -> Vec<String> {
+    let pid = agent.child.as_ref().expect("agent running").id();
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("session"))
+        .collect()
+}
+
+/// Waits (bounded) until no session thread is left: an ended session's last act is to
+/// remove its entry from the session table.
+fn wait_no_session_thread(agent: &Agent) {
+    let deadline = Instant::now() + DEADLINE;
+    while !session_threads(agent).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        session_threads(agent).is_empty(),
+        "{:?}",
+        session_threads(agent)
+    );
+}
+
 #[test]
 fn a_shell_session_runs_input_resizes_runs_as_the_user_and_stops_on_a_kick() {
     let Some(user) = test_user("a_shell_session_runs_input") else {
@@ -163,6 +189,9 @@ fn a_shell_session_runs_input_resizes_runs_as_the_user_and_stops_on_a_kick() {
     }
     wait_gone(&agent, shell);
     wait_gone(&agent, bg);
+    // The session's thread removes its table entry after its status report went out; a
+    // stop kick sent before that still finds it.
+    wait_no_session_thread(&agent);
     // A stop for a session that has ended finds nothing and reports nothing.
     server.push_kick("kick_vm session stop s-shell");
     expect_kick_reply(&agent, &server, "accept:kick_vm session stop s-shell");
@@ -184,17 +213,11 @@ fn a_shell_that_exits_ends_the_session_ok_and_root_is_refused() {
     let server = Server::start();
     let agent = agent(&dir, &server);
     // Sessions hold no thread while none is open (issue 9), before the first and after it.
-    let session_threads = || -> Vec<String> {
-        let pid = agent.child.as_ref().expect("agent running").id();
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("task dir")
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .map(|c| c.trim().to_string())
-            .filter(|c| c.starts_with("session"))
-            .collect()
-    };
-    assert!(session_threads().is_empty(), "{:?}", session_threads());
+    assert!(
+        session_threads(&agent).is_empty(),
+        "{:?}",
+        session_threads(&agent)
+    );
     start_session(
         &agent,
         &server,
@@ -208,12 +231,8 @@ fn a_shell_that_exits_ends_the_session_ok_and_root_is_refused() {
     if !peer.wait_closed(Instant::now() + DEADLINE) {
         agent.fail("the session websocket stayed open after the shell exited");
     }
-    // The session's thread ends with it (its last act removes its entry; bounded wait).
-    let deadline = Instant::now() + DEADLINE;
-    while !session_threads().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(session_threads().is_empty(), "{:?}", session_threads());
+    // The session's thread ends with it (its last act removes its entry).
+    wait_no_session_thread(&agent);
 
     // uid 0 is refused before anything starts, as the reference does.
     start_session(
