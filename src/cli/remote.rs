@@ -150,7 +150,7 @@ pub(super) fn run_remote_and_restart(
     let Some(restart) = run_remote(cfg, state, start, watch)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    // Every thread has ended (`run_remote` joined the signal thread too). The lock is closed
+    // Every thread has ended (`run_remote` joined the poll thread too). The lock is closed
     // here (it is O_CLOEXEC as well), so the new image takes it as any fresh start would.
     drop(lock);
     let source = restart.exec();

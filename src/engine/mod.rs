@@ -89,9 +89,10 @@ impl Reload for NoReload {
 pub enum EngineError {
     /// Every task source hung up (the fetch thread died).
     SourceLost,
-    /// The signal thread died: a bug, since it only ends at exit.
+    /// The signal channel closed (the poll thread died): a bug, since it only ends at exit.
     SignalsLost,
-    /// The control socket's thread ended (handled inside the loop; never returned).
+    /// The control socket's requests stopped (the poll thread ended; handled inside the loop,
+    /// never returned).
     ControlLost,
 }
 
@@ -99,8 +100,10 @@ impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EngineError::SourceLost => f.write_str("the task source stopped unexpectedly"),
-            EngineError::SignalsLost => f.write_str("the signal thread stopped unexpectedly"),
-            EngineError::ControlLost => f.write_str("the control socket's thread stopped"),
+            EngineError::SignalsLost => {
+                f.write_str("the poll thread that reads signals stopped unexpectedly")
+            }
+            EngineError::ControlLost => f.write_str("the control socket stopped taking requests"),
         }
     }
 }
@@ -272,7 +275,7 @@ impl Engine {
                 Ok(event) => event,
                 Err(EngineError::ControlLost) => {
                     log::warn!(
-                        "phase=control the control socket's thread ended; `assistd run` is off"
+                        "phase=control the control socket stopped taking requests; `assistd run` is off"
                     );
                     self.control = None;
                     continue;

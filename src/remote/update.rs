@@ -476,7 +476,7 @@ pub struct Restart {
 
 impl Restart {
     /// Replaces this process with `exe`, same argv, with `ASSISTD_UPDATE_PENDING=<old>` added
-    /// to the environment after an update. Call it after every thread but the signal thread has
+    /// to the environment after an update. Call it after every thread has
     /// ended and the state-dir lock is closed (its fd is `O_CLOEXEC` anyway). If the exec of a
     /// new binary fails, the old one is renamed back (the trial marker says why) and exec'd
     /// instead. Returns only when that fails too.
@@ -885,7 +885,7 @@ impl Updater {
             log::info!("phase=update the agent is stopping; the new binary runs at the next start");
             return Err(UpdateError::Stopped);
         }
-        // The ordinary shutdown path: the signal thread turns this into `Terminate`, the
+        // The ordinary shutdown path: the poll thread's signalfd turns this into `Terminate`, the
         // engine drains, `stop` disconnects. The gate stays held until then.
         log::info!("phase=update shutting down to restart into the new binary");
         // SAFETY: kill with our own pid and a valid signal number.
