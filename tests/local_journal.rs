@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use serde_json::json;
-use util::{assistd, Agent, TestDir, DEADLINE};
+use util::{assistd, record, Agent, TestDir, DEADLINE};
 
 fn journal(dir: &TestDir, extra: &[&str]) -> String {
     let out = assistd()
@@ -47,10 +47,7 @@ fn the_final_record_shows_the_output_whole_and_filters_select_invocations() {
                 .any(|r| r["task"] == *t && r["event"] == "finished")
         })
     });
-    let fin = records
-        .iter()
-        .find(|r| r["task"] == "chatty" && r["event"] == "finished")
-        .expect("finished");
+    let fin = record(&records, "chatty", "finished");
     assert_eq!(
         fin["output"], "two\n",
         "the journal line holds only the rest"

@@ -3,14 +3,7 @@
 mod util;
 
 use serde_json::json;
-use util::{read_pid, wait_gone, Agent, TestDir};
-
-fn count(records: &[serde_json::Value], task: &str, event: &str) -> usize {
-    records
-        .iter()
-        .filter(|r| r["task"] == task && r["event"] == event)
-        .count()
-}
+use util::{count, read_pid, record, wait_gone, Agent, TestDir};
 
 #[test]
 fn a_once_task_runs_and_its_result_is_journaled() {
@@ -23,10 +16,7 @@ fn a_once_task_runs_and_its_result_is_journaled() {
     let records = agent.wait_journal(&dir, "hello finished", |r| {
         count(r, "hello", "finished") == 1
     });
-    let rec = records
-        .iter()
-        .find(|r| r["task"] == "hello" && r["event"] == "finished")
-        .expect("finished record");
+    let rec = record(&records, "hello", "finished");
     assert_eq!(rec["exit_code"], 3);
     assert_eq!(rec["invoke_version"], 1);
     assert_eq!(rec["output"], "hello\noops\n");
@@ -232,10 +222,7 @@ fn a_cron_reports_completed_after_its_last_run() {
         .filter_map(|r| r["event"].as_str())
         .collect();
     assert_eq!(events, vec!["finished", "stopped"]);
-    let stopped = records
-        .iter()
-        .find(|r| r["task"] == "last" && r["event"] == "stopped")
-        .expect("stopped");
+    let stopped = record(&records, "last", "stopped");
     assert_eq!(stopped["result"], "completed");
 }
 
@@ -362,10 +349,7 @@ fn a_task_left_by_a_killed_agent_is_killed_and_journaled_as_an_error_at_restart(
 
     let second = Agent::start(&dir, &[]);
     let records = second.wait_journal(&dir, "orphan error", |r| count(r, "orphan", "error") == 1);
-    let rec = records
-        .iter()
-        .find(|r| r["task"] == "orphan" && r["event"] == "error")
-        .expect("error record");
+    let rec = record(&records, "orphan", "error");
     assert_eq!(rec["err_code"], "AgentRestarted");
     assert_eq!(rec["exit_code"], -1);
     wait_gone(&second, bg);
@@ -388,10 +372,7 @@ fn a_task_gets_its_env_and_its_output_lines_reach_the_log() {
     );
     agent.expect_line("task=envt invoke_version=1 phase=output | second");
     let records = agent.wait_journal(&dir, "envt finished", |r| count(r, "envt", "finished") == 1);
-    let rec = records
-        .iter()
-        .find(|r| r["task"] == "envt" && r["event"] == "finished")
-        .expect("finished record");
+    let rec = record(&records, "envt", "finished");
     assert!(
         rec["output"]
             .as_str()

@@ -5,14 +5,7 @@
 mod util;
 
 use serde_json::{json, Value};
-use util::{read_pid, set_mode, wait_gone, Agent, TestDir};
-
-fn count(records: &[Value], task: &str, event: &str) -> usize {
-    records
-        .iter()
-        .filter(|r| r["task"] == task && r["event"] == event)
-        .count()
-}
+use util::{count, read_pid, record, set_mode, wait_gone, Agent, TestDir};
 
 /// Starts the agent and waits for its first scan of the task directory: from then on the
 /// watcher is running (it starts before that scan).
@@ -40,10 +33,7 @@ fn a_new_file_written_by_rename_runs_without_sighup() {
     let records = agent.wait_journal(&dir, "hello finished", |r| {
         count(r, "hello", "finished") == 1
     });
-    let rec = records
-        .iter()
-        .find(|r| r["task"] == "hello" && r["event"] == "finished")
-        .expect("finished");
+    let rec = record(&records, "hello", "finished");
     assert_eq!(rec["output"], "hello\n");
 }
 

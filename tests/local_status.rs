@@ -7,14 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use util::{assistd, Agent, TestDir};
-
-fn count(records: &[Value], task: &str, event: &str) -> usize {
-    records
-        .iter()
-        .filter(|r| r["task"] == task && r["event"] == event)
-        .count()
-}
+use util::{assistd, count, Agent, TestDir};
 
 /// `assistd <args> --state-dir <dir>/state`: (exit code, stdout, stderr).
 fn tool(dir: &TestDir, args: &[&str]) -> (i32, String, String) {

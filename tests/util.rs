@@ -135,6 +135,22 @@ impl TestDir {
     }
 }
 
+/// How many of `records` (journal records) are `event`s of `task`.
+pub fn count(records: &[Value], task: &str, event: &str) -> usize {
+    records
+        .iter()
+        .filter(|r| r["task"] == task && r["event"] == event)
+        .count()
+}
+
+/// The first `event` record of `task` among `records`; fails the test when there is none.
+pub fn record<'a>(records: &'a [Value], task: &str, event: &str) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["task"] == task && r["event"] == event)
+        .unwrap_or_else(|| panic!("no {event} record of {task} in {records:#?}"))
+}
+
 /// A running agent. Dropping it sends SIGTERM, waits, then SIGKILLs: no test leaks an agent.
 pub struct Agent {
     pub child: Option<Child>,
