@@ -109,6 +109,17 @@ fn task(id: &str, version: i64, script: &str) -> RunTaskInfo {
     }
 }
 
+/// `task`, reporting its start (`running`), so a test can wait until it runs.
+fn reporting_start(id: &str, version: i64, script: &str) -> RunTaskInfo {
+    RunTaskInfo {
+        output: crate::model::OutputInfo {
+            send_start: true,
+            ..Default::default()
+        },
+        ..task(id, version, script)
+    }
+}
+
 fn periodic(id: &str, version: i64, script: &str, repeat: RepeatType, expr: &str) -> RunTaskInfo {
     RunTaskInfo {
         repeat,
@@ -166,13 +177,7 @@ fn stop_of_an_unknown_task_still_reports_killed_with_zeros() {
 #[test]
 fn stop_of_a_running_task_kills_it_and_reports_killed() {
     let h = Harness::new("stop-running");
-    h.send(SourceEvent::Run(RunTaskInfo {
-        output: crate::model::OutputInfo {
-            send_start: true,
-            ..Default::default()
-        },
-        ..task("t-2", 1, "sleep 300")
-    }));
+    h.send(SourceEvent::Run(reporting_start("t-2", 1, "sleep 300")));
     h.wait("start event", |r| count(r, "t-2", "running") >= 1);
     h.send(SourceEvent::Stop(task("t-2", 1, "sleep 300")));
     let reports = h.wait("stopped", |r| count(r, "t-2", "stopped") == 1);
@@ -191,13 +196,7 @@ fn a_removed_idle_task_is_journaled_as_a_removal_and_a_running_one_says_why_it_w
             ..
         }
     ));
-    h.send(SourceEvent::Run(RunTaskInfo {
-        output: crate::model::OutputInfo {
-            send_start: true,
-            ..Default::default()
-        },
-        ..task("t-run", 1, "sleep 300")
-    }));
+    h.send(SourceEvent::Run(reporting_start("t-run", 1, "sleep 300")));
     h.wait("start event", |r| count(r, "t-run", "running") >= 1);
     h.send(SourceEvent::Removed(task("t-run", 1, "sleep 300")));
     let reports = h.wait("stopped", |r| count(r, "t-run", "stopped") == 1);
@@ -317,13 +316,7 @@ fn task_not_found_on_a_periodic_report_drops_the_schedule() {
 #[test]
 fn reports_the_loop_owes_do_not_wait_for_busy_workers() {
     let h = Harness::with("busy", |cfg| cfg.workers = 1);
-    h.send(SourceEvent::Run(RunTaskInfo {
-        output: crate::model::OutputInfo {
-            send_start: true,
-            ..Default::default()
-        },
-        ..task("t-busy", 1, "sleep 300")
-    }));
+    h.send(SourceEvent::Run(reporting_start("t-busy", 1, "sleep 300")));
     h.wait("the only worker is busy", |r| {
         count(r, "t-busy", "running") >= 1
     });
@@ -347,13 +340,11 @@ fn reports_the_loop_owes_do_not_wait_for_busy_workers() {
 #[test]
 fn a_deferred_version_runs_after_the_running_one() {
     let h = Harness::with("defer", |cfg| cfg.defer_new_versions = true);
-    h.send(SourceEvent::Run(RunTaskInfo {
-        output: crate::model::OutputInfo {
-            send_start: true,
-            ..Default::default()
-        },
-        ..task("t-d", 1, "sleep 1; echo one")
-    }));
+    h.send(SourceEvent::Run(reporting_start(
+        "t-d",
+        1,
+        "sleep 1; echo one",
+    )));
     h.wait("v1 started", |r| count(r, "t-d", "running") >= 1);
     h.send(SourceEvent::Run(task("t-d", 2, "echo two")));
     let reports = h.wait("both versions finished", |r| {
@@ -414,13 +405,7 @@ fn a_skipped_last_cron_run_is_completed_by_the_running_invocation() {
 #[test]
 fn an_endless_grace_period_still_ends_on_a_second_signal() {
     let h = Harness::with("grace", |cfg| cfg.shutdown_grace = Duration::MAX);
-    h.send(SourceEvent::Run(RunTaskInfo {
-        output: crate::model::OutputInfo {
-            send_start: true,
-            ..Default::default()
-        },
-        ..task("t-g", 1, "sleep 300")
-    }));
+    h.send(SourceEvent::Run(reporting_start("t-g", 1, "sleep 300")));
     h.wait("started", |r| count(r, "t-g", "running") >= 1);
     h.signals.send(Signal::Terminate).expect("engine running");
     h.signals.send(Signal::Terminate).expect("engine running");
