@@ -225,15 +225,9 @@ mod tests {
         let ctx = JobContext {
             registry: registry.clone(),
             reporter: reporter.clone(),
-            runner: Arc::new(RunnerConfig {
-                script_dir: std::path::PathBuf::from("/nonexistent/never-used"),
-                allow_power_actions: false,
-                power_commands: Default::default(),
-                records: None,
-                max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-                clean_task_env: false,
-                log_task_output: false,
-            }),
+            runner: Arc::new(RunnerConfig::for_tests(std::path::PathBuf::from(
+                "/nonexistent/never-used",
+            ))),
             done: done_tx,
             status: None,
         };

@@ -44,15 +44,7 @@ impl Harness {
         let (timer, _timer_join) = timer::spawn(SystemClock, None);
         let cfg = EngineConfig {
             workers: 4,
-            runner: RunnerConfig {
-                script_dir: script_dir.clone(),
-                allow_power_actions: false,
-                power_commands: Default::default(),
-                records: None,
-                max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-                clean_task_env: false,
-                log_task_output: false,
-            },
+            runner: RunnerConfig::for_tests(script_dir.clone()),
             system_zone: Zone::utc(),
             shutdown_grace: Duration::from_secs(0),
             defer_new_versions: false,
@@ -474,15 +466,7 @@ fn run_now_starts_a_held_task_once_and_says_when_it_is_running_or_unknown() {
     let (timer, _timer_join) = timer::spawn(SystemClock, None);
     let cfg = EngineConfig {
         workers: 2,
-        runner: RunnerConfig {
-            script_dir: script_dir.join("scripts"),
-            allow_power_actions: false,
-            power_commands: Default::default(),
-            records: None,
-            max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-            clean_task_env: false,
-            log_task_output: false,
-        },
+        runner: RunnerConfig::for_tests(script_dir.join("scripts")),
         system_zone: Zone::utc(),
         shutdown_grace: Duration::from_secs(0),
         defer_new_versions: true,

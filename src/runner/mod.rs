@@ -46,6 +46,23 @@ pub struct RunnerConfig {
     pub log_task_output: bool,
 }
 
+#[cfg(test)]
+impl RunnerConfig {
+    /// The defaults, with scripts written to `script_dir` and no run records: what unit tests
+    /// run with.
+    pub(crate) fn for_tests(script_dir: PathBuf) -> RunnerConfig {
+        RunnerConfig {
+            script_dir,
+            allow_power_actions: false,
+            power_commands: Default::default(),
+            records: None,
+            max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
+            clean_task_env: false,
+            log_task_output: false,
+        }
+    }
+}
+
 /// What exit codes 193 and 194 run, with no arguments, when power actions are allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PowerCommands {

@@ -45,15 +45,7 @@ impl TestDir {
     }
 
     fn cfg(&self) -> RunnerConfig {
-        RunnerConfig {
-            script_dir: self.0.join("scripts"),
-            allow_power_actions: false,
-            power_commands: Default::default(),
-            records: None,
-            max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-            clean_task_env: false,
-            log_task_output: false,
-        }
+        RunnerConfig::for_tests(self.0.join("scripts"))
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -611,15 +603,7 @@ fn another_user_runs_a_script_file_in_the_state_dir() {
     let dir = TestDir::new("statedir-user");
     let state = crate::fsutil::StateDir::new(dir.path("state"));
     state.create().expect("state dir");
-    let cfg = RunnerConfig {
-        script_dir: state.script_dir(),
-        allow_power_actions: false,
-        power_commands: Default::default(),
-        records: None,
-        max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-        clean_task_env: false,
-        log_task_output: false,
-    };
+    let cfg = RunnerConfig::for_tests(state.script_dir());
     let t = RunTaskInfo {
         username: "nobody".into(),
         ..task("t-nobody", "echo \"$0\"")
@@ -651,15 +635,7 @@ fn a_closed_state_dir_runs_another_user_inline() {
     state.create().expect("state dir");
     // As systemd's StateDirectoryMode=0700 leaves it: the scripts are 0711, their parent not.
     fs::set_permissions(&state.root, fs::Permissions::from_mode(0o700)).expect("chmod");
-    let cfg = RunnerConfig {
-        script_dir: state.script_dir(),
-        allow_power_actions: false,
-        power_commands: Default::default(),
-        records: None,
-        max_log_quota: crate::config::DEFAULT_MAX_LOG_QUOTA,
-        clean_task_env: false,
-        log_task_output: false,
-    };
+    let cfg = RunnerConfig::for_tests(state.script_dir());
     let t = RunTaskInfo {
         username: "nobody".into(),
         ..task("t-nobody", "echo hi")
