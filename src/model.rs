@@ -266,7 +266,8 @@ impl From<RunTaskInfo> for CompactTask {
 impl CompactTask {
     /// The task as a run needs it.
     pub fn unpack(&self) -> RunTaskInfo {
-        let t = |field| self.text(field).to_string();
+        let texts = self.texts();
+        let t = |field: Text| texts[field as usize].to_string();
         RunTaskInfo {
             instance_id: t(Text::InstanceId),
             command_type: t(Text::CommandType),
@@ -320,14 +321,32 @@ impl CompactTask {
         self.local.as_deref()
     }
 
+    /// One text, decoding only the lengths before it.
     fn text(&self, field: Text) -> &str {
+        let (lens, at) = self.lens();
+        let i = field as usize;
+        self.slice(at + lens[..i].iter().sum::<usize>(), lens[i])
+    }
+
+    /// Every text, in `Text` order, from one pass over the lengths (what `unpack` needs).
+    fn texts(&self) -> [&str; TEXTS] {
+        let (lens, mut at) = self.lens();
+        lens.map(|len| {
+            let text = self.slice(at, len);
+            at += len;
+            text
+        })
+    }
+
+    /// The texts' lengths, and where the first text starts.
+    fn lens(&self) -> ([usize; TEXTS], usize) {
         let mut lens = [0usize; TEXTS];
         let mut at = 0;
         for len in &mut lens {
             let mut shift = 0u32;
             loop {
                 let Some(&byte) = self.packed.get(at) else {
-                    return "";
+                    return ([0; TEXTS], at);
                 };
                 at += 1;
                 *len |= usize::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
@@ -337,11 +356,13 @@ impl CompactTask {
                 shift += 7;
             }
         }
-        let i = field as usize;
-        let start = at + lens[..i].iter().sum::<usize>();
+        (lens, at)
+    }
+
+    fn slice(&self, start: usize, len: usize) -> &str {
         // Packed from whole `str`s, so each text is valid UTF-8 on its own.
         self.packed
-            .get(start..start + lens[i])
+            .get(start..start + len)
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
             .unwrap_or_default()
     }
