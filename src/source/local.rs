@@ -248,19 +248,23 @@ pub fn load_file(path: &Path) -> Result<RunTaskInfo, LoadError> {
 struct FileFacts {
     len: usize,
     digest: Digest,
-    /// The digest state files held before SHA-256 (`legacy_digest_matches`).
-    legacy: u64,
+    /// The digest state files held before SHA-256 (`legacy_digest_matches`); only a once
+    /// task's earlier run is recorded by digest, so only a once task's file is hashed so.
+    legacy: Option<u64>,
 }
 
 impl FileFacts {
-    fn of(bytes: &[u8]) -> FileFacts {
+    fn of(bytes: &[u8], repeat: RepeatType) -> FileFacts {
         use std::hash::Hasher;
-        let mut h = std::hash::DefaultHasher::new();
-        h.write(bytes);
+        let legacy = (repeat == RepeatType::Once).then(|| {
+            let mut h = std::hash::DefaultHasher::new();
+            h.write(bytes);
+            h.finish()
+        });
         FileFacts {
             len: bytes.len(),
             digest: Digest::of(bytes),
-            legacy: h.finish(),
+            legacy,
         }
     }
 
@@ -340,7 +344,7 @@ fn read_task(path: &Path) -> Result<(FileFacts, RunTaskInfo), LoadError> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let task = parse_task(&bytes, &stem, mtime_ms).map_err(|kind| err(path, kind))?;
-    Ok((FileFacts::of(&bytes), task))
+    Ok((FileFacts::of(&bytes, task.repeat), task))
 }
 
 /// Variables the agent sets for every task; a task file cannot change them.
@@ -806,7 +810,10 @@ impl RebootState {
             if entry.once_digest == hex {
                 return false;
             }
-            if legacy_digest_matches(&entry.once_digest, file.legacy) {
+            if file
+                .legacy
+                .is_some_and(|legacy| legacy_digest_matches(&entry.once_digest, legacy))
+            {
                 // Ran before the upgrade: keep it run, and store the stable digest.
                 entry.once_digest = hex;
                 self.dirty = true;
