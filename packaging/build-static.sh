@@ -19,6 +19,18 @@
 # aarch64 without the musl target or a cross linker is skipped with a message (exit 0), so
 # `make static-aarch64` never fails on a machine that cannot do it.
 #
+# Size, x86_64 musl only (README "The static binary"; the figures in "Measured figures"):
+#   - std compiled from the toolchain's own source (the rust-src component, the same version
+#     as the compiler) with the release profile, its `optimize_for_size` feature and without
+#     the backtrace symbolizer, which a stripped binary cannot use anyway. This is cargo's
+#     `-Zbuild-std`, unstable, so the build runs with RUSTC_BOOTSTRAP=1. STATIC_STD=auto (the
+#     default: from source when rust-src is installed, else the prebuilt std, and the prebuilt
+#     std again if the source build fails), source (must work), prebuilt (never).
+#   - linked by rust-lld (shipped with rustc) with identical-code folding (--icf=all) and
+#     packed relative relocations (--pack-dyn-relocs=relr, applied by musl's static-pie
+#     start code). Without rust-lld, the system linker.
+#   aarch64 and the glibc fallback use the prebuilt std and the system linker.
+#
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
 # target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
 # default auto: musl when installed, else glibc), STATIC_LOCAL_ONLY=1 for the local-only
@@ -30,6 +42,7 @@ arch=${1:-x86_64}
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 features=
+how=
 if [ "${STATIC_LOCAL_ONLY:-}" = 1 ]; then
     features=--no-default-features
     STATIC_DIR=${STATIC_DIR:-target/static-local}
@@ -46,6 +59,46 @@ has_rust_target() {
         rustup target list --installed 2>/dev/null | grep -qx "$1" && return 0
     fi
     [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ]
+}
+
+# The x86_64 musl build with the size options above; sets $how for the flavour file.
+build_musl_x86_64() {
+    sysroot=$(rustc --print sysroot)
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    gcc_ld=$sysroot/lib/rustlib/$host/bin/gcc-ld
+    link_flags=
+    how=link=system
+    if [ -x "$gcc_ld/ld.lld" ]; then
+        link_flags="-C link-arg=-B$gcc_ld -C link-arg=-fuse-ld=lld"
+        link_flags="$link_flags -C link-arg=-Wl,--icf=all -C link-arg=-Wl,--pack-dyn-relocs=relr"
+        how=link=rust-lld
+    else
+        say "rust-lld not found in $gcc_ld: linking with the system linker (a larger binary)"
+    fi
+    std=${STATIC_STD:-auto}
+    case $std in
+    auto | source | prebuilt) ;;
+    *) die "STATIC_STD must be auto, source or prebuilt" ;;
+    esac
+    if [ "$std" != prebuilt ] && [ ! -f "$sysroot/lib/rustlib/src/rust/library/std/Cargo.toml" ]; then
+        [ "$std" = source ] && die "STATIC_STD=source but rust-src is not installed (rustup component add rust-src)"
+        say "rust-src is not installed (rustup component add rust-src): the prebuilt std (a larger binary)"
+        std=prebuilt
+    fi
+    if [ "$std" != prebuilt ]; then
+        say "std from source (-Zbuild-std, RUSTC_BOOTSTRAP=1), $how"
+        if RUSTC_BOOTSTRAP=1 RUSTFLAGS="${RUSTFLAGS:-} $link_flags" "$CARGO" build --release --locked \
+            --target "$target" $features \
+            -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size; then
+            how="std=source $how"
+            return 0
+        fi
+        [ "$std" = source ] && die "the build with std from source failed (above)"
+        say "the build with std from source failed (above): building with the prebuilt std"
+    fi
+    say "prebuilt std, $how"
+    RUSTFLAGS="${RUSTFLAGS:-} $link_flags" "$CARGO" build --release --locked --target "$target" $features
+    how="std=prebuilt $how"
 }
 
 want=${STATIC_FLAVOUR:-auto}
@@ -71,7 +124,7 @@ x86_64)
             fi
         fi
         say "flavour musl ($target)"
-        "$CARGO" build --release --locked --target "$target" $features
+        build_musl_x86_64
     else
         flavour=glibc-static
         target=x86_64-unknown-linux-gnu
@@ -124,7 +177,7 @@ mkdir -p "$out_dir"
 # Copy to a temp name, then rename: a running `make install` never sees half a binary.
 cp "$built" "$out_dir/assistd.tmp"
 mv -f "$out_dir/assistd.tmp" "$out_dir/assistd"
-printf '%s %s\n' "$flavour" "$target" >"$out_dir/assistd.flavour"
+printf '%s %s%s\n' "$flavour" "$target" "${how:+ $how}" >"$out_dir/assistd.flavour"
 
 # Verify: no dynamic section, no interpreter. ldd prints "not a dynamic executable" for a
 # classic static binary and "statically linked" for a static PIE; anything with "=>" is a
@@ -145,4 +198,4 @@ elif command -v readelf >/dev/null 2>&1; then
     say "readelf: no program interpreter (static)"
 fi
 size=$(wc -c <"$out_dir/assistd" | tr -d ' ')
-say "$out_dir/assistd: $size bytes ($flavour, $target${features:+, local-only})"
+say "$out_dir/assistd: $size bytes ($flavour, $target${how:+, $how}${features:+, local-only})"
