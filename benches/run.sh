@@ -24,7 +24,9 @@ ms_now() { date +%s%3N; }
 
 echo "== binary"
 for b in ./target/release/assistd ./target/static/assistd ./target/static-local/assistd; do
-  [ -x "$b" ] && ls -l "$b" | awk -v b="$b" '{printf "%s: %d bytes (%.2f MiB)\n", b, $5, $5/1048576}'
+  [ -x "$b" ] || continue
+  how=$(cat "$b.flavour" 2>/dev/null || true) # how build-static.sh built it
+  ls -l "$b" | awk -v b="$b" -v how="${how:+ [$how]}" '{printf "%s: %d bytes (%.2f MiB)%s\n", b, $5, $5/1048576, how}'
 done
 
 # Idle figures: RSS 3 s after the (empty) task directory was loaded, then the context
