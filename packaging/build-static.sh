@@ -197,5 +197,11 @@ elif command -v readelf >/dev/null 2>&1; then
     fi
     say "readelf: no program interpreter (static)"
 fi
+# The x86_64 binary runs here: a smoke test of what the size options built (an unapplied
+# relocation or a broken std would crash before printing the version).
+if [ "$arch" = x86_64 ]; then
+    version=$("$out_dir/assistd" --version) || die "$out_dir/assistd --version failed"
+    say "runs: $version"
+fi
 size=$(wc -c <"$out_dir/assistd" | tr -d ' ')
 say "$out_dir/assistd: $size bytes ($flavour, $target${how:+, $how}${features:+, local-only})"
