@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use chrono::{DateTime, FixedOffset, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, SecondsFormat, TimeZone, Timelike, Utc};
 use serde_json::{json, Value};
 
 use super::args::Args;
@@ -27,6 +27,25 @@ fn local(t: DateTime<Utc>, zone: &Zone) -> DateTime<FixedOffset> {
     let offset = FixedOffset::east_opt(zone.offset_secs_at(t))
         .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
     t.with_timezone(&offset)
+}
+
+/// `2030-01-01 08:00:00 +08:00`: the table's local time, written out by hand because chrono's
+/// `format` links its strftime parser for this one line.
+fn local_display(t: DateTime<FixedOffset>) -> String {
+    let offset = t.offset().local_minus_utc();
+    let sign = if offset < 0 { '-' } else { '+' };
+    let minutes = offset.unsigned_abs() / 60;
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {sign}{:02}:{:02}",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        minutes / 60,
+        minutes % 60
+    )
 }
 
 /// The next undelayed run of a task after `now`, computed as the agent does.
@@ -173,7 +192,7 @@ fn list_text(file: &StatusFile, live: Liveness, zone: &Zone, now: DateTime<Utc>)
                 t.schedule.clone()
             },
             t.repeat.clone(),
-            next.map(|n| local(n, zone).format("%Y-%m-%d %H:%M:%S %:z").to_string())
+            next.map(|n| local_display(local(n, zone)))
                 .unwrap_or_else(dash),
             next.map(rfc3339).unwrap_or_else(dash),
             if t.random_delay_secs > 0 {
@@ -325,6 +344,22 @@ mod tests {
         assert_eq!(duration(184_000), "3m04s");
         assert_eq!(duration(7_500_000), "2h05m");
         assert_eq!(duration(-5), "0.0s");
+    }
+
+    #[test]
+    fn local_times_carry_their_offset_as_hours_and_minutes() {
+        let t = Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 5).unwrap();
+        let at = |secs| t.with_timezone(&FixedOffset::east_opt(secs).unwrap());
+        assert_eq!(local_display(at(8 * 3600)), "2030-01-01 08:00:05 +08:00");
+        assert_eq!(local_display(at(0)), "2030-01-01 00:00:05 +00:00");
+        assert_eq!(
+            local_display(at(-(3 * 3600 + 30 * 60))),
+            "2029-12-31 20:30:05 -03:30"
+        );
+        assert_eq!(
+            local_display(at(5 * 3600 + 45 * 60)),
+            "2030-01-01 05:45:05 +05:45"
+        );
     }
 
     #[test]

@@ -34,11 +34,9 @@ fn parse_from(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
         return Ok(t.with_timezone(&Utc));
     }
-    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .any(|f| chrono::NaiveDateTime::parse_from_str(text.trim(), f).is_ok());
-    if naive {
-        let t = text.trim().replace(' ', "T");
+    // A time that parses once `Z` is added lacks only its offset.
+    let t = text.trim().replace(' ', "T");
+    if DateTime::parse_from_rfc3339(&format!("{t}Z")).is_ok() {
         return Err(format!(
             "--from {text:?} has no UTC offset: write {t}Z for UTC, or add the offset, e.g. {t}+08:00"
         ));
