@@ -34,6 +34,19 @@ done
 # binary, the full binary in local mode and, when busybox has crond, busybox crond with an
 # empty crontab directory run side by side through the same window.
 IDLE_WINDOW=${IDLE_WINDOW:-30}
+# Most of an idle agent's RSS is its binary's own pages, and how many of them a fault maps
+# depends on the page cache: a file just written (by cp, by the build) sits in large folios,
+# and a fault maps the whole folio; a file read from disk (after a boot, or once its pages
+# were reclaimed) comes in by readahead, and a fault maps a 64 KiB window. evict drops a
+# binary's clean pages from the cache (posix_fadvise DONTNEED: no root needed), so a run
+# after it sees the binary as a host does after a boot. The figures below are from that
+# state; the full binary is also measured as just written, side by side.
+evict() { # evict FILE
+  sync "$1"
+  python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)' "$1"
+}
+WRITTEN=$WORK/assistd-as-written
+cp "$BIN" "$WRITTEN"
 switches() { # switches PID: voluntary + involuntary context switches of all its threads
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}'
 }
@@ -44,12 +57,14 @@ mkdir -p "$WORK/empty"
 IDLE_NAMES=() IDLE_PIDS=()
 start_idle() { # start_idle NAME BIN
   mkdir -p "$WORK/idle-$1"
+  [ "${3:-}" = written ] || evict "$2"
   "$2" agent --local "$WORK/empty" --state-dir "$WORK/idle-$1" 2>"$WORK/idle-$1.log" &
   IDLE_PIDS+=($!) IDLE_NAMES+=("$1")
   wait_log "$WORK/idle-$1.log" "phase=load"
 }
 [ -x ./target/static-local/assistd ] && start_idle "local-only static" ./target/static-local/assistd
 start_idle "full, local mode ($BIN)" "$BIN"
+start_idle "full, local mode, just written" "$WRITTEN" written
 if command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx crond; then
   mkdir -p "$WORK/crontabs"
   busybox crond -f -c "$WORK/crontabs" &
@@ -125,4 +140,9 @@ kill $PID; wait $PID || true
 echo "== remote mode: kicks over the notify websocket, then the idle connected agent"
 # Against the control-plane double on loopback, with $BIN chosen above (the static binary
 # when `make static` built it, else the release build). IDLE_SECS shortens the idle period.
+evict "$BIN"
 ./target/release/examples/bench-remote "$BIN" --idle-secs "${IDLE_SECS:-60}"
+echo "== remote mode again, the binary just written (cp): the page cache's other state"
+cp "$BIN" "$WRITTEN.2"
+./target/release/examples/bench-remote "$WRITTEN.2" --iterations 100 --idle-secs "${IDLE_SECS:-60}" |
+  grep -E '^idle RSS|anonymous'

@@ -29,7 +29,13 @@
 #   - linked by rust-lld (shipped with rustc) with identical-code folding (--icf=all) and
 #     packed relative relocations (--pack-dyn-relocs=relr, applied by musl's static-pie
 #     start code). Without rust-lld, the system linker.
-#   aarch64 and the glibc fallback use the prebuilt std and the system linker.
+#   - hot functions first (STATIC_ORDER=auto, the default, when valgrind and rust-lld are
+#     installed; on: must work; off: never): a first build with symbols runs the agent's
+#     scenarios under callgrind (packaging/train-order.sh), and the shipped binary is linked
+#     with the functions it ran at the front of .text. Same code and size; the idle agent's
+#     resident text shrinks to what it runs (README "The static binary"). The first build
+#     lives in target/order-train/; training runs again only when that build changed.
+#   aarch64 and the glibc fallback use the prebuilt std, the system linker, the default layout.
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
 # target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
@@ -61,19 +67,92 @@ has_rust_target() {
     [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ]
 }
 
-# The x86_64 musl build with the size options above; sets $how for the flavour file.
+# One cargo build of the x86_64 musl binary: musl_cargo TARGET_DIR STD EXTRA_RUSTFLAGS, STD
+# being "source" (-Zbuild-std) or "prebuilt". $link_flags and $features apply to every build.
+musl_cargo() {
+    if [ "$2" = source ]; then
+        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $link_flags $3" \
+            "$CARGO" build --release --locked --target "$target" $features \
+            -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size
+    else
+        CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $link_flags $3" \
+            "$CARGO" build --release --locked --target "$target" $features
+    fi
+}
+
+# The build of musl_cargo's STD, with the hot functions first when it can (STATIC_ORDER):
+# a first build keeps its symbols, runs under callgrind (train-order.sh) and names the
+# functions the agent runs; the shipped build is linked with them in front
+# (--symbol-ordering-file). The two builds have the same code and symbol names: only link
+# arguments differ, which do not enter rustc's symbol hashes. Training runs again only when
+# the first build changed. Adds "order=N" to $how; returns non-zero when the build failed.
+ordered_build() {
+    order_how=
+    if [ "$order" != off ]; then
+        variant=full
+        [ -n "$features" ] && variant=local
+        train_dir=$cargo_out/order-train/$variant
+        order_file=$train_dir/assistd.order
+        trained=$train_dir/$target/release/assistd
+        say "first build, with symbols, to train the function order"
+        CARGO_PROFILE_RELEASE_STRIP=false musl_cargo "$train_dir" "$1" "" || return 1
+        if [ ! -s "$order_file" ] || [ "$trained" -nt "$order_file" ]; then
+            driver=
+            if [ -z "$features" ]; then
+                say "building the remote scenario's driver (examples/bench-remote, for the host)"
+                if "$CARGO" build --release --locked --example bench-remote; then
+                    driver=$cargo_out/release/examples/bench-remote
+                else
+                    say "could not build bench-remote: training local mode only"
+                fi
+            fi
+            rm -f "$order_file"
+            if packaging/train-order.sh "$trained" "$order_file.new" ${driver:+"$driver"}; then
+                mv -f "$order_file.new" "$order_file"
+                # The order's content is not in cargo's fingerprint: make it link again.
+                rm -f "$cargo_out/$target/release/deps/assistd-"*
+            else
+                [ "$order" = on ] && die "STATIC_ORDER=on but the training failed (above)"
+                say "no function order (the training failed, above): the default layout"
+            fi
+        fi
+        if [ -s "$order_file" ]; then
+            say "linking with $(wc -l <"$order_file" | tr -d ' ') hot functions first ($order_file)"
+            order_how=" order=$(wc -l <"$order_file" | tr -d ' ')"
+            CARGO_PROFILE_RELEASE_STRIP=false musl_cargo "$cargo_out" "$1" \
+                "-C link-arg=-Wl,--symbol-ordering-file=$order_file -C link-arg=-Wl,--no-warn-symbol-ordering -C link-arg=-Wl,--strip-all" ||
+                return 1
+            return 0
+        fi
+    fi
+    musl_cargo "$cargo_out" "$1" ""
+}
+
+# The x86_64 musl build with the size and layout options above; sets $how for the flavour file.
 build_musl_x86_64() {
     sysroot=$(rustc --print sysroot)
     host=$(rustc -vV | sed -n 's/^host: //p')
     gcc_ld=$sysroot/lib/rustlib/$host/bin/gcc-ld
     link_flags=
     how=link=system
+    order=${STATIC_ORDER:-auto}
+    case $order in
+    auto | on | off) ;;
+    *) die "STATIC_ORDER must be auto, on or off" ;;
+    esac
     if [ -x "$gcc_ld/ld.lld" ]; then
         link_flags="-C link-arg=-B$gcc_ld -C link-arg=-fuse-ld=lld"
         link_flags="$link_flags -C link-arg=-Wl,--icf=all -C link-arg=-Wl,--pack-dyn-relocs=relr"
         how=link=rust-lld
     else
         say "rust-lld not found in $gcc_ld: linking with the system linker (a larger binary)"
+        [ "$order" = on ] && die "STATIC_ORDER=on needs rust-lld (--symbol-ordering-file)"
+        order=off
+    fi
+    if [ "$order" != off ] && ! command -v valgrind >/dev/null 2>&1; then
+        [ "$order" = on ] && die "STATIC_ORDER=on but valgrind is not installed (apt-get install valgrind)"
+        say "valgrind is not installed (apt-get install valgrind): no function order, the default layout (a larger idle RSS)"
+        order=off
     fi
     std=${STATIC_STD:-auto}
     case $std in
@@ -87,18 +166,16 @@ build_musl_x86_64() {
     fi
     if [ "$std" != prebuilt ]; then
         say "std from source (-Zbuild-std, RUSTC_BOOTSTRAP=1), $how"
-        if RUSTC_BOOTSTRAP=1 RUSTFLAGS="${RUSTFLAGS:-} $link_flags" "$CARGO" build --release --locked \
-            --target "$target" $features \
-            -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size; then
-            how="std=source $how"
+        if ordered_build source; then
+            how="std=source $how$order_how"
             return 0
         fi
         [ "$std" = source ] && die "the build with std from source failed (above)"
         say "the build with std from source failed (above): building with the prebuilt std"
     fi
     say "prebuilt std, $how"
-    RUSTFLAGS="${RUSTFLAGS:-} $link_flags" "$CARGO" build --release --locked --target "$target" $features
-    how="std=prebuilt $how"
+    ordered_build prebuilt || die "the build failed (above)"
+    how="std=prebuilt $how$order_how"
 }
 
 want=${STATIC_FLAVOUR:-auto}

@@ -590,6 +590,7 @@ fn the_shell_scripts_parse() {
     for rel in [
         "install.sh",
         "build-static.sh",
+        "train-order.sh",
         "build-deb.sh",
         "sysv/assistd",
         "openrc/assistd",
