@@ -44,7 +44,8 @@ bench: release
 # A bounded soak of the agent as shipped (the static binary, `make static`) against the
 # control-plane double (examples/soak.rs): 200 concurrent once-tasks per batch, 5,000 periodic
 # tasks, 1 in 10 report requests failing, a SIGTERM and a SIGKILL restart; then every final
-# report accounted for, no processes left, fds and RSS back at idle. SOAK_SECS (default 600)
+# report accounted for, no processes left, fds back at idle, anonymous RSS not growing
+# (the binary's own pages come in as code first runs: not a leak). SOAK_SECS (default 600)
 # sets its length. Then the spool figure: 10,000 spooled reports, their size on disk and the
 # time to drain them. Not part of `make test`. The static binary matters for the RSS figure:
 # glibc's malloc keeps a 64 MiB arena per busy thread (500 workers here), musl's does not.

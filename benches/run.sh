@@ -142,6 +142,10 @@ echo "== remote mode: kicks over the notify websocket, then the idle connected a
 # when `make static` built it, else the release build). IDLE_SECS shortens the idle period.
 evict "$BIN"
 ./target/release/examples/bench-remote "$BIN" --idle-secs "${IDLE_SECS:-60}"
+echo "== remote mode over TLS: HTTPS and wss:// to the double's TLS front, as production always is"
+evict "$BIN"
+./target/release/examples/bench-remote "$BIN" --iterations 100 --idle-secs "${IDLE_SECS:-60}" --tls |
+  grep -E '^(over TLS|kick-to-exec|idle RSS)|anonymous'
 echo "== remote mode again, the binary just written (cp): the page cache's other state"
 cp "$BIN" "$WRITTEN.2"
 ./target/release/examples/bench-remote "$WRITTEN.2" --iterations 100 --idle-secs "${IDLE_SECS:-60}" |

@@ -5,7 +5,7 @@
 //! binary it is given.
 //!
 //! ```text
-//! bench-remote [AGENT] [--iterations N] [--idle-secs S]   (defaults: target/release/assistd, 1000, 60)
+//! bench-remote [AGENT] [--iterations N] [--idle-secs S] [--tls]   (defaults: target/release/assistd, 1000, 60)
 //! ```
 //!
 //! Per iteration it queues a Once task whose script prints `date +%s%N` twice (its first and
@@ -19,9 +19,15 @@
 //! of `/proc/<pid>/task/*/status`) before and after the idle period, grouped by thread name.
 //! The heartbeat's share is the delta of the thread named `heartbeat` (it does its HTTP request
 //! on that thread), so "without heartbeat" is the total minus that thread's delta.
+//!
+//! `--tls`: the agent talks HTTPS and wss:// to a TLS front of the double
+//! (`tests/support/tls_relay.rs`), trusting the test CA through a config file's `ca_file`:
+//! what a real server costs in memory, since production is always HTTPS.
 
 #[path = "../tests/support/server.rs"]
 mod server;
+#[path = "../tests/support/tls_relay.rs"]
+mod tls_relay;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -41,6 +47,7 @@ struct Options {
     agent: PathBuf,
     iterations: usize,
     idle_secs: u64,
+    tls: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -48,6 +55,7 @@ fn parse_args() -> Result<Options, String> {
         agent: PathBuf::from("target/release/assistd"),
         iterations: 1000,
         idle_secs: 60,
+        tls: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,9 +67,11 @@ fn parse_args() -> Result<Options, String> {
         match a.as_str() {
             "--iterations" => opts.iterations = number("--iterations")? as usize,
             "--idle-secs" => opts.idle_secs = number("--idle-secs")?,
+            "--tls" => opts.tls = true,
             "--help" | "-h" => {
                 return Err(
-                    "usage: bench-remote [AGENT] [--iterations N] [--idle-secs S]".to_string(),
+                    "usage: bench-remote [AGENT] [--iterations N] [--idle-secs S] [--tls]"
+                        .to_string(),
                 )
             }
             s if s.starts_with("--") => return Err(format!("unknown argument {s:?}")),
@@ -184,16 +194,20 @@ fn rss_split(pid: u32) -> Option<(u64, u64)> {
     Some((anon, rss.saturating_sub(anon)))
 }
 
-fn start_agent(opts: &Options, server: &Server, dir: &Path) -> Result<AgentProcess, String> {
+/// `url` is the double's, or its TLS front's; `config` the file that trusts the front's CA.
+fn start_agent(
+    opts: &Options,
+    url: &str,
+    config: Option<&Path>,
+    dir: &Path,
+) -> Result<AgentProcess, String> {
     let log = File::create(dir.join("agent.log")).map_err(|e| format!("agent.log: {e}"))?;
-    let child = Command::new(&opts.agent)
-        .args([
-            "agent",
-            "--server",
-            &server.url(),
-            "--instance-id",
-            "i-bench",
-        ])
+    let mut cmd = Command::new(&opts.agent);
+    cmd.args(["agent", "--server", url, "--instance-id", "i-bench"]);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd
         .arg("--state-dir")
         .arg(dir.join("state"))
         .arg("--coldstart-flag")
@@ -212,7 +226,23 @@ fn run(opts: &Options) -> Result<(), String> {
         TempDir(std::env::temp_dir().join(format!("assistd-bench-remote-{}", std::process::id())));
     fs::create_dir_all(dir.0.join("state")).map_err(|e| format!("temp dir: {e}"))?;
     let server = Server::start_on(0).map_err(|e| format!("cannot listen on loopback: {e}"))?;
-    let agent = start_agent(opts, &server, &dir.0)?;
+    let relay;
+    let mut config = None;
+    let url = if opts.tls {
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
+        relay = tls_relay::TlsRelay::start(upstream).map_err(|e| format!("TLS front: {e}"))?;
+        let path = dir.0.join("assistd.json");
+        let json = format!("{{\"ca_file\": {:?}}}\n", tls_relay::CA_PEM);
+        fs::write(&path, json).map_err(|e| format!("config file: {e}"))?;
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| format!("config file: {e}"))?;
+        config = Some(path);
+        println!("over TLS: {} in front of {}", relay.url(), server.url());
+        relay.url()
+    } else {
+        server.url()
+    };
+    let agent = start_agent(opts, &url, config.as_deref(), &dir.0)?;
     let pid = agent.pid();
     let log_hint = || format!("(agent log: {})", dir.0.join("agent.log").display());
 

@@ -85,7 +85,7 @@ musl_cargo() {
 # functions the agent runs; the shipped build is linked with them in front
 # (--symbol-ordering-file). The two builds have the same code and symbol names: only link
 # arguments differ, which do not enter rustc's symbol hashes. Training runs again only when
-# the first build changed. Adds "order=N" to $how; returns non-zero when the build failed.
+# the first build or the training script changed. Adds "order=N" to $how; returns non-zero when the build failed.
 ordered_build() {
     order_how=
     if [ "$order" != off ]; then
@@ -96,7 +96,8 @@ ordered_build() {
         trained=$train_dir/$target/release/assistd
         say "first build, with symbols, to train the function order"
         CARGO_PROFILE_RELEASE_STRIP=false musl_cargo "$train_dir" "$1" "" || return 1
-        if [ ! -s "$order_file" ] || [ "$trained" -nt "$order_file" ]; then
+        if [ ! -s "$order_file" ] || [ "$trained" -nt "$order_file" ] ||
+            [ packaging/train-order.sh -nt "$order_file" ]; then
             driver=
             if [ -z "$features" ]; then
                 say "building the remote scenario's driver (examples/bench-remote, for the host)"

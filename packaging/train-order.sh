@@ -17,9 +17,13 @@
 #   - local mode: a task directory with a task run at start, a rate task, a task killed at
 #     its timeout and one with a bad schedule; a SIGHUP (reload); SIGTERM.
 #   - remote mode, when BENCH_REMOTE (target/release/examples/bench-remote) is given: the
-#     bench's kicks and its idle period against the loopback control-plane double (plain
-#     HTTP: the double has no TLS, so the TLS code is not trained and stays in the cold part).
-# Only the set of functions matters, not their order within it. A function the training
+#     bench's kicks and its idle period against the loopback control-plane double, once in
+#     plain HTTP and once over TLS (`--tls`: HTTPS and wss:// through the double's TLS front,
+#     as production always is). The idle period (20 s) covers a heartbeat and a keepalive
+#     of the kick channel.
+# Only the set of functions matters, not their order within it. The slow paths of locks and
+# channels are added whole from the symbol table: contention is what valgrind's one thread
+# at a time rarely produces. A function the training
 # misses still works: its page is faulted in when it first runs. Exits non-zero (and writes
 # nothing) when valgrind is missing or a scenario produced no profile.
 set -eu
@@ -75,9 +79,11 @@ stop_agent "$agent_pid"
 agent_pid=
 
 if [ -n "$driver" ]; then
-    say "remote mode under callgrind ($driver)"
-    "$driver" "$work/agent" --iterations 20 --idle-secs 5 >"$work/remote.log" 2>&1 ||
-        { say "the remote scenario failed (its log follows)"; cat "$work/remote.log" >&2; exit 1; }
+    for tls in "" --tls; do
+        say "remote mode${tls:+ over TLS} under callgrind ($driver)"
+        "$driver" "$work/agent" --iterations 100 --idle-secs 20 $tls >"$work/remote.log" 2>&1 ||
+            { say "the remote scenario failed (its log follows)"; cat "$work/remote.log" >&2; exit 1; }
+    done
 fi
 
 set -- "$work"/cg.*
@@ -97,6 +103,13 @@ FNR == 1 { delete names }
         if (s !~ /^(0x|\()/ && !(s in seen)) { seen[s] = 1; print s }
     }
 }' "$@" >"$work/order"
+# Code that runs natively but seldom under valgrind, which runs one thread at a time: the
+# slow paths of locks and channels (contention, parking). All of it goes in, from the
+# binary's own symbol table (v0 names carry the crate: 16parking_lot_core, ...).
+if command -v nm >/dev/null 2>&1; then
+    nm "$bin" | awk '$2 ~ /^[tTwW]$/ && $3 ~ /(16parking_lot_core|17crossbeam_channel|15crossbeam_utils)/ { print $3 }' |
+        awk 'NR == FNR { seen[$0] = 1; next } !($0 in seen) { seen[$0] = 1; print }' "$work/order" - >>"$work/order"
+fi
 n=$(wc -l <"$work/order" | tr -d ' ')
 [ "$n" -gt 0 ] || { say "no functions in the profiles"; exit 1; }
 mv -f "$work/order" "$out"

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 pub mod server;
+pub mod tls_relay;
 
 use std::process::ExitStatus;
 use std::time::Instant;
