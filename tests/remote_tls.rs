@@ -8,29 +8,21 @@ mod util;
 
 use support::server::{shell_entry, task_list, Server, OUTPUT, TASK_LIST};
 use support::tls_relay::{TlsRelay, CA_PEM};
-use support::{about, expect, expect_kick_channel, expect_kick_reply, spawn_remote};
+use support::{about, expect, expect_kick_channel, expect_kick_reply, remote_args, spawn_remote};
 use util::TestDir;
 
 const FINISH: &str = "/luban/api/v1/task/finish";
 
-/// `assistd agent` against `url`, with `config` when given.
-fn start(dir: &TestDir, url: &str, config: Option<&str>) -> util::Agent {
-    let mut args: Vec<String> = [
-        "agent",
-        "--server",
-        url,
-        "--instance-id",
-        "i-test",
-        "--poll-interval",
-        "0",
-        "--state-dir",
-        &dir.state().display().to_string(),
-        "--coldstart-flag",
-        &dir.path("coldstart-flag").display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+/// `assistd agent` with the usual test flags (`remote_args`), but against `url` (the TLS
+/// front) and with `config` when given.
+fn start(dir: &TestDir, server: &Server, url: &str, config: Option<&str>) -> util::Agent {
+    let mut args = remote_args(dir, server);
+    let at = args
+        .iter()
+        .position(|a| a == "--server")
+        .expect("remote_args names the server")
+        + 1;
+    args[at] = url.to_string();
     if let Some(c) = config {
         args.extend(["--config".to_string(), c.to_string()]);
     }
@@ -49,7 +41,12 @@ fn fetches_runs_and_reports_over_https_and_wss_with_ca_file() {
     let front = tls_front(&server);
     let config = dir.path("config.json");
     std::fs::write(&config, format!("{{\"ca_file\": {CA_PEM:?}}}\n")).expect("write config");
-    let agent = start(&dir, &front.url(), Some(&config.display().to_string()));
+    let agent = start(
+        &dir,
+        &server,
+        &front.url(),
+        Some(&config.display().to_string()),
+    );
     // The websocket came through the TLS front too: the double saw its upgrade.
     expect_kick_channel(&agent, &server, 1);
     agent.expect_line("startup fetch done");
@@ -76,7 +73,7 @@ fn a_server_no_root_vouches_for_gets_nothing() {
     let server = Server::start();
     let front = tls_front(&server);
     // No ca_file: the bundled Mozilla roots, which do not hold the test CA.
-    let agent = start(&dir, &front.url(), None);
+    let agent = start(&dir, &server, &front.url(), None);
     let line = agent.expect_line("startup fetch failed");
     assert!(
         line.to_ascii_lowercase().contains("certificate"),
