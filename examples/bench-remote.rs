@@ -232,10 +232,7 @@ fn run(opts: &Options) -> Result<(), String> {
         let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
         relay = tls_relay::TlsRelay::start(upstream).map_err(|e| format!("TLS front: {e}"))?;
         let path = dir.0.join("assistd.json");
-        let json = format!("{{\"ca_file\": {:?}}}\n", tls_relay::CA_PEM);
-        fs::write(&path, json).map_err(|e| format!("config file: {e}"))?;
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| format!("config file: {e}"))?;
+        tls_relay::write_agent_config(&path).map_err(|e| format!("config file: {e}"))?;
         config = Some(path);
         println!("over TLS: {} in front of {}", relay.url(), server.url());
         relay.url()

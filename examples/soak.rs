@@ -25,7 +25,8 @@
 //! answer); every once-task exactly one invocation; no task's script started more often than
 //! it has invocations with an accepted final; no script process left running or a zombie; the
 //! fd count at idle points 1 and 2 equal to idle point 0; anonymous RSS growth from idle point
-//! 1 to 2 under 1 MiB (the binary's own pages are not a leak: see `Footprint`). Exit status 1 when any of these fails.
+//! 1 to 2 under 1 MiB (the binary's own pages are not a leak: see `Footprint`). Exit status 1
+//! when any of these fails.
 //!
 //! The spool figure (`--spool N`): N spool files written in the agent's own format (with its
 //! own atomic write), their size on disk, then the agent started against the double and timed

@@ -34,7 +34,8 @@
 #     scenarios under callgrind (packaging/train-order.sh), and the shipped binary is linked
 #     with the functions it ran at the front of .text. Same code and size; the idle agent's
 #     resident text shrinks to what it runs (README "The static binary"). The first build
-#     lives in target/order-train/; training runs again only when that build changed.
+#     lives in target/order-train/; training runs again only when that build or
+#     train-order.sh changed.
 #   aarch64 and the glibc fallback use the prebuilt std, the system linker, the default layout.
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
@@ -85,7 +86,8 @@ musl_cargo() {
 # functions the agent runs; the shipped build is linked with them in front
 # (--symbol-ordering-file). The two builds have the same code and symbol names: only link
 # arguments differ, which do not enter rustc's symbol hashes. Training runs again only when
-# the first build or the training script changed. Adds "order=N" to $how; returns non-zero when the build failed.
+# the first build or the training script changed. Sets $order_how (" order=N", for $how);
+# returns non-zero when the build failed.
 ordered_build() {
     order_how=
     if [ "$order" != off ]; then
@@ -118,8 +120,9 @@ ordered_build() {
             fi
         fi
         if [ -s "$order_file" ]; then
-            say "linking with $(wc -l <"$order_file" | tr -d ' ') hot functions first ($order_file)"
-            order_how=" order=$(wc -l <"$order_file" | tr -d ' ')"
+            hot=$(wc -l <"$order_file" | tr -d ' ')
+            say "linking with $hot hot functions first ($order_file)"
+            order_how=" order=$hot"
             CARGO_PROFILE_RELEASE_STRIP=false musl_cargo "$cargo_out" "$1" \
                 "-C link-arg=-Wl,--symbol-ordering-file=$order_file -C link-arg=-Wl,--no-warn-symbol-ordering -C link-arg=-Wl,--strip-all" ||
                 return 1

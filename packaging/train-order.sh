@@ -23,9 +23,9 @@
 #     of the kick channel.
 # Only the set of functions matters, not their order within it. The slow paths of locks and
 # channels are added whole from the symbol table: contention is what valgrind's one thread
-# at a time rarely produces. A function the training
-# misses still works: its page is faulted in when it first runs. Exits non-zero (and writes
-# nothing) when valgrind is missing or a scenario produced no profile.
+# at a time rarely produces. A function the training misses still works: its page is
+# faulted in when it first runs. Exits non-zero (and writes nothing) when valgrind is
+# missing or a scenario produced no profile.
 set -eu
 
 [ $# -ge 2 ] || { echo "usage: $0 BINARY ORDER_FILE [BENCH_REMOTE]" >&2; exit 2; }

@@ -7,7 +7,7 @@ mod support;
 mod util;
 
 use support::server::{shell_entry, task_list, Server, OUTPUT, TASK_LIST};
-use support::tls_relay::{TlsRelay, CA_PEM};
+use support::tls_relay::{write_agent_config, TlsRelay};
 use support::{about, expect, expect_kick_channel, expect_kick_reply, remote_args, spawn_remote};
 use util::TestDir;
 
@@ -40,7 +40,7 @@ fn fetches_runs_and_reports_over_https_and_wss_with_ca_file() {
     let server = Server::start();
     let front = tls_front(&server);
     let config = dir.path("config.json");
-    std::fs::write(&config, format!("{{\"ca_file\": {CA_PEM:?}}}\n")).expect("write config");
+    write_agent_config(&config).expect("write config");
     let agent = start(
         &dir,
         &server,

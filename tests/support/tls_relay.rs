@@ -11,6 +11,8 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
@@ -53,6 +55,13 @@ impl TlsRelay {
     }
 }
 
+/// Writes the agent's config file (mode 600) that makes it trust the front: `ca_file` only.
+pub fn write_agent_config(path: &Path) -> io::Result<()> {
+    let json = serde_json::json!({ "ca_file": CA_PEM }).to_string();
+    std::fs::write(path, json + "\n")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
@@ -77,8 +86,9 @@ fn server_config() -> io::Result<ServerConfig> {
         .map_err(invalid)
 }
 
-/// Waits until `fds` has something to read (or has hung up); `want_write` adds POLLOUT on
-/// the TLS side when rustls has records queued.
+/// Waits until either socket has something to read (or has hung up), or, with `want_write`
+/// (rustls has records queued), until the TLS socket takes a write. Returns (TLS readable,
+/// TLS writable, plain readable).
 fn wait(tls: &TcpStream, plain: &TcpStream, want_write: bool) -> io::Result<(bool, bool, bool)> {
     let mut fds = [
         libc::pollfd {
