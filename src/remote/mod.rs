@@ -4,6 +4,7 @@
 //! exists. Nothing outside `remote` and `cli` imports it.
 //!
 //! - `transport`: the one HTTP client (ureq + rustls); the only importer of `ureq`.
+//! - `tls_policy`: the TLS client's suites, groups and signature algorithms (both TLS users).
 //! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
 //! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
 //! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
@@ -23,6 +24,7 @@ pub mod sendfile;
 pub mod session;
 pub mod signature;
 pub mod spool;
+pub mod tls_policy;
 pub mod transport;
 pub mod trial;
 pub mod trust;

@@ -242,8 +242,8 @@ impl std::error::Error for SetupError {
 }
 
 /// The rustls settings of the kick channel's `wss://` connection: the same roots as the HTTP
-/// client (the CA file when configured, else the bundled Mozilla roots) and the same ring
-/// provider, so TLS policy lives in one module.
+/// client (the CA file when configured, else the bundled Mozilla roots) and the same provider
+/// (`tls_policy`).
 pub fn kick_tls_config(
     ca_file: Option<&Path>,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, SetupError> {
@@ -257,8 +257,7 @@ pub fn kick_tls_config(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(super::tls_policy::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(SetupError::Tls)?
         .with_root_certificates(roots)
@@ -319,7 +318,8 @@ impl UreqHttp {
     /// per-request timeout of each call narrows them. The proxy is only what `cfg` says: ureq's
     /// own environment lookup (`HTTP_PROXY`...) is turned off, as in the reference.
     pub fn new(cfg: &TransportConfig) -> Result<UreqHttp, SetupError> {
-        let mut tls = ureq::tls::TlsConfig::builder();
+        let mut tls = ureq::tls::TlsConfig::builder()
+            .unversioned_rustls_crypto_provider(super::tls_policy::crypto_provider());
         if let Some(path) = &cfg.ca_file {
             tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&read_roots(path)?));
         }
