@@ -23,7 +23,8 @@
 #     of the kick channel.
 # Only the set of functions matters, not their order within it. The slow paths of locks and
 # channels are added whole from the symbol table: contention is what valgrind's one thread
-# at a time rarely produces. A function the training misses still works: its page is
+# at a time rarely produces. So are ring's functions: which of them run depends on the CPU
+# and the server's certificate. A function the training misses still works: its page is
 # faulted in when it first runs. Exits non-zero (and writes nothing) when valgrind is
 # missing or a scenario produced no profile.
 set -eu
@@ -107,7 +108,11 @@ FNR == 1 { delete names }
 # slow paths of locks and channels (contention, parking). All of it goes in, from the
 # binary's own symbol table (v0 names carry the crate: 16parking_lot_core, ...).
 if command -v nm >/dev/null 2>&1; then
-    nm "$bin" | awk '$2 ~ /^[tTwW]$/ && $3 ~ /(16parking_lot_core|17crossbeam_channel|15crossbeam_utils)/ { print $3 }' |
+    # ring's C and assembly too (`ring_core_*`, ~72 KB once ChaCha is gone: remote::tls_policy):
+    # ring picks its code by CPU feature at run time (SHA extensions, ADX, VAES, which the
+    # emulated CPU lacks) and by the server's key (RSA in production, ECDSA in training), so
+    # what a real agent runs of it is not what valgrind saw.
+    nm "$bin" | awk '$2 ~ /^[tTwW]$/ && ($3 ~ /(16parking_lot_core|17crossbeam_channel|15crossbeam_utils)/ || $3 ~ /^ring_core_/) { print $3 }' |
         awk 'NR == FNR { seen[$0] = 1; next } !($0 in seen) { seen[$0] = 1; print }' "$work/order" - >>"$work/order"
 fi
 n=$(wc -l <"$work/order" | tr -d ' ')
