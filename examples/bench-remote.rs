@@ -229,8 +229,7 @@ fn run(opts: &Options) -> Result<(), String> {
     let relay;
     let mut config = None;
     let url = if opts.tls {
-        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
-        relay = tls_relay::TlsRelay::start(upstream).map_err(|e| format!("TLS front: {e}"))?;
+        relay = tls_relay::TlsRelay::start(server.port()).map_err(|e| format!("TLS front: {e}"))?;
         let path = dir.0.join("assistd.json");
         tls_relay::write_agent_config(&path).map_err(|e| format!("config file: {e}"))?;
         config = Some(path);

@@ -120,6 +120,8 @@ ordered_build() {
             fi
         fi
         if [ -s "$order_file" ]; then
+            # strip=false as in the first build, so the two differ in link arguments only
+            # (above: those keep the symbol names); the linker strips the shipped binary.
             hot=$(wc -l <"$order_file" | tr -d ' ')
             say "linking with $hot hot functions first ($order_file)"
             order_how=" order=$hot"

@@ -30,8 +30,7 @@ fn start(dir: &TestDir, server: &Server, url: &str, config: Option<&str>) -> uti
 }
 
 fn tls_front(server: &Server) -> TlsRelay {
-    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], server.port()));
-    TlsRelay::start(upstream).expect("start the TLS front")
+    TlsRelay::start(server.port()).expect("start the TLS front")
 }
 
 #[test]

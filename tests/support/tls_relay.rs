@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
@@ -29,8 +30,10 @@ pub struct TlsRelay {
 }
 
 impl TlsRelay {
-    /// Listens on a free loopback port; every connection is relayed to `upstream`.
-    pub fn start(upstream: SocketAddr) -> io::Result<TlsRelay> {
+    /// Listens on a free loopback port; every connection is relayed to the double listening
+    /// on `upstream_port` of 127.0.0.1.
+    pub fn start(upstream_port: u16) -> io::Result<TlsRelay> {
+        let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
         let config = Arc::new(server_config()?);
         let listener = TcpListener::bind(("127.0.0.1", 0))?;
         let addr = listener.local_addr()?;
@@ -67,16 +70,10 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
 }
 
 fn server_config() -> io::Result<ServerConfig> {
-    let cert = match ureq::tls::parse_pem(SERVER_PEM).next() {
-        Some(Ok(ureq::tls::PemItem::Certificate(c))) => CertificateDer::from(c.der().to_vec()),
-        _ => return Err(invalid("no certificate in tests/fixtures/tls/server.pem")),
-    };
-    let key = match ureq::tls::parse_pem(SERVER_KEY).next() {
-        Some(Ok(ureq::tls::PemItem::PrivateKey(k))) => {
-            PrivateKeyDer::try_from(k.der().to_vec()).map_err(invalid)?
-        }
-        _ => return Err(invalid("no private key in tests/fixtures/tls/server.key")),
-    };
+    let cert = CertificateDer::from_pem_slice(SERVER_PEM)
+        .map_err(|e| invalid(format!("tests/fixtures/tls/server.pem: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(SERVER_KEY)
+        .map_err(|e| invalid(format!("tests/fixtures/tls/server.key: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
