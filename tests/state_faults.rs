@@ -5,8 +5,12 @@
 
 mod util;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -34,6 +38,52 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Keeps the (small) file system holding `path` full while it lives: appends 4 KiB blocks to
+/// `path` until one does not fit, and again every 50 ms. Once is not enough: the agent frees blocks
+/// too (a script removed after its run, a status file replaced), and a block freed after the
+/// fill lets the next run's script be saved after all. Dropped, it stops and removes `path`,
+/// so the space comes back.
+struct Filler {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Filler {
+    fn start(path: PathBuf) -> Filler {
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let block = [0u8; 4096];
+            // The tmpfs holds 256 KiB: a filler past 1 MiB means it is not under that mount,
+            // and it stops rather than fill whatever disk it is on.
+            let mut written = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                while written < 1024 * 1024 && file.write_all(&block).is_ok() {
+                    written += block.len();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Filler {
+            path,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -88,10 +138,9 @@ fn a_full_state_dir_keeps_tasks_running_and_says_what_was_not_written() {
     let agent = Agent::start(&dir, &[]);
     agent.wait_journal(&dir, "a first run", |_| finished(&dir) >= 1);
 
-    // Fill what is left; a file system that is full takes no new block (appends still fit
-    // in the journal's last page for a while, then fail).
-    let filler = dir.state().join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 512 * 1024]);
+    // Fill what is left, and keep it full; a file system that is full takes no new block
+    // (appends still fit in the journal's last page for a while, then fail).
+    let filler = Filler::start(dir.state().join("filler"));
     let at = lines(&ticks);
     wait_runs(&agent, &ticks, at, 3);
     agent.expect_line("cannot save script");
@@ -101,7 +150,7 @@ fn a_full_state_dir_keeps_tasks_running_and_says_what_was_not_written() {
     });
 
     // Space again: the next runs are journaled.
-    std::fs::remove_file(&filler).expect("remove filler");
+    drop(filler);
     let after = finished(&dir);
     agent.wait_journal(&dir, "a run journaled after space came back", |_| {
         finished(&dir) > after
