@@ -6,7 +6,7 @@ use std::io;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{after, never, select, Receiver, Sender};
+use crossbeam_channel::{after, never, select_biased, Receiver, Sender};
 
 use crate::remote::kick::KickAction;
 use crate::signals::Signal;
@@ -45,7 +45,12 @@ fn run(parts: BridgeParts) {
             (false, Some(every)) => after(every),
             _ => never(),
         };
-        select! {
+        // Biased: an action already queued goes before a poll that fell due meanwhile. The
+        // listener reports the channel up before it reads any message, so a reconnect whose
+        // `ChannelUp` waits beside a due poll turns polling off instead of sending one more
+        // plain fetch, which would swallow the kick that follows (`PendingFetches` merges a
+        // task kick into a pending plain one).
+        select_biased! {
             recv(parts.stop) -> _ => return,
             recv(parts.actions) -> action => match action {
                 Ok(action) => {
@@ -233,5 +238,48 @@ mod tests {
         assert!(b.fetch.recv_timeout(Duration::from_millis(200)).is_err());
         b.actions.send(KickAction::ChannelDown).expect("send");
         assert_eq!(b.fetch.recv_timeout(DEADLINE), Ok(FetchRequest::kick()));
+    }
+
+    #[test]
+    fn queued_actions_go_before_a_due_poll() {
+        // The listener's `ChannelUp` and its first kick wait in the queue while a poll is
+        // already due (interval zero). The bridge must turn polling off first: a plain fetch
+        // sent now would swallow the task kick (CI saw this with a random select). Actions
+        // that only log queue ahead of it, so an unbiased select meets the due poll a dozen
+        // times (crossbeam seeds its shuffle per thread: one race alone could pass by luck).
+        let (actions, actions_rx) = unbounded();
+        let (fetch_tx, fetch) = bounded(64);
+        let (signals_tx, _signals) = unbounded();
+        let (stop, stop_rx) = bounded::<()>(0);
+        for _ in 0..12 {
+            actions.send(KickAction::UpdateAgent).expect("send");
+        }
+        actions.send(KickAction::ChannelUp).expect("send");
+        for id in ["t-b", "end"] {
+            actions
+                .send(KickAction::Fetch {
+                    task_id: Some(id.to_string()),
+                    session: false,
+                })
+                .expect("send");
+        }
+        let join = spawn(BridgeParts {
+            actions: actions_rx,
+            fetch: fetch_tx,
+            signals: signals_tx,
+            sessions: None,
+            poll: Some(Duration::ZERO),
+            stop: stop_rx,
+        })
+        .expect("spawn bridge");
+        let mut got = Vec::new();
+        while got.last() != Some(&FetchRequest::task("end")) {
+            got.push(fetch.recv_timeout(DEADLINE).expect("a fetch request"));
+        }
+        assert_eq!(got, [FetchRequest::task("t-b"), FetchRequest::task("end")]);
+        drop(actions);
+        drop(stop);
+        join.join().expect("bridge ends");
+        assert!(fetch.try_recv().is_err(), "a poll with the channel up");
     }
 }
