@@ -68,15 +68,42 @@ has_rust_target() {
     [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ]
 }
 
+# The build machine's paths, out of the binary: panic locations name a dependency's file by
+# its path under cargo's registry (/root/.cargo/registry/src/index.crates.io-<hash>/...) and
+# std's, with std from source, under the toolchain's rust-src. Remapped, a dependency's file
+# is "crate-version/src/file.rs" and std's "/rustc/<commit>/library/...", what the prebuilt
+# std says: the same binary from any home directory, and some 400 strings shorter. Sets
+# $remap_flags, for every flavour's Rust code (C compilers do not see RUSTFLAGS; ring's C
+# leaves no path in the binary: `strings` finds none).
+set_remap_flags() {
+    remap_flags=
+    registry=${CARGO_HOME:-$HOME/.cargo}/registry/src
+    std_src=$(rustc --print sysroot)/lib/rustlib/src/rust
+    commit=$(rustc -vV | sed -n 's/^commit-hash: //p')
+    for dir in "$registry"/*/; do
+        [ -d "$dir" ] || continue
+        case $dir in
+        *[[:space:]]*) say "not remapping $dir: RUSTFLAGS cannot hold a path with a space" ;;
+        *) remap_flags="$remap_flags --remap-path-prefix=$dir=" ;;
+        esac
+    done
+    case $std_src in
+    *[[:space:]]*) ;;
+    *) if [ -n "$commit" ]; then
+        remap_flags="$remap_flags --remap-path-prefix=$std_src=/rustc/$commit"
+    fi ;;
+    esac
+}
+
 # One cargo build of the x86_64 musl binary: musl_cargo TARGET_DIR STD EXTRA_RUSTFLAGS, STD
 # being "source" (-Zbuild-std) or "prebuilt". $link_flags and $features apply to every build.
 musl_cargo() {
     if [ "$2" = source ]; then
-        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $link_flags $3" \
+        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $link_flags $3" \
             "$CARGO" build --release --locked --target "$target" $features \
             -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size
     else
-        CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $link_flags $3" \
+        CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $link_flags $3" \
             "$CARGO" build --release --locked --target "$target" $features
     fi
 }
@@ -184,6 +211,7 @@ build_musl_x86_64() {
     how="std=prebuilt $how$order_how"
 }
 
+set_remap_flags
 want=${STATIC_FLAVOUR:-auto}
 case $want in auto | musl | glibc) ;; *) die "STATIC_FLAVOUR must be auto, musl or glibc" ;; esac
 
@@ -218,7 +246,7 @@ x86_64)
         say "flavour glibc-static ($target, +crt-static)"
         # With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
         # macros, which must stay dynamic.
-        RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        RUSTFLAGS="${RUSTFLAGS:-} $remap_flags -C target-feature=+crt-static" \
             "$CARGO" build --release --locked --target "$target" $features
         say "WARNING: static glibc: only users in /etc/passwd resolve, and on hosts whose"
         say "  nsswitch.conf lists more than 'files' for passwd/group, a task for an unknown"
@@ -247,7 +275,8 @@ aarch64)
     CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-$linker}
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER CC_aarch64_unknown_linux_musl
     say "flavour musl ($target, linked with $linker)"
-    "$CARGO" build --release --locked --target "$target" $features
+    RUSTFLAGS="${RUSTFLAGS:-} $remap_flags" \
+        "$CARGO" build --release --locked --target "$target" $features
     ;;
 *)
     die "unknown architecture '$arch' (x86_64 or aarch64)"
