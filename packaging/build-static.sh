@@ -26,6 +26,11 @@
 #     `-Zbuild-std`, unstable, so the build runs with RUSTC_BOOTSTRAP=1. STATIC_STD=auto (the
 #     default: from source when rust-src is installed, else the prebuilt std, and the prebuilt
 #     std again if the source build fails), source (must work), prebuilt (never).
+#     With std from source, every crate is also compiled with -Zpanic-in-drop=abort when
+#     the compiler has it: a panic escaping a destructor aborts (as Rust's RFC 3288 proposes
+#     for the language), so drops need no landing pads of their own; every other panic
+#     still unwinds to the invocation's guard. It is only sound when std is compiled with
+#     it too, hence only here (README "Release profile").
 #   - linked by rust-lld (shipped with rustc) with identical-code folding (--icf=all) and
 #     packed relative relocations (--pack-dyn-relocs=relr, applied by musl's static-pie
 #     start code). Without rust-lld, the system linker.
@@ -99,7 +104,7 @@ set_remap_flags() {
 # being "source" (-Zbuild-std) or "prebuilt". $link_flags and $features apply to every build.
 musl_cargo() {
     if [ "$2" = source ]; then
-        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $link_flags $3" \
+        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $drop_flags $link_flags $3" \
             "$CARGO" build --release --locked --target "$target" $features \
             -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size
     else
@@ -198,9 +203,19 @@ build_musl_x86_64() {
         std=prebuilt
     fi
     if [ "$std" != prebuilt ]; then
-        say "std from source (-Zbuild-std, RUSTC_BOOTSTRAP=1), $how"
+        # Probed, not assumed: an unstable option may leave a later compiler, and then the
+        # build goes on without it rather than fall back to the prebuilt std.
+        drop_flags=
+        drop_how=
+        if RUSTC_BOOTSTRAP=1 rustc -Zpanic-in-drop=abort --print sysroot >/dev/null 2>&1; then
+            drop_flags=-Zpanic-in-drop=abort
+            drop_how=" panic-in-drop=abort"
+        else
+            say "this rustc has no -Zpanic-in-drop: destructors keep their landing pads (a larger binary)"
+        fi
+        say "std from source (-Zbuild-std, RUSTC_BOOTSTRAP=1$drop_how), $how"
         if ordered_build source; then
-            how="std=source $how$order_how"
+            how="std=source$drop_how $how$order_how"
             return 0
         fi
         [ "$std" = source ] && die "the build with std from source failed (above)"
