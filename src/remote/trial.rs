@@ -318,6 +318,10 @@ pub fn settle(first: FirstStart, exe: &Path, state_root: &Path) -> Option<Marker
             Some(marker)
         }
         FirstStart::Restored(marker) => {
+            // The work first, the line after it: a reader that sees the line finds the
+            // refusal recorded and the marker gone.
+            let remembered = remember_refused(state_root, &marker.version);
+            let unmarked = remove_marker(exe);
             log::error!(
                 "phase=update the update from {} to {} failed ({}); rolled back, running {} again; {} will not be installed again",
                 marker.from,
@@ -326,10 +330,10 @@ pub fn settle(first: FirstStart, exe: &Path, state_root: &Path) -> Option<Marker
                 env!("CARGO_PKG_VERSION"),
                 marker.version
             );
-            if let Err(e) = remember_refused(state_root, &marker.version) {
+            if let Err(e) = remembered {
                 log::warn!("phase=update cannot remember the failed version: {e}");
             }
-            if let Err(e) = remove_marker(exe) {
+            if let Err(e) = unmarked {
                 log::warn!("phase=update cannot remove the trial marker: {e}");
             }
             None

@@ -759,7 +759,10 @@ impl Updater {
             Startup::Stopped => return Commit::Stopped,
             Startup::Late => return self.roll_back(old),
         }
-        match fs::remove_file(old) {
+        // Both removals before the line that says so.
+        let removed = fs::remove_file(old);
+        let unmarked = trial::remove_marker(exe);
+        match removed {
             Ok(()) => log::info!(
                 "phase=update update confirmed; removed the previous binary {}",
                 old.display()
@@ -767,7 +770,7 @@ impl Updater {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("phase=update cannot remove {}: {e}", old.display()),
         }
-        if let Err(e) = trial::remove_marker(exe) {
+        if let Err(e) = unmarked {
             log::warn!("phase=update cannot remove the trial marker: {e}");
         }
         Commit::Kept
