@@ -209,10 +209,20 @@ fn a_second_agent_on_the_same_state_dir_refuses_to_start() {
 #[test]
 fn a_cron_reports_completed_after_its_last_run() {
     let dir = TestDir::new("completed");
-    let when = chrono::Utc::now() + chrono::Duration::seconds(3);
-    let expr = when.format("%S %M %H %d %m ? %Y UTC").to_string();
-    dir.task("last", &json!({"command": "echo done", "cron": expr}));
+    // The one run's time is taken once the agent watches its directory, so a slow start on
+    // a loaded machine cannot put it in the past (it would be reported invalid).
     let agent = Agent::start(&dir, &[]);
+    agent.expect_line("bad file(s)");
+    let when = chrono::Utc::now() + chrono::Duration::seconds(4);
+    let expr = when.format("%S %M %H %d %m ? %Y UTC").to_string();
+    let tmp = dir.tasks().join(".last.json.tmp");
+    std::fs::write(
+        &tmp,
+        json!({"command": "echo done", "cron": expr}).to_string(),
+    )
+    .expect("write task");
+    util::set_mode(&tmp, 0o644);
+    std::fs::rename(&tmp, dir.tasks().join("last.json")).expect("rename task");
     let records = agent.wait_journal(&dir, "last stopped completed", |r| {
         count(r, "last", "stopped") == 1
     });

@@ -331,10 +331,14 @@ fn sigterm_ends_a_remote_agent_cleanly() {
 fn periodic_tasks_fire_and_report_their_wall_clock() {
     let dir = TestDir::new("remote-periodic");
     let server = Server::start();
+    // The times are taken once the agent is up and the list comes by SIGHUP, so a slow start
+    // on a loaded machine cannot put the one-shot runs in the past (they would be invalid).
+    let agent = start_remote(&dir, &server, &[]);
+    agent.expect_line("startup fetch done");
     let now = chrono::Utc::now();
     let creation = now.timestamp_millis();
-    let soon = now + chrono::Duration::seconds(3);
-    // A cron whose one run is 3 s from now, in a fixed GMT offset zone.
+    let soon = now + chrono::Duration::seconds(4);
+    // A cron whose one run is 4 s from now, in a fixed GMT offset zone.
     let local = soon + chrono::Duration::hours(8);
     let cron = local.format("%S %M %H %d %m ? %Y GMT+8:00").to_string();
     let at = soon.format("at(%Y-%m-%dT%H:%M:%S)").to_string();
@@ -360,7 +364,7 @@ fn periodic_tasks_fire_and_report_their_wall_clock() {
         OUTPUT,
     );
     server.push(TASK_LIST, list(&[rate, cron, at], &[], &[]));
-    let agent = start_remote(&dir, &server, &[]);
+    agent.signal(libc::SIGHUP);
 
     let r = expect(&agent, &server, "rate finish", |r| {
         r.path == FINISH && r.query.starts_with("taskId=t-rate&")

@@ -96,9 +96,13 @@ fn an_offer_waits_for_a_running_once_task() {
     );
     // A download that will be refused: this test is about when it is asked for.
     let url = format!("{}{DOWNLOAD}", server.url());
-    server.push(UPDATE_CHECK, update_offer(&url, &"0".repeat(64), "0.2.0"));
     server.set_default(DOWNLOAD, Reply::Bytes(200, new_build()));
     let agent = start(&dir, &server, &exe);
+    // Offered once the task runs: the updater checks every second from its start, and a
+    // check that came before a slow startup fetch had brought the task would rightly find
+    // the agent idle and download.
+    agent.expect_line("task=t-busy invoke_version=1 phase=start");
+    server.push(UPDATE_CHECK, update_offer(&url, &"0".repeat(64), "0.2.0"));
     agent.expect_line("phase=update waiting: a task is queued or running");
     assert!(
         !server.requests().iter().any(|r| r.path == DOWNLOAD),

@@ -424,10 +424,12 @@ fn only_a_root_task_can_power_the_host_off() {
     dir.task("root-asks", &json!({"command": "exit 193"}));
     let agent = Agent::spawn(args, &dir.root);
     agent.expect_line("exit code 193: running");
-    // The fake runs as the agent, root; wait for its mark (bounded).
+    // The fake runs as the agent, root; wait for its whole line (bounded): the shell creates
+    // the file before it writes to it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !marks.exists() && std::time::Instant::now() < deadline {
+    let read = || std::fs::read_to_string(&marks).unwrap_or_default();
+    while !read().ends_with('\n') && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(std::fs::read_to_string(&marks).expect("mark"), "0\n");
+    assert_eq!(read(), "0\n");
 }
