@@ -146,7 +146,15 @@ mod tests {
     }
 
     fn bridge(poll: Option<Duration>) -> Bridge {
+        bridge_with_queued(poll, Vec::new())
+    }
+
+    /// A bridge whose action queue already holds `queued` when its thread starts.
+    fn bridge_with_queued(poll: Option<Duration>, queued: Vec<KickAction>) -> Bridge {
         let (actions, actions_rx) = unbounded();
+        for action in queued {
+            actions.send(action).expect("send");
+        }
         let (fetch_tx, fetch) = bounded(16);
         let (signals_tx, signals) = unbounded();
         let (stop, stop_rx) = bounded(0);
@@ -247,39 +255,27 @@ mod tests {
         // sent now would swallow the task kick (CI saw this with a random select). Actions
         // that only log queue ahead of it, so an unbiased select meets the due poll a dozen
         // times (crossbeam seeds its shuffle per thread: one race alone could pass by luck).
-        let (actions, actions_rx) = unbounded();
-        let (fetch_tx, fetch) = bounded(64);
-        let (signals_tx, _signals) = unbounded();
-        let (stop, stop_rx) = bounded::<()>(0);
-        for _ in 0..12 {
-            actions.send(KickAction::UpdateAgent).expect("send");
-        }
-        actions.send(KickAction::ChannelUp).expect("send");
-        for id in ["t-b", "end"] {
-            actions
-                .send(KickAction::Fetch {
-                    task_id: Some(id.to_string()),
-                    session: false,
-                })
-                .expect("send");
-        }
-        let join = spawn(BridgeParts {
-            actions: actions_rx,
-            fetch: fetch_tx,
-            signals: signals_tx,
-            sessions: None,
-            poll: Some(Duration::ZERO),
-            stop: stop_rx,
-        })
-        .expect("spawn bridge");
+        let task = |id: &str| KickAction::Fetch {
+            task_id: Some(id.to_string()),
+            session: false,
+        };
+        let mut queued = vec![KickAction::UpdateAgent; 12];
+        queued.extend([KickAction::ChannelUp, task("t-b"), task("end")]);
+        let b = bridge_with_queued(Some(Duration::ZERO), queued);
         let mut got = Vec::new();
         while got.last() != Some(&FetchRequest::task("end")) {
-            got.push(fetch.recv_timeout(DEADLINE).expect("a fetch request"));
+            got.push(b.fetch.recv_timeout(DEADLINE).expect("a fetch request"));
         }
         assert_eq!(got, [FetchRequest::task("t-b"), FetchRequest::task("end")]);
-        drop(actions);
-        drop(stop);
-        join.join().expect("bridge ends");
+        let Bridge {
+            actions,
+            fetch,
+            _stop,
+            join,
+            ..
+        } = b;
+        drop((actions, _stop));
+        join.expect("join").join().expect("bridge ends");
         assert!(fetch.try_recv().is_err(), "a poll with the channel up");
     }
 }
