@@ -215,14 +215,7 @@ fn a_cron_reports_completed_after_its_last_run() {
     agent.expect_line("bad file(s)");
     let when = chrono::Utc::now() + chrono::Duration::seconds(4);
     let expr = when.format("%S %M %H %d %m ? %Y UTC").to_string();
-    let tmp = dir.tasks().join(".last.json.tmp");
-    std::fs::write(
-        &tmp,
-        json!({"command": "echo done", "cron": expr}).to_string(),
-    )
-    .expect("write task");
-    util::set_mode(&tmp, 0o644);
-    std::fs::rename(&tmp, dir.tasks().join("last.json")).expect("rename task");
+    dir.task_by_rename("last", &json!({"command": "echo done", "cron": expr}));
     let records = agent.wait_journal(&dir, "last stopped completed", |r| {
         count(r, "last", "stopped") == 1
     });

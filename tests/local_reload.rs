@@ -4,7 +4,7 @@
 
 mod util;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use util::{count, read_pid, record, set_mode, wait_gone, Agent, TestDir};
 
 /// Starts the agent and waits for its first scan of the task directory: from then on the
@@ -15,20 +15,11 @@ fn start(dir: &TestDir) -> Agent {
     agent
 }
 
-/// Writes `tasks/<name>.json` the way editors and config tools do: a temp file in the same
-/// directory, then a rename over the name.
-fn write_by_rename(dir: &TestDir, name: &str, json: &Value) {
-    let tmp = dir.tasks().join(format!(".{name}.json.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(json).expect("json")).expect("write temp");
-    set_mode(&tmp, 0o644);
-    std::fs::rename(&tmp, dir.tasks().join(format!("{name}.json"))).expect("rename");
-}
-
 #[test]
 fn a_new_file_written_by_rename_runs_without_sighup() {
     let dir = TestDir::new("reload-new");
     let agent = start(&dir);
-    write_by_rename(&dir, "hello", &json!({"command": "echo hello"}));
+    dir.task_by_rename("hello", &json!({"command": "echo hello"}));
     agent.expect_line("the task directory changed");
     let records = agent.wait_journal(&dir, "hello finished", |r| {
         count(r, "hello", "finished") == 1
@@ -68,8 +59,7 @@ fn an_edit_that_breaks_a_file_keeps_the_last_good_version_running() {
         "the first version went on: {records:#?}"
     );
     // Fixed: a new version replaces it.
-    write_by_rename(
-        &dir,
+    dir.task_by_rename(
         "tick",
         &json!({"command": "echo tock", "cron": "* * * * * ?"}),
     );

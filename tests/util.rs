@@ -91,6 +91,15 @@ impl TestDir {
         set_mode(&path, 0o644);
     }
 
+    /// Writes `tasks/<name>.json` the way editors and config tools do: a temp file in the same
+    /// directory, then a rename over the name, so a running agent never reads half a file.
+    pub fn task_by_rename(&self, name: &str, json: &Value) {
+        let tmp = self.tasks().join(format!(".{name}.json.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(json).expect("json")).expect("write temp");
+        set_mode(&tmp, 0o644);
+        std::fs::rename(&tmp, self.tasks().join(format!("{name}.json"))).expect("rename");
+    }
+
     pub fn remove_task(&self, name: &str) {
         std::fs::remove_file(self.tasks().join(format!("{name}.json"))).expect("remove task file");
     }
