@@ -93,7 +93,7 @@ set_remap_flags() {
         esac
     done
     case $std_src in
-    *[[:space:]]*) ;;
+    *[[:space:]]*) say "not remapping $std_src: RUSTFLAGS cannot hold a path with a space" ;;
     *) if [ -n "$commit" ]; then
         remap_flags="$remap_flags --remap-path-prefix=$std_src=/rustc/$commit"
     fi ;;
