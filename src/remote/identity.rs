@@ -12,13 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use md5::{Digest, Md5};
-use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPrivateKey};
-use rsa::pkcs8::{EncodePublicKey, LineEnding};
-use rsa::rand_core::{OsRng, RngCore};
-use rsa::{Pkcs1v15Sign, RsaPrivateKey};
+use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 
 use crate::fsutil::write_atomic;
+use crate::remote::rsa_key::{wipe, RsaKey, RsaKeyError};
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::encode_base64;
 
@@ -71,7 +69,7 @@ pub enum IdentityError {
     /// `pri-key` is not a PKCS#1 RSA private key.
     PrivateKey(PathBuf),
     /// Key generation failed.
-    KeyGen(rsa::Error),
+    KeyGen(RsaKeyError),
     /// `register` on a machine that is already registered.
     AlreadyRegistered,
     /// The request got no answer.
@@ -243,7 +241,7 @@ pub fn http_get_plain(url: &str, timeout: Duration) -> io::Result<Vec<u8>> {
 pub struct HybridIdentity {
     instance_id: String,
     machine_id: String,
-    key: RsaPrivateKey,
+    key: RsaKey,
 }
 
 impl fmt::Debug for HybridIdentity {
@@ -266,7 +264,7 @@ impl HybridIdentity {
         let machine_id = read_trimmed(&dir.machine_id()).unwrap_or_default();
         let key_path = dir.private_key();
         let pem = fs::read_to_string(&key_path).map_err(file_err(&key_path))?;
-        let key = RsaPrivateKey::from_pkcs1_pem(pem.trim())
+        let key = RsaKey::from_pkcs1_pem(&pem)
             .map_err(|_| IdentityError::PrivateKey(key_path.clone()))?;
         Ok(Some(HybridIdentity {
             instance_id,
@@ -284,15 +282,16 @@ impl HybridIdentity {
     /// timestamp + request_id)))`.
     pub fn headers_at(&self, timestamp_ms: u128, request_id: &str) -> Vec<(String, String)> {
         let ts = timestamp_ms.to_string();
-        let digest = Md5::digest(
+        let digest: [u8; 16] = Md5::digest(
             format!("{}{}{ts}{request_id}", self.instance_id, self.machine_id).as_bytes(),
-        );
+        )
+        .into();
         let mut headers = vec![
             ("x-acs-instance-id".to_string(), self.instance_id.clone()),
             ("x-acs-timestamp".to_string(), ts),
             ("x-acs-request-id".to_string(), request_id.to_string()),
         ];
-        match self.key.sign(Pkcs1v15Sign::new::<Md5>(), &digest) {
+        match self.key.sign_md5(&digest) {
             Ok(sig) => headers.push(("x-acs-signature".to_string(), encode_base64(&sig))),
             Err(e) => log::warn!("phase=identity signing the request headers failed: {e}"),
         }
@@ -418,14 +417,9 @@ fn register_with_bits(
     if dir.is_hybrid() {
         return Err(IdentityError::AlreadyRegistered);
     }
-    let key = RsaPrivateKey::new(&mut OsRng, bits).map_err(IdentityError::KeyGen)?;
-    let private_pem = key
-        .to_pkcs1_pem(LineEnding::LF)
-        .map_err(|e| IdentityError::KeyGen(rsa::Error::Pkcs1(e)))?;
-    let public_pem = key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| IdentityError::KeyGen(rsa::Error::Pkcs8(rsa::pkcs8::Error::PublicKey(e))))?;
+    let key = RsaKey::generate_any_size(bits).map_err(IdentityError::KeyGen)?;
+    let mut private_pem = key.to_pkcs1_pem().into_bytes();
+    let public_pem = key.public_key_pem();
     let body = json!({
         "activationCode": req.activation_code,
         "machineId": req.machine_id,
@@ -480,14 +474,16 @@ fn register_with_bits(
     let files: [(PathBuf, &[u8]); 6] = [
         (dir.network_mode(), req.network_mode.as_bytes()),
         (dir.public_key(), public_pem.as_bytes()),
-        (dir.private_key(), private_pem.as_bytes()),
+        (dir.private_key(), &private_pem),
         (dir.region_id(), req.region_id.as_bytes()),
         (dir.machine_id(), req.machine_id.as_bytes()),
         (dir.instance_id(), instance_id.as_bytes()),
     ];
-    for (path, bytes) in files {
-        write_atomic(&path, bytes, 0o600).map_err(file_err(&path))?;
-    }
+    let written = files
+        .into_iter()
+        .try_for_each(|(path, bytes)| write_atomic(&path, bytes, 0o600).map_err(file_err(&path)));
+    wipe(&mut private_pem);
+    written?;
     log::info!("phase=register registered as instance {instance_id}");
     Ok(instance_id)
 }
@@ -538,7 +534,7 @@ mod tests {
     use crate::remote::transport::testing::FakeHttp;
     use crate::runner::params::decode_base64;
     use rsa::pkcs8::DecodePublicKey;
-    use rsa::RsaPublicKey;
+    use rsa::{Pkcs1v15Sign, RsaPublicKey};
     use std::net::TcpListener;
     use std::os::unix::fs::PermissionsExt;
     use std::thread;

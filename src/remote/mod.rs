@@ -11,8 +11,11 @@
 //! - `websocket`: the client side of a websocket to the server (kicks and sessions).
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
+//! - `rsa_key` (the hybrid key: generation, PEM, MD5 signatures) on `bignum` (Montgomery
+//!   arithmetic).
 //! - `metrics`: metrics events (appendix B), sent for failed sessions.
 
+pub mod bignum;
 pub mod fetch;
 pub mod heartbeat;
 pub mod identity;
@@ -20,6 +23,7 @@ pub mod kick;
 pub mod kick_bridge;
 pub mod metrics;
 pub mod reporter;
+pub mod rsa_key;
 pub mod sendfile;
 pub mod session;
 pub mod signature;
