@@ -12,7 +12,7 @@
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 //! - `rsa_key` (the hybrid key: generation, PEM, MD5 signatures) on `bignum` (Montgomery
-//!   arithmetic).
+//!   arithmetic); `sm2` (SM2 signature verification, also on `bignum`).
 //! - `metrics`: metrics events (appendix B), sent for failed sessions.
 
 pub mod bignum;
@@ -27,6 +27,7 @@ pub mod rsa_key;
 pub mod sendfile;
 pub mod session;
 pub mod signature;
+pub mod sm2;
 pub mod spool;
 pub mod tls_policy;
 pub mod transport;

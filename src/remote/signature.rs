@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::error_chain::error_chain;
 use crate::model::{RunTaskInfo, SendFileTaskInfo};
+use crate::remote::sm2::Sm2PublicKey;
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::{decode_base64, Base64Error};
 use crate::runner::Invalid;
@@ -238,7 +239,7 @@ enum PublicKey {
     /// The DER `RSAPublicKey` (PKCS#1) inside the PEM's `SubjectPublicKeyInfo`, which ring
     /// verifies (the same ring rustls uses for TLS, so RSA adds no bignum code of its own).
     Rsa(Vec<u8>),
-    Sm2(Box<sm2::dsa::VerifyingKey>),
+    Sm2(Box<Sm2PublicKey>),
 }
 
 impl Cert {
@@ -296,12 +297,10 @@ fn parse_public_key(algorithm: Algorithm, pem: &str) -> Result<PublicKey, Signat
             .map(PublicKey::Rsa)
             .ok_or(SignatureError::PublicKey(algorithm)),
         Algorithm::Sm3WithSm2 => {
-            let pk =
-                <sm2::PublicKey as sm2::pkcs8::DecodePublicKey>::from_public_key_pem(pem.trim())
-                    .map_err(|_| SignatureError::PublicKey(algorithm))?;
-            sm2::dsa::VerifyingKey::new(SM2_DEFAULT_UID, pk)
+            let der = strict_pem_public_key_der(pem).ok_or(SignatureError::PublicKey(algorithm))?;
+            Sm2PublicKey::from_spki_der(&der)
                 .map(|k| PublicKey::Sm2(Box::new(k)))
-                .map_err(|_| SignatureError::PublicKey(algorithm))
+                .ok_or(SignatureError::PublicKey(algorithm))
         }
     }
 }
@@ -317,7 +316,7 @@ fn verify_with(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<(), SignatureErro
                 .is_ok()
         }
         PublicKey::Sm2(key) => match sm2_signature_from_der(sig) {
-            Some(sig) => sm2::dsa::signature::Verifier::verify(key.as_ref(), data, &sig).is_ok(),
+            Some((r, s)) => key.verify(SM2_DEFAULT_UID.as_bytes(), data, &r, &s),
             None => false,
         },
     };
@@ -396,12 +395,7 @@ fn rsa_public_key_from_pem(pem: &str) -> Option<Vec<u8>> {
     const RSA_ENCRYPTION: &[u8] = &[
         0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
     ];
-    let body = pem
-        .trim()
-        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
-        .strip_suffix("-----END PUBLIC KEY-----")?;
-    let b64: String = body.split_whitespace().collect();
-    let der = decode_base64(b64.as_bytes()).ok()?;
+    let der = strict_pem_public_key_der(pem)?;
     let (spki, rest) = der_take(&der, 0x30)?;
     if !rest.is_empty() {
         return None;
@@ -419,6 +413,16 @@ fn rsa_public_key_from_pem(pem: &str) -> Option<Vec<u8>> {
         Some((0, key)) if !key.is_empty() => Some(key.to_vec()),
         _ => None,
     }
+}
+
+/// The DER of a text that is one `PUBLIC KEY` PEM block and nothing else (but whitespace).
+fn strict_pem_public_key_der(pem: &str) -> Option<Vec<u8>> {
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
+        .strip_suffix("-----END PUBLIC KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    decode_base64(b64.as_bytes()).ok()
 }
 
 /// Splits one DER element with tag `tag` off the front of `buf`: (its contents, the rest).
@@ -442,9 +446,10 @@ fn der_take(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
-/// Decodes a DER `SEQUENCE { INTEGER r, INTEGER s }` into an SM2 signature. Short-form and
-/// one- or two-byte long-form lengths; nothing may follow the sequence.
-fn sm2_signature_from_der(der: &[u8]) -> Option<sm2::dsa::Signature> {
+/// Decodes a DER `SEQUENCE { INTEGER r, INTEGER s }` into an SM2 signature's `(r, s)`,
+/// big-endian. Short-form and one- or two-byte long-form lengths; nothing may follow the
+/// sequence. Whether they are in range is `Sm2PublicKey::verify`'s check.
+fn sm2_signature_from_der(der: &[u8]) -> Option<([u8; 32], [u8; 32])> {
     fn length(buf: &[u8]) -> Option<(usize, &[u8])> {
         let (&first, rest) = buf.split_first()?;
         match first {
@@ -491,7 +496,7 @@ fn sm2_signature_from_der(der: &[u8]) -> Option<sm2::dsa::Signature> {
     if !rest.is_empty() {
         return None;
     }
-    sm2::dsa::Signature::from_scalars(r, s).ok()
+    Some((r, s))
 }
 
 /// The data a certificate's `signatureFields` cover, joined with `#` (spec §7). Unknown field
