@@ -100,7 +100,7 @@ fn sub_assign(a: &mut [u64], b: &[u64]) -> u64 {
 }
 
 /// `a += b` over `a`'s length; the carry.
-fn add_assign(a: &mut [u64], b: &[u64]) -> u64 {
+pub fn add_assign(a: &mut [u64], b: &[u64]) -> u64 {
     let mut carry = 0u64;
     for (i, x) in a.iter_mut().enumerate() {
         let y = b.get(i).copied().unwrap_or(0);
@@ -110,11 +110,6 @@ fn add_assign(a: &mut [u64], b: &[u64]) -> u64 {
         carry = u64::from(c1 | c2);
     }
     carry
-}
-
-/// `a += b`; `false` when the sum does not fit in `a`'s length.
-pub fn add_into(a: &mut [u64], b: &[u64]) -> bool {
-    add_assign(a, b) == 0 && b.len() <= a.len()
 }
 
 /// `a * b`.

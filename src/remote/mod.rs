@@ -12,10 +12,12 @@
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 //! - `rsa_key` (the hybrid key: generation, PEM, MD5 signatures) on `bignum` (Montgomery
-//!   arithmetic); `sm2` (SM2 signature verification, also on `bignum`).
+//!   arithmetic); `sm2` (SM2 signature verification, also on `bignum`); `der` (DER TLVs
+//!   and PEM blocks, for both and for `signature`).
 //! - `metrics`: metrics events (appendix B), sent for failed sessions.
 
 pub mod bignum;
+pub mod der;
 pub mod fetch;
 pub mod heartbeat;
 pub mod identity;

@@ -16,7 +16,7 @@
 use std::fmt;
 
 use crate::remote::bignum::{self, Limbs, Modulus};
-use crate::runner::params::{decode_base64, encode_base64};
+use crate::remote::der;
 
 /// The public exponent of every key made here (and of the reference's keys).
 pub const PUBLIC_EXPONENT: u64 = 65537;
@@ -160,12 +160,12 @@ fn inverse_of_exponent(m: &[u64]) -> Limbs {
 /// A random number in `[2, n - 2]`, for `n` above 4.
 fn random_below(n: &[u64], bytes: &mut [u8]) -> Result<Limbs, RsaKeyError> {
     let bits = bignum::bit_len(n);
+    let top = bignum::sub_small(n, 2).unwrap_or_default();
     loop {
         random(bytes)?;
         let excess = bytes.len() * 8 - bits;
         bytes[0] &= 0xff >> excess;
         let a = bignum::from_be_bytes(bytes);
-        let top = bignum::sub_small(n, 2).unwrap_or_default();
         if bignum::cmp(&a, &[2]).is_ge() && bignum::cmp(&a, &top).is_le() {
             return Ok(a);
         }
@@ -310,9 +310,9 @@ impl RsaKey {
         bignum::bit_len(&self.n).div_ceil(8)
     }
 
-    /// `base64(PKCS#1 v1.5 signature)` of an MD5 digest: `EM = 00 01 FF… 00 DigestInfo`,
-    /// `S = EM^d mod n` (RFC 8017 §8.2.1, §9.2).
-    pub fn sign_md5(&self, digest: &[u8; 16]) -> Result<Vec<u8>, RsaKeyError> {
+    /// The PKCS#1 v1.5 encoded message of an MD5 digest, `EM = 00 01 FF… 00 DigestInfo
+    /// digest` (RFC 8017 §9.2), as a number.
+    fn md5_message(&self, digest: &[u8; 16]) -> Limbs {
         let k = self.size();
         let t_len = MD5_DIGEST_INFO.len() + digest.len();
         let mut em = vec![0xffu8; k];
@@ -321,7 +321,12 @@ impl RsaKey {
         em[k - t_len - 1] = 0;
         em[k - t_len..k - digest.len()].copy_from_slice(&MD5_DIGEST_INFO);
         em[k - digest.len()..].copy_from_slice(digest);
-        let m = bignum::from_be_bytes(&em);
+        bignum::from_be_bytes(&em)
+    }
+
+    /// The PKCS#1 v1.5 signature of an MD5 digest: `S = EM^d mod n` (RFC 8017 §8.2.1).
+    pub fn sign_md5(&self, digest: &[u8; 16]) -> Result<Vec<u8>, RsaKeyError> {
+        let m = self.md5_message(digest);
         // CRT (RFC 8017 §5.1.2 2.b): s_p = m^dP mod p, s_q = m^dQ mod q,
         // h = qInv (s_p - s_q) mod p, s = s_q + q h.
         let (mp, mq) = (&self.mod_p, &self.mod_q);
@@ -331,7 +336,8 @@ impl RsaKey {
         let h = mp.from_mont(&mp.mul(&diff, &mp.to_mont(&self.qinv)));
         let mut s = bignum::mul(&self.q, &h);
         s.resize(s.len().max(sq.len()) + 1, 0);
-        bignum::add_into(&mut s, &sq);
+        let carry = bignum::add_assign(&mut s, &sq);
+        debug_assert_eq!(carry, 0, "s_q + q h < n fits");
         // The check with e: s^e must give back EM (a fault in either half would otherwise
         // send a signature that factors n).
         let n = &self.modulus;
@@ -339,7 +345,7 @@ impl RsaKey {
         if !bignum::cmp(&back, &m).is_eq() {
             return Err(RsaKeyError::SelfCheck);
         }
-        bignum::to_be_bytes(&s, k).ok_or(RsaKeyError::SelfCheck)
+        bignum::to_be_bytes(&s, self.size()).ok_or(RsaKeyError::SelfCheck)
     }
 
     /// `-----BEGIN RSA PRIVATE KEY-----` (PKCS#1 `RSAPrivateKey`, RFC 8017 A.1.2).
@@ -350,8 +356,8 @@ impl RsaKey {
         ] {
             body.extend(der_integer(x));
         }
-        let mut der = der_tlv(0x30, &body);
-        let pem = pem(PRIVATE_KEY_LABEL, &der);
+        let mut der = der::tlv(0x30, &body);
+        let pem = der::pem(PRIVATE_KEY_LABEL, &der);
         wipe(&mut der);
         wipe(&mut body);
         pem
@@ -361,30 +367,29 @@ impl RsaKey {
     pub fn public_key_pem(&self) -> String {
         let mut public = der_integer(&self.n);
         public.extend(der_integer(&self.e));
-        let public = der_tlv(0x30, &public);
+        let public = der::tlv(0x30, &public);
         let mut bits = vec![0u8];
         bits.extend(public);
         let mut spki = RSA_ENCRYPTION_ALGORITHM.to_vec();
-        spki.extend(der_tlv(0x03, &bits));
-        pem(PUBLIC_KEY_LABEL, &der_tlv(0x30, &spki))
+        spki.extend(der::tlv(0x03, &bits));
+        der::pem(PUBLIC_KEY_LABEL, &der::tlv(0x30, &spki))
     }
 
     /// Reads a PKCS#1 PEM private key (the reference's `pri-key` or one made here) and checks
     /// that its numbers belong together by signing once.
     pub fn from_pkcs1_pem(text: &str) -> Result<RsaKey, RsaKeyError> {
-        let der = pem_body(text, PRIVATE_KEY_LABEL).ok_or(RsaKeyError::NotAKey("no PEM block"))?;
-        let mut reader = DerReader(&der);
-        let mut seq = DerReader(
-            reader
-                .take(0x30)
-                .ok_or(RsaKeyError::NotAKey("not a DER sequence"))?,
-        );
-        if !reader.0.is_empty() {
+        let whole =
+            der::pem_block(text, PRIVATE_KEY_LABEL).ok_or(RsaKeyError::NotAKey("no PEM block"))?;
+        let (mut fields, after) =
+            der::take(&whole, 0x30).ok_or(RsaKeyError::NotAKey("not a DER sequence"))?;
+        if !after.is_empty() {
             return Err(RsaKeyError::NotAKey("bytes after the key"));
         }
         let mut next = || {
-            seq.integer()
-                .ok_or(RsaKeyError::NotAKey("a field is not a positive INTEGER"))
+            let (x, rest) = take_integer(fields)
+                .ok_or(RsaKeyError::NotAKey("a field is not a positive INTEGER"))?;
+            fields = rest;
+            Ok::<Limbs, RsaKeyError>(x)
         };
         if !bignum::is_zero(&next()?) {
             return Err(RsaKeyError::NotAKey("not a two-prime key (version 0)"));
@@ -412,36 +417,16 @@ impl RsaKey {
         ))?;
         // Signing uses the CRT numbers and checks them against e; `d` (which other tools
         // use) must give the same signature.
-        let disagree = RsaKeyError::NotAKey("its numbers do not belong together");
-        let crt = key.sign_md5(&[0; 16]).map_err(|_| disagree)?;
+        let disagree = || RsaKeyError::NotAKey("its numbers do not belong together");
+        let digest = [0; 16];
+        let crt = bignum::from_be_bytes(&key.sign_md5(&digest).map_err(|_| disagree())?);
         let n = &key.modulus;
-        let s = bignum::from_be_bytes(&crt);
-        let m = n.from_mont(&n.pow(&n.to_mont(&s), &key.e));
-        let plain = n.from_mont(&n.pow(&n.to_mont(&m), &key.d));
-        if !bignum::cmp(&plain, &s).is_eq() {
-            return Err(RsaKeyError::NotAKey("its numbers do not belong together"));
+        let plain = n.from_mont(&n.pow(&n.to_mont(&key.md5_message(&digest)), &key.d));
+        if !bignum::cmp(&plain, &crt).is_eq() {
+            return Err(disagree());
         }
         Ok(key)
     }
-}
-
-/// A DER TLV with a definite length.
-fn der_tlv(tag: u8, value: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = value.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes: Vec<u8> = len
-            .to_be_bytes()
-            .into_iter()
-            .skip_while(|&b| b == 0)
-            .collect();
-        out.push(0x80 | bytes.len() as u8);
-        out.extend(bytes);
-    }
-    out.extend_from_slice(value);
-    out
 }
 
 /// A DER INTEGER of a non-negative number (minimal, a zero byte before a set top bit).
@@ -450,71 +435,16 @@ fn der_integer(x: &[u64]) -> Vec<u8> {
     if bytes[0] & 0x80 != 0 {
         bytes.insert(0, 0);
     }
-    der_tlv(0x02, &bytes)
+    der::tlv(0x02, &bytes)
 }
 
-/// Reads DER TLVs off the front of a slice.
-struct DerReader<'a>(&'a [u8]);
-
-impl<'a> DerReader<'a> {
-    /// The value of the next TLV if its tag is `tag`.
-    fn take(&mut self, tag: u8) -> Option<&'a [u8]> {
-        let (&t, rest) = self.0.split_first()?;
-        let (&first, mut rest) = rest.split_first()?;
-        if t != tag {
-            return None;
-        }
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let count = usize::from(first & 0x7f);
-            if count == 0 || count > 4 || rest.len() < count {
-                return None;
-            }
-            let (bytes, after) = rest.split_at(count);
-            rest = after;
-            bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
-        };
-        if rest.len() < len {
-            return None;
-        }
-        let (value, after) = rest.split_at(len);
-        self.0 = after;
-        Some(value)
+/// The INTEGER at the front of `buf`, which must not be negative, and the rest.
+fn take_integer(buf: &[u8]) -> Option<(Limbs, &[u8])> {
+    let (bytes, rest) = der::take(buf, 0x02)?;
+    if bytes.first().map_or(true, |&b| b & 0x80 != 0) {
+        return None;
     }
-
-    /// The next INTEGER, which must not be negative.
-    fn integer(&mut self) -> Option<Limbs> {
-        let bytes = self.take(0x02)?;
-        if bytes.first().map_or(true, |&b| b & 0x80 != 0) {
-            return None;
-        }
-        Some(bignum::from_be_bytes(bytes))
-    }
-}
-
-/// A PEM block: the label's lines around base64 in lines of 64.
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = encode_base64(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// The DER inside the first `label` PEM block of `text`.
-fn pem_body(text: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let len = text[start..].find(&end)?;
-    let b64: String = text[start..start + len].split_whitespace().collect();
-    decode_base64(b64.as_bytes()).ok().filter(|d| !d.is_empty())
+    Some((bignum::from_be_bytes(bytes), rest))
 }
 
 #[cfg(test)]
@@ -649,16 +579,16 @@ mod tests {
             "its numbers do not belong together"
         );
         // Trailing bytes after the sequence.
-        let der = pem_body(&pem, PRIVATE_KEY_LABEL).unwrap();
+        let der = der::pem_block(&pem, PRIVATE_KEY_LABEL).unwrap();
         let mut longer = der.clone();
         longer.push(0);
         assert_eq!(
-            reason(&super::pem(PRIVATE_KEY_LABEL, &longer)),
+            reason(&der::pem(PRIVATE_KEY_LABEL, &longer)),
             "bytes after the key"
         );
         // A truncated sequence.
         assert_eq!(
-            reason(&super::pem(PRIVATE_KEY_LABEL, &der[..der.len() - 1])),
+            reason(&der::pem(PRIVATE_KEY_LABEL, &der[..der.len() - 1])),
             "not a DER sequence"
         );
         assert!(
@@ -668,17 +598,15 @@ mod tests {
     }
 
     #[test]
-    fn der_lengths_and_integers() {
-        assert_eq!(der_tlv(0x04, &[1, 2]), [0x04, 2, 1, 2]);
-        let long = der_tlv(0x04, &[0; 200]);
-        assert_eq!(&long[..3], [0x04, 0x81, 200]);
-        let longer = der_tlv(0x04, &[0; 300]);
-        assert_eq!(&longer[..4], [0x04, 0x82, 0x01, 0x2c]);
-        assert_eq!(DerReader(&longer).take(0x04).unwrap().len(), 300);
+    fn der_integers() {
         assert_eq!(der_integer(&[0]), [0x02, 1, 0]);
         assert_eq!(der_integer(&[0x80]), [0x02, 2, 0, 0x80]);
-        assert_eq!(DerReader(&[0x02, 1, 0x80]).integer(), None, "negative");
-        assert_eq!(DerReader(&[0x02, 0]).integer(), None, "empty");
-        assert_eq!(DerReader(&[0x02, 0x85, 0, 0, 0, 0, 1, 0]).take(0x02), None);
+        assert_eq!(
+            take_integer(&[0x02, 1, 0x7f, 9]),
+            Some((vec![0x7f], &[9u8][..]))
+        );
+        assert_eq!(take_integer(&[0x02, 1, 0x80]), None, "negative");
+        assert_eq!(take_integer(&[0x02, 0]), None, "empty");
+        assert_eq!(take_integer(&[0x04, 1, 1]), None, "not an INTEGER");
     }
 }

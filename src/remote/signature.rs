@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::error_chain::error_chain;
 use crate::model::{RunTaskInfo, SendFileTaskInfo};
+use crate::remote::der;
 use crate::remote::sm2::Sm2PublicKey;
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
 use crate::runner::params::{decode_base64, Base64Error};
@@ -297,8 +298,9 @@ fn parse_public_key(algorithm: Algorithm, pem: &str) -> Result<PublicKey, Signat
             .map(PublicKey::Rsa)
             .ok_or(SignatureError::PublicKey(algorithm)),
         Algorithm::Sm3WithSm2 => {
-            let der = strict_pem_public_key_der(pem).ok_or(SignatureError::PublicKey(algorithm))?;
-            Sm2PublicKey::from_spki_der(&der)
+            let spki =
+                der::pem_only(pem, "PUBLIC KEY").ok_or(SignatureError::PublicKey(algorithm))?;
+            Sm2PublicKey::from_spki_der(&spki)
                 .map(|k| PublicKey::Sm2(Box::new(k)))
                 .ok_or(SignatureError::PublicKey(algorithm))
         }
@@ -330,12 +332,7 @@ fn verify_with(cert: &Cert, data: &[u8], sig: &[u8]) -> Result<(), SignatureErro
 /// The DER `SubjectPublicKeyInfo` inside a `-----BEGIN PUBLIC KEY-----` PEM block (the first
 /// one of `pem`, which may hold text around it); `None` when there is none.
 pub fn pem_public_key_der(pem: &str) -> Option<Vec<u8>> {
-    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
-    const END: &str = "-----END PUBLIC KEY-----";
-    let start = pem.find(BEGIN)? + BEGIN.len();
-    let len = pem[start..].find(END)?;
-    let b64: String = pem[start..start + len].split_whitespace().collect();
-    decode_base64(b64.as_bytes()).ok().filter(|d| !d.is_empty())
+    der::pem_block(pem, "PUBLIC KEY")
 }
 
 /// Every `PUBLIC KEY` block of `text`, as DER.
@@ -395,17 +392,17 @@ fn rsa_public_key_from_pem(pem: &str) -> Option<Vec<u8>> {
     const RSA_ENCRYPTION: &[u8] = &[
         0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
     ];
-    let der = strict_pem_public_key_der(pem)?;
-    let (spki, rest) = der_take(&der, 0x30)?;
+    let whole = der::pem_only(pem, "PUBLIC KEY")?;
+    let (spki, rest) = der::take(&whole, 0x30)?;
     if !rest.is_empty() {
         return None;
     }
-    let (alg, rest) = der_take(spki, 0x30)?;
+    let (alg, rest) = der::take(spki, 0x30)?;
     // The parameters must be NULL (RFC 3279 §2.3.1), and nothing else may follow.
     if alg != [RSA_ENCRYPTION, &[0x05, 0x00]].concat() {
         return None;
     }
-    let (bits, rest) = der_take(rest, 0x03)?;
+    let (bits, rest) = der::take(rest, 0x03)?;
     if !rest.is_empty() {
         return None;
     }
@@ -413,37 +410,6 @@ fn rsa_public_key_from_pem(pem: &str) -> Option<Vec<u8>> {
         Some((0, key)) if !key.is_empty() => Some(key.to_vec()),
         _ => None,
     }
-}
-
-/// The DER of a text that is one `PUBLIC KEY` PEM block and nothing else (but whitespace).
-fn strict_pem_public_key_der(pem: &str) -> Option<Vec<u8>> {
-    let body = pem
-        .trim()
-        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
-        .strip_suffix("-----END PUBLIC KEY-----")?;
-    let b64: String = body.split_whitespace().collect();
-    decode_base64(b64.as_bytes()).ok()
-}
-
-/// Splits one DER element with tag `tag` off the front of `buf`: (its contents, the rest).
-/// Short-form and one- to three-byte long-form lengths.
-fn der_take(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = buf.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81..=0x83 => {
-            let n = usize::from(first & 0x7f);
-            let bytes = rest.get(..n)?;
-            let len = bytes.iter().fold(0usize, |l, &b| (l << 8) | usize::from(b));
-            (len, &rest[n..])
-        }
-        _ => return None,
-    };
-    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// Decodes a DER `SEQUENCE { INTEGER r, INTEGER s }` into an SM2 signature's `(r, s)`,
@@ -968,7 +934,7 @@ pub(crate) mod tests {
         let truncated = RSA_PUB.replacen("MII", "MIJ", 1);
         assert!(rsa_public_key_from_pem(&truncated).is_none());
         assert!(rsa_public_key_from_pem("garbage").is_none());
-        assert!(der_take(&[0x30, 0x85, 0, 0, 0, 0, 1], 0x30).is_none());
+        assert!(der::take(&[0x30, 0x85, 0, 0, 0, 0, 1], 0x30).is_none());
     }
 
     #[test]

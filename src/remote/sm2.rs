@@ -46,6 +46,7 @@ struct Point {
 }
 
 /// The curve: its field, its order, and `G`.
+#[derive(Clone)]
 struct Curve {
     field: Modulus,
     order: Modulus,
@@ -178,11 +179,14 @@ impl Curve {
     }
 }
 
-/// An SM2 public key: a point on sm2p256v1 other than infinity.
+/// An SM2 public key: a point on sm2p256v1 other than infinity, with the curve arithmetic
+/// it is verified with (made once, when the key is read).
 #[derive(Clone)]
 pub struct Sm2PublicKey {
     /// The uncompressed point's 64 bytes `x || y`, as `Z_A` hashes them.
     xy: [u8; 64],
+    curve: Curve,
+    point: Point,
 }
 
 impl std::fmt::Debug for Sm2PublicKey {
@@ -200,21 +204,9 @@ impl Sm2PublicKey {
         let rest = rest.strip_prefix(&SM2_ALGORITHM)?;
         let point = rest.strip_prefix(&[0x03, 0x42, 0x00, 0x04])?;
         let xy: [u8; 64] = point.try_into().ok()?;
-        let key = Sm2PublicKey { xy };
         let curve = Curve::new();
-        key.point(&curve).map(|_| key)
-    }
-
-    /// The point in Jacobian form, if its coordinates are field elements on the curve.
-    fn point(&self, curve: &Curve) -> Option<Point> {
-        let f = &curve.field;
-        let x = bignum::from_be_bytes(&self.xy[..32]);
-        let y = bignum::from_be_bytes(&self.xy[32..]);
-        if bignum::cmp(&x, f.n()).is_ge() || bignum::cmp(&y, f.n()).is_ge() {
-            return None;
-        }
-        let (x, y) = (f.to_mont(&x), f.to_mont(&y));
-        curve.on_curve(&x, &y).then(|| Point { x, y, z: f.one() })
+        let point = curve_point(&curve, &xy)?;
+        Some(Sm2PublicKey { xy, curve, point })
     }
 
     /// `Z_A = SM3(ENTL || ID || a || b || xG || yG || xA || yA)` (GB/T 32918.2 §5.5).
@@ -233,10 +225,7 @@ impl Sm2PublicKey {
     /// Whether `(r, s)` (big-endian, 32 bytes each) signs `msg` under this key and the
     /// distinguishing identifier `uid` (GB/T 32918.2 §7.1, B1–B7).
     pub fn verify(&self, uid: &[u8], msg: &[u8], r: &[u8; 32], s: &[u8; 32]) -> bool {
-        let curve = Curve::new();
-        let Some(q) = self.point(&curve) else {
-            return false;
-        };
+        let (curve, q) = (&self.curve, &self.point);
         let order = &curve.order;
         let (r, s) = (bignum::from_be_bytes(r), bignum::from_be_bytes(s));
         let in_range = |v: &Limbs| !bignum::is_zero(v) && bignum::cmp(v, order.n()).is_lt();
@@ -257,7 +246,7 @@ impl Sm2PublicKey {
         if bignum::is_zero(&t) {
             return false;
         }
-        let sum = curve.twin_mul(&s, &t, &q);
+        let sum = curve.twin_mul(&s, &t, q);
         if curve.is_infinity(&sum) {
             return false;
         }
@@ -267,6 +256,19 @@ impl Sm2PublicKey {
         let big_r = order.add(&reduce(e), &reduce(x1));
         bignum::cmp(&big_r, &r).is_eq()
     }
+}
+
+/// The affine point `x || y` in Jacobian form, if its coordinates are field elements on the
+/// curve.
+fn curve_point(curve: &Curve, xy: &[u8; 64]) -> Option<Point> {
+    let f = &curve.field;
+    let x = bignum::from_be_bytes(&xy[..32]);
+    let y = bignum::from_be_bytes(&xy[32..]);
+    if bignum::cmp(&x, f.n()).is_ge() || bignum::cmp(&y, f.n()).is_ge() {
+        return None;
+    }
+    let (x, y) = (f.to_mont(&x), f.to_mont(&y));
+    curve.on_curve(&x, &y).then(|| Point { x, y, z: f.one() })
 }
 
 #[cfg(test)]
