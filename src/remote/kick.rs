@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::remote::ws_conn::{self, Message, WebSocket};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
-use tungstenite::protocol::WebSocket;
-use tungstenite::Message;
 
 use crate::remote::websocket::{self, server_ws_url, Dial, DialError, Stream, Target};
 
@@ -397,7 +396,7 @@ pub fn spawn_listener(cfg: KickConfig, actions: Sender<KickAction>) -> io::Resul
 enum ConnError {
     Io(io::Error),
     Dial(DialError),
-    Websocket(Box<tungstenite::Error>),
+    Websocket(ws_conn::Error),
     /// Two idle periods passed without any frame from the server.
     Silent,
     /// The server closed the websocket.
@@ -481,7 +480,6 @@ impl Worker {
     fn connect(&self) -> Result<WebSocket<Stream>, ConnError> {
         let dial = Dial {
             target: &self.target,
-            url: &self.cfg.url,
             headers: self.cfg.headers.as_ref(),
             tls: self.cfg.tls.as_ref(),
             proxy: self.cfg.proxy.as_deref(),
@@ -511,8 +509,7 @@ impl Worker {
         let mut read_timeout = idle;
         loop {
             if self.stopped() {
-                let _ = ws.close(None);
-                let _ = ws.flush();
+                let _ = ws.close();
                 return Ok(());
             }
             let wanted = quiet.read_timeout(Instant::now(), idle);
@@ -535,40 +532,33 @@ impl Worker {
                     let (reply, action) = handle_message(&msg, critical);
                     log::info!("phase=kick message={msg:?} reply={reply:?}");
                     ws.send(Message::Text(reply))
-                        .map_err(|e| ConnError::Websocket(Box::new(e)))?;
+                        .map_err(ConnError::Websocket)?;
                     if let Some(action) = action {
                         self.actions
                             .send(action)
                             .map_err(|_| ConnError::NoReceiver)?;
                     }
                 }
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued the close reply; flush it and finish.
+                Ok(Message::Close) => {
+                    // The close echo is queued; flush it and finish.
                     let _ = ws.flush();
                     return Err(ConnError::Closed);
                 }
-                // A ping (answered by tungstenite), a pong, a binary frame: the peer is there.
+                // A ping (answered already), a pong, a binary frame: the peer is there.
                 Ok(_) => quiet.heard(Instant::now()),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if e.is_retry() => {
                     // EINTR is a retry, never a failure; the silence is measured by the clock,
                     // not by counting timeouts, so interrupted reads cannot stretch the bound.
                     match quiet.after_empty_read(Instant::now(), idle) {
                         QuietStep::Wait => {}
                         QuietStep::Ping => ws
                             .send(Message::Ping(Vec::new()))
-                            .map_err(|e| ConnError::Websocket(Box::new(e)))?,
+                            .map_err(ConnError::Websocket)?,
                         QuietStep::GiveUp => return Err(ConnError::Silent),
                     }
                 }
-                Err(tungstenite::Error::ConnectionClosed) => return Err(ConnError::Closed),
-                Err(e) => return Err(ConnError::Websocket(Box::new(e))),
+                Err(ws_conn::Error::Closed) => return Err(ConnError::Closed),
+                Err(e) => return Err(ConnError::Websocket(e)),
             }
         }
     }
@@ -639,6 +629,8 @@ impl Quiet {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    // The test server's side: tungstenite, an independent implementation.
+    use tungstenite::Message as ServerMessage;
 
     fn check(input: &str, expect: Result<Kick, KickError>) {
         assert_eq!(parse_kick(input), expect, "input {input:?}");
@@ -844,13 +836,13 @@ mod tests {
                 };
                 let _ = seen_tx.send(Seen::Connected { header });
                 for m in &msgs {
-                    if ws.send(Message::Text(m.to_string())).is_err() {
+                    if ws.send(ServerMessage::Text(m.to_string())).is_err() {
                         return;
                     }
                     // Wait for the reply to this message.
                     loop {
                         match ws.read() {
-                            Ok(Message::Text(t)) => {
+                            Ok(ServerMessage::Text(t)) => {
                                 let _ = seen_tx.send(Seen::Reply(t));
                                 break;
                             }
@@ -953,7 +945,8 @@ mod tests {
             let (tcp, _) = listener_sock.accept().expect("accept");
             let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
             let mut ws = tungstenite::accept(tcp).expect("upgrade");
-            ws.send(Message::Text("kick_vm noop".into())).expect("send");
+            ws.send(ServerMessage::Text("kick_vm noop".into()))
+                .expect("send");
             let reply = ws.read().expect("reply");
             let _ = seen_tx.send(reply.to_string());
             // Reads until the listener goes away (close frame or EOF).
@@ -1021,7 +1014,8 @@ mod tests {
             let (tcp, _) = listener_sock.accept().expect("accept");
             let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
             let mut ws = tungstenite::accept(tcp).expect("upgrade");
-            ws.send(Message::Text("kick_vm noop".into())).expect("send");
+            ws.send(ServerMessage::Text("kick_vm noop".into()))
+                .expect("send");
             let _ = ws.read();
             // Keeps the socket open and reads nothing more (no pong) until the test ends.
             let _ = hold_rx.recv_timeout(Duration::from_secs(60));

@@ -8,7 +8,8 @@
 //! - `fetch`: the fetch thread, startup retry, the updater gate and `StartupDone`.
 //! - `kick` and `kick_bridge`: the notify websocket listener, and kicks → fetch requests.
 //! - `reporter`: the server `Reporter` (endpoints, query strings, the 1 + 3 retry rule).
-//! - `websocket`: the client side of a websocket to the server (kicks and sessions).
+//! - `websocket`: the client side of a websocket to the server (kicks and sessions): dial,
+//!   proxy tunnel, TLS, the opening handshake; `ws_conn`: its frames once open.
 //! - `session`: shell sessions and port forwarding (Session Manager).
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 //! - `rsa_key` (the hybrid key: generation, PEM, MD5 signatures) on `bignum` (Montgomery
@@ -37,3 +38,4 @@ pub mod trial;
 pub mod trust;
 pub mod update;
 pub mod websocket;
+pub mod ws_conn;

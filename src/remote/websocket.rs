@@ -1,19 +1,18 @@
 //! The client side of a websocket to the server, shared by the kick listener and sessions:
 //! the `ws(s)://` target, the TCP connection (direct, or through an HTTP CONNECT proxy), TLS,
-//! and the upgrade request with the identity headers. It never reads, writes or interprets a
-//! message once the upgrade is done.
+//! and the opening handshake with the identity headers. Once the server has switched, the
+//! frames are `ws_conn`'s.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tungstenite::client::IntoClientRequest;
-use tungstenite::http::{HeaderName, HeaderValue};
-use tungstenite::protocol::WebSocket;
+use rand_core::RngCore;
 
 use crate::remote::transport::bypasses_proxy;
+use crate::remote::ws_conn::WebSocket;
 
 /// Extra headers for a request, given its method and path (the identity headers, spec §2.2).
 pub type HeaderHook = Arc<dyn Fn(&str, &str) -> Vec<(String, String)> + Send + Sync>;
@@ -140,8 +139,6 @@ impl Write for Stream {
 /// How to reach one websocket.
 pub struct Dial<'a> {
     pub target: &'a Target,
-    /// The full URL (`target` parsed from it).
-    pub url: &'a str,
     /// Headers added to the upgrade request.
     pub headers: Option<&'a HeaderHook>,
     /// Required for `wss://`.
@@ -164,7 +161,8 @@ pub enum DialError {
     Tls(rustls::Error),
     /// `wss://` without a TLS config, or a host that is not a TLS server name.
     TlsName(String),
-    Websocket(Box<tungstenite::Error>),
+    /// The server did not switch to websocket (the reason says what it answered).
+    Upgrade(String),
     /// The handshake did not finish within the timeout.
     TimedOut,
 }
@@ -177,7 +175,7 @@ impl fmt::Display for DialError {
             DialError::Proxy(why) => write!(f, "proxy tunnel failed: {why}"),
             DialError::Tls(_) => f.write_str("TLS setup failed"),
             DialError::TlsName(host) => write!(f, "cannot use TLS with {host:?}"),
-            DialError::Websocket(_) => f.write_str("websocket upgrade failed"),
+            DialError::Upgrade(why) => write!(f, "websocket upgrade failed: {why}"),
             DialError::TimedOut => f.write_str("websocket upgrade timed out"),
         }
     }
@@ -188,7 +186,6 @@ impl std::error::Error for DialError {
         match self {
             DialError::Io(e) => Some(e),
             DialError::Tls(e) => Some(e),
-            DialError::Websocket(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -222,28 +219,170 @@ pub fn dial(
     } else {
         Stream::Plain(tcp)
     };
-    let mut request = d
-        .url
-        .into_client_request()
-        .map_err(|e| DialError::Websocket(Box::new(e)))?;
+    let mut headers = Vec::new();
     if let Some(hook) = d.headers {
         let path = t.path.split('?').next().unwrap_or(&t.path);
         for (k, v) in hook("GET", path) {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(&v),
-            ) else {
-                log::warn!("phase=websocket skipping a header that is not valid HTTP: {k}");
+            if !is_token(&k)
+                || !is_field_value(&v)
+                || HANDSHAKE_HEADERS.iter().any(|h| k.eq_ignore_ascii_case(h))
+            {
+                log::warn!("phase=websocket skipping a header that is not valid here: {k}");
                 continue;
-            };
-            request.headers_mut().insert(name, value);
+            }
+            headers.push((k, v));
         }
     }
-    let (ws, _response) = tungstenite::client(request, stream).map_err(|e| match e {
-        tungstenite::HandshakeError::Failure(e) => DialError::Websocket(Box::new(e)),
-        tungstenite::HandshakeError::Interrupted(_) => DialError::TimedOut,
-    })?;
-    Ok(ws)
+    upgrade(stream, t, &headers, d.timeout)
+}
+
+/// The headers of the upgrade itself, which a hook may not set.
+const HANDSHAKE_HEADERS: [&str; 5] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
+/// RFC 6455 §1.3: what the server hashes with the client's key to prove it read the request.
+const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The opening handshake (RFC 6455 §4.1) on a connected stream: the GET with our key and
+/// `headers`, then the server's 101 answer checked (its `Upgrade`, `Connection` and the
+/// `Sec-WebSocket-Accept` our key calls for). Bytes after the answer's head are the first of
+/// the websocket's.
+fn upgrade(
+    mut stream: Stream,
+    t: &Target,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<WebSocket<Stream>, DialError> {
+    let mut nonce = [0u8; 16];
+    rand_core::OsRng
+        .try_fill_bytes(&mut nonce)
+        .map_err(|_| DialError::Upgrade("no random key".to_string()))?;
+    let key = base64(&nonce);
+    let host = if t.host.contains(':') {
+        format!("[{}]", t.host)
+    } else {
+        t.host.clone()
+    };
+    let default_port = if t.tls { 443 } else { 80 };
+    let mut req = format!("GET {} HTTP/1.1\r\nHost: {host}", t.path);
+    if t.port != default_port {
+        req.push_str(&format!(":{}", t.port));
+    }
+    req.push_str(&format!(
+        "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
+    ));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let deadline = Instant::now() + timeout;
+    let io_err = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => DialError::TimedOut,
+        _ => DialError::Io(e),
+    };
+    let mut sent = 0;
+    while sent < req.len() {
+        match stream.write(&req.as_bytes()[sent..]) {
+            Ok(0) => return Err(DialError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    loop {
+        match stream.flush() {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    let mut answer = Vec::new();
+    let head_len = loop {
+        if let Some(i) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if answer.len() > 8192 {
+            return Err(DialError::Upgrade("answer head over 8 KiB".to_string()));
+        }
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(DialError::Upgrade("closed before answering".to_string())),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && Instant::now() < deadline => {}
+            Err(e) => return Err(io_err(e)),
+        }
+    };
+    check_answer(&answer[..head_len], &key)?;
+    let early = answer.split_off(head_len);
+    Ok(WebSocket::new(stream, early))
+}
+
+/// The server's answer head: `101`, `Upgrade: websocket`, `Connection: upgrade` and the
+/// accept value of `key`.
+fn check_answer(head: &[u8], key: &str) -> Result<(), DialError> {
+    let bad = |why: String| Err(DialError::Upgrade(why));
+    let Ok(head) = std::str::from_utf8(head) else {
+        return bad("answer head is not text".to_string());
+    };
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line.split(' ').nth(1).unwrap_or("");
+    if !status_line.starts_with("HTTP/1.1 ") || status != "101" {
+        let status: String = status
+            .chars()
+            .take(3)
+            .filter(char::is_ascii_digit)
+            .collect();
+        return bad(format!("the server answered {status:?}, not 101"));
+    }
+    let (mut upgrade, mut connection, mut accept) = (false, false, None);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("upgrade") {
+            upgrade |= value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection |= value
+                .split(',')
+                .any(|v| v.trim().eq_ignore_ascii_case("upgrade"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept = Some(value);
+        }
+    }
+    if !upgrade || !connection {
+        return bad("the answer does not switch to websocket".to_string());
+    }
+    if accept != Some(accept_value(key).as_str()) {
+        return bad("the answer's Sec-WebSocket-Accept does not match our key".to_string());
+    }
+    Ok(())
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`: base64 of SHA-1 of the key and the GUID.
+fn accept_value(key: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(ACCEPT_GUID.as_bytes());
+    base64(ctx.finish().as_ref())
+}
+
+/// An HTTP header name (RFC 9110 token).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An HTTP field value: visible ASCII, spaces and tabs; nothing that could end the line.
+fn is_field_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 /// A TCP connection to the first address of `host` that answers within `timeout`.
@@ -386,6 +525,119 @@ mod tests {
         assert!(u("https://").is_err());
     }
 
+    /// Dials a one-shot raw server that answers the upgrade request with `answer(key)`; gives
+    /// the dial's result and the request head the server read.
+    fn upgrade_against(
+        answer: impl Fn(&str) -> Vec<u8> + Send + 'static,
+    ) -> (Result<WebSocket<Stream>, DialError>, String, u16) {
+        let server = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (mut tcp, _) = server.accept().expect("accept");
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(tcp.read(&mut b).expect("read"), 1);
+                head.push(b[0]);
+            }
+            let head = String::from_utf8(head).expect("text");
+            let key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .expect("a key")
+                .to_string();
+            // Then closed: the client has read all it sent, so this is a FIN behind the answer,
+            // never a reset, and the answer stays readable.
+            tcp.write_all(&answer(&key)).expect("answer");
+            head
+        });
+        let url = format!("ws://{addr}/luban/notify_server?x=1");
+        let target = Target::parse(&url).expect("parse");
+        let hook: HeaderHook = Arc::new(|_, _| {
+            vec![
+                ("x-acs-instance-id".to_string(), "i-1".to_string()),
+                ("x-evil".to_string(), "a\r\nHost: elsewhere".to_string()),
+                ("Host".to_string(), "elsewhere".to_string()),
+            ]
+        });
+        let result = dial(
+            &Dial {
+                target: &target,
+                headers: Some(&hook),
+                tls: None,
+                proxy: None,
+                timeout: Duration::from_secs(30),
+            },
+            |_| Ok(()),
+        );
+        (result, peer.join().expect("server"), addr.port())
+    }
+
+    fn switching(accept: &str) -> Vec<u8> {
+        format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes()
+    }
+
+    #[test]
+    fn the_upgrade_sends_our_headers_and_checks_the_answer() {
+        // RFC 6455 §1.3's example key and accept value.
+        assert_eq!(
+            accept_value("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        // A frame sent right behind the answer, in the same write, is the first message.
+        let (ws, head, port) = upgrade_against(|key| {
+            let mut a = switching(&accept_value(key));
+            a.extend_from_slice(b"\x81\x05early");
+            a
+        });
+        let mut ws = ws.expect("upgraded");
+        assert_eq!(
+            ws.read().ok().and_then(|m| m.into_text()).as_deref(),
+            Some("early")
+        );
+        assert!(
+            head.starts_with(&format!(
+                "GET /luban/notify_server?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            )),
+            "{head}"
+        );
+        for line in [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Version: 13",
+            "x-acs-instance-id: i-1",
+        ] {
+            assert!(
+                head.contains(&format!("\r\n{line}\r\n")),
+                "{line} in {head}"
+            );
+        }
+        assert!(
+            !head.contains("elsewhere") && !head.contains("x-evil"),
+            "{head}"
+        );
+
+        let (ws, _, _) = upgrade_against(|_| switching("d3JvbmcK"));
+        let err = ws
+            .err()
+            .expect("a wrong accept value is refused")
+            .to_string();
+        assert!(err.contains("does not match our key"), "{err}");
+        let (ws, _, _) = upgrade_against(|_| b"HTTP/1.1 403 Forbidden\r\n\r\n".to_vec());
+        let err = ws.err().expect("403 is refused").to_string();
+        assert!(err.contains("answered \"403\""), "{err}");
+        let (ws, _, _) = upgrade_against(|key| {
+            format!(
+                "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept_value(key)
+            )
+            .into_bytes()
+        });
+        let err = ws.err().expect("no Upgrade header").to_string();
+        assert!(err.contains("does not switch"), "{err}");
+    }
+
     #[test]
     fn proxies() {
         assert_eq!(
@@ -417,7 +669,6 @@ mod tests {
         let mut ws = dial(
             &Dial {
                 target: &target,
-                url: &url,
                 headers: None,
                 tls: None,
                 proxy: Some("http://127.0.0.1:1"),
@@ -491,7 +742,6 @@ mod tests {
         let mut ws = dial(
             &Dial {
                 target: &target,
-                url: &url,
                 headers: None,
                 tls: None,
                 proxy: Some(&proxy_url),

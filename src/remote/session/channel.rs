@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use tungstenite::{Message, WebSocket};
 
 use super::frame::{self, WindowSize};
 use super::{Code, Pace};
 use crate::remote::websocket::Stream;
+use crate::remote::ws_conn::{self, Message, WebSocket};
 
 /// The time limits of a session (spec §2.2, §2.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,7 +234,7 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                 clocks.next_ping = Instant::now() + s.limits.ping_every;
                 match ws.write(Message::Ping(b"keepalive".to_vec())) {
                     Ok(()) => flushing = true,
-                    Err(e) if would_block(&e) => flushing = true,
+                    Err(e) if e.is_would_block() => flushing = true,
                     Err(e) => return lost(id, &e),
                 }
             }
@@ -243,7 +243,7 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
         if flushing {
             match ws.flush() {
                 Ok(()) => flushing = false,
-                Err(e) if would_block(&e) => {}
+                Err(e) if e.is_would_block() => {}
                 Err(e) => return lost(id, &e),
             }
         }
@@ -270,12 +270,12 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                     *seq += 1;
                     match ws.write(Message::Binary(bytes)) {
                         Ok(()) => {}
-                        Err(e) if would_block(&e) => {}
+                        Err(e) if e.is_would_block() => {}
                         Err(e) => return lost(id, &e),
                     }
                     match ws.flush() {
                         Ok(()) => {}
-                        Err(e) if would_block(&e) => flushing = true,
+                        Err(e) if e.is_would_block() => flushing = true,
                         Err(e) => return lost(id, &e),
                     }
                 }
@@ -304,7 +304,7 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                         return Outcome::End(code);
                     }
                 }
-                Ok(Message::Close(_)) => {
+                Ok(Message::Close) => {
                     // As in the reference, a server's Close does not end the session by
                     // itself: the agent reconnects (spec §2.5, §2.3).
                     log::info!(
@@ -312,14 +312,14 @@ pub fn serve(ws: &mut WebSocket<Stream>, s: Serve<'_>, plugin: &mut dyn Plugin) 
                     );
                     return Outcome::Lost;
                 }
-                // Pings are answered by tungstenite; pongs and raw frames mean nothing.
+                // Pings are answered already; pongs mean nothing.
                 Ok(_) => {}
-                Err(e) if would_block(&e) => {
+                Err(e) if e.is_would_block() => {
                     // A pong or close reply may be queued behind a full socket.
                     flushing = true;
                     break;
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(ws_conn::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return lost(id, &e),
             }
         }
@@ -378,11 +378,7 @@ fn inbound(msg: &[u8], clocks: &mut Clocks, pace: &Pace, plugin: &mut dyn Plugin
     None
 }
 
-fn would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
-fn lost(id: &str, e: &tungstenite::Error) -> Outcome {
+fn lost(id: &str, e: &ws_conn::Error) -> Outcome {
     log::info!("task={id} invoke_version=0 phase=session channel lost: {e}");
     Outcome::Lost
 }
@@ -420,7 +416,7 @@ fn wait_ready(sock: i32, wake: &OwnedFd, flushing: bool, wait: Duration) -> io::
     Ok(())
 }
 
-/// Sends what tungstenite still buffers, blocking at most `bound` per write.
+/// Sends what the websocket still buffers, blocking at most `bound` per write.
 pub fn flush_blocking(ws: &mut WebSocket<Stream>, bound: Duration) {
     let tcp = ws.get_ref().tcp();
     if tcp.set_nonblocking(false).is_err() || tcp.set_write_timeout(Some(bound)).is_err() {

@@ -30,6 +30,7 @@ use crate::model::SessionTaskInfo;
 use crate::remote::metrics::{Event, Metrics};
 use crate::remote::transport::{Http, DEFAULT_TIMEOUT};
 use crate::remote::websocket::{self, Dial, HeaderHook, Stream, Target};
+use crate::remote::ws_conn::WebSocket;
 use channel::{Control, Limits, Waker};
 
 /// The session websocket's path (spec §2.1); `?channelId=<id>` follows, unescaped.
@@ -588,10 +589,7 @@ impl Session<'_> {
     /// to 2 s between them. A stop or shutdown during a pause ends the session as `Notified`;
     /// the idle or maximum limit passing ends it as `Timeout`, and so do 11 failed dials.
     /// Output and sequence numbers carry over: the pump waits meanwhile.
-    fn reconnect(
-        &self,
-        progress: &channel::Progress,
-    ) -> Result<tungstenite::WebSocket<Stream>, Code> {
+    fn reconnect(&self, progress: &channel::Progress) -> Result<WebSocket<Stream>, Code> {
         let id = self.info.session_id.as_str();
         let attempts = channel::RECONNECT_PAUSES_MS.len() + 1;
         for attempt in 1..=attempts {
@@ -617,7 +615,7 @@ impl Session<'_> {
         Err(Code::Timeout)
     }
 
-    fn open(&self) -> Result<tungstenite::WebSocket<Stream>, Code> {
+    fn open(&self) -> Result<WebSocket<Stream>, Code> {
         let id = self.info.session_id.as_str();
         if self.cfg.base_url.is_empty() {
             return Err(Code::InitChannelFailed);
@@ -633,7 +631,6 @@ impl Session<'_> {
         })?;
         let dial = Dial {
             target: &target,
-            url: &url,
             headers: self.cfg.headers.as_ref(),
             tls: self.cfg.tls.as_ref(),
             proxy: self.cfg.proxy.as_deref(),
@@ -656,11 +653,11 @@ impl Session<'_> {
 }
 
 /// Sends a Close frame without waiting for the answer (spec §2.5), then drops the connection.
-fn close(mut ws: tungstenite::WebSocket<Stream>) {
+fn close(mut ws: WebSocket<Stream>) {
     let tcp = ws.get_ref().tcp();
     let _ = tcp.set_nonblocking(false);
     let _ = tcp.set_write_timeout(Some(Duration::from_secs(5)));
-    let _ = ws.close(None);
+    let _ = ws.close();
     let _ = ws.flush();
     let _ = ws.get_ref().tcp().shutdown(Shutdown::Both);
 }
