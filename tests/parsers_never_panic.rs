@@ -253,6 +253,36 @@ mod remote {
         }
     }
 
+    /// As the `websocket` fuzz target: upgrade answers and the frames behind them; messages
+    /// and replies bounded by the input, a close the last message.
+    #[test]
+    fn websocket_answers_and_frames() {
+        use assistd::remote::{websocket, ws_conn};
+        for (n, input) in inputs("websocket", 10).into_iter().enumerate() {
+            let head_end = input
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(input.len(), |i| i + 4);
+            if websocket::check_answer(&input[..head_end], "dGhlIHNhbXBsZSBub25jZQ==").is_ok() {
+                let head = String::from_utf8_lossy(&input[..head_end]);
+                assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+            }
+            let frames = if input.starts_with(b"HTTP/") {
+                &input[head_end..]
+            } else {
+                &input[..]
+            };
+            let (messages, end, written) = ws_conn::replay(frames, 1 + n % 8);
+            assert!(messages.len() <= frames.len() / 2 + 1);
+            assert!(written.len() <= 3 * frames.len() + 8);
+            assert!(!end.is_would_block());
+            if let Some(at) = messages.iter().position(|m| *m == ws_conn::Message::Close) {
+                assert_eq!(at + 1, messages.len());
+                assert!(matches!(end, ws_conn::Error::Closed), "{end}");
+            }
+        }
+    }
+
     #[test]
     fn heartbeat_answers() {
         for input in inputs("heartbeat", 7) {

@@ -323,8 +323,8 @@ fn upgrade(
 }
 
 /// The server's answer head: `101`, `Upgrade: websocket`, `Connection: upgrade` and the
-/// accept value of `key`.
-fn check_answer(head: &[u8], key: &str) -> Result<(), DialError> {
+/// accept value of `key`. Public for the fuzz target.
+pub fn check_answer(head: &[u8], key: &str) -> Result<(), DialError> {
     let bad = |why: String| Err(DialError::Upgrade(why));
     let Ok(head) = std::str::from_utf8(head) else {
         return bad("answer head is not text".to_string());

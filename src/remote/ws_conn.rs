@@ -289,6 +289,55 @@ impl<S: Read + Write> WebSocket<S> {
     }
 }
 
+/// What a peer's bytes make: every message read from `input` handed over `chunk` bytes at a
+/// time (with a `WouldBlock` before each chunk), the error that ended the reading, and what
+/// was written back (pongs, the close echo). The fuzz target's and the parser suite's entry.
+pub fn replay(input: &[u8], chunk: usize) -> (Vec<Message>, Error, Vec<u8>) {
+    struct Replay<'a> {
+        input: &'a [u8],
+        chunk: usize,
+        ready: bool,
+        written: Vec<u8>,
+    }
+    impl Read for Replay<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.ready = !self.ready;
+            if !self.ready {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.chunk.max(1).min(buf.len()).min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+    }
+    impl Write for Replay<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let stream = Replay {
+        input,
+        chunk,
+        ready: false,
+        written: Vec::new(),
+    };
+    let mut ws = WebSocket::new(stream, Vec::new());
+    let mut messages = Vec::new();
+    let end = loop {
+        match ws.read() {
+            Ok(m) => messages.push(m),
+            Err(e) if e.is_would_block() => {}
+            Err(e) => break e,
+        }
+    };
+    (messages, end, ws.stream.written)
+}
+
 fn control_payload(p: &[u8]) -> Result<&[u8], Error> {
     if p.len() > 125 {
         return Err(Error::Protocol("a control frame over 125 bytes"));
