@@ -20,6 +20,7 @@ pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod schedule;
+pub mod sha256;
 pub mod signals;
 pub mod source;
 pub mod status;

@@ -11,7 +11,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use md5::{Digest, Md5};
+use crate::remote::hash::md5;
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 
@@ -282,10 +282,8 @@ impl HybridIdentity {
     /// timestamp + request_id)))`.
     pub fn headers_at(&self, timestamp_ms: u128, request_id: &str) -> Vec<(String, String)> {
         let ts = timestamp_ms.to_string();
-        let digest: [u8; 16] = Md5::digest(
-            format!("{}{}{ts}{request_id}", self.instance_id, self.machine_id).as_bytes(),
-        )
-        .into();
+        let digest =
+            md5(format!("{}{}{ts}{request_id}", self.instance_id, self.machine_id).as_bytes());
         let mut headers = vec![
             ("x-acs-instance-id".to_string(), self.instance_id.clone()),
             ("x-acs-timestamp".to_string(), ts),
@@ -533,6 +531,7 @@ mod tests {
     use crate::fsutil::tests::TempDir;
     use crate::remote::transport::testing::FakeHttp;
     use crate::runner::params::decode_base64;
+    use ::md5::{Digest, Md5};
     use rsa::pkcs8::DecodePublicKey;
     use rsa::{Pkcs1v15Sign, RsaPublicKey};
     use std::net::TcpListener;

@@ -14,12 +14,13 @@
 //! - `heartbeat`, `identity` (hybrid keys, signed headers), `sendfile`, `signature`, `update`.
 //! - `rsa_key` (the hybrid key: generation, PEM, MD5 signatures) on `bignum` (Montgomery
 //!   arithmetic); `sm2` (SM2 signature verification, also on `bignum`); `der` (DER TLVs
-//!   and PEM blocks, for both and for `signature`).
+//!   and PEM blocks, for both and for `signature`); `hash` (MD5 and SM3, which ring lacks).
 //! - `metrics`: metrics events (appendix B), sent for failed sessions.
 
 pub mod bignum;
 pub mod der;
 pub mod fetch;
+pub mod hash;
 pub mod heartbeat;
 pub mod identity;
 pub mod kick;

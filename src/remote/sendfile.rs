@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use md5::{Digest, Md5};
+use crate::remote::hash::md5;
 
 use crate::model::SendFileTaskInfo;
 use crate::remote::transport::{Http, TransportError, DEFAULT_TIMEOUT};
@@ -294,7 +294,7 @@ pub fn send_file(
     let path = dir_path.join(name);
     let bytes = decode_base64(task.content.as_bytes())
         .map_err(|_| SendFileFailure::new(C::InvalidContent))?;
-    let digest = hex(&Md5::digest(task.content.as_bytes()));
+    let digest = hex(&md5(task.content.as_bytes()));
     if !digest.eq_ignore_ascii_case(task.signature.trim()) {
         return Err(SendFileFailure::new(C::InvalidSignature));
     }
@@ -442,7 +442,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn md5_hex(s: &str) -> String {
-        hex(&Md5::digest(s.as_bytes()))
+        hex(&md5(s.as_bytes()))
     }
 
     fn task(dir: &Path, name: &str, content: &[u8]) -> SendFileTaskInfo {

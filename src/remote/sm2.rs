@@ -1,5 +1,5 @@
 //! SM2 signature verification (GB/T 32918.2 §7, the `SM3WithSM2` task signatures of spec §7)
-//! on the curve sm2p256v1, with `bignum` for the field and SM3 from the `sm3` crate.
+//! on the curve sm2p256v1, with `bignum` for the field and SM3 from `hash`.
 //!
 //! Only verification, whose inputs (the key, the message, the signature) are all public, so
 //! the point arithmetic is plain variable-time code: Jacobian coordinates with `a = -3`, and
@@ -10,7 +10,7 @@
 //! The RustCrypto `sm2` crate did this before, with its elliptic-curve, bignum and DER/PEM
 //! stack; that is now the tests' oracle.
 
-use sm3::{Digest, Sm3};
+use crate::remote::hash::Sm3;
 
 use crate::remote::bignum::{self, Limbs, Modulus};
 
@@ -213,13 +213,13 @@ impl Sm2PublicKey {
     fn z(&self, uid: &[u8]) -> Option<[u8; 32]> {
         let bits = u16::try_from(uid.len().checked_mul(8)?).ok()?;
         let mut h = Sm3::new();
-        h.update(bits.to_be_bytes());
+        h.update(&bits.to_be_bytes());
         h.update(uid);
         for c in [A, B, GX, GY] {
-            h.update(hex32(c));
+            h.update(&hex32(c));
         }
-        h.update(self.xy);
-        Some(h.finalize().into())
+        h.update(&self.xy);
+        Some(h.finish())
     }
 
     /// Whether `(r, s)` (big-endian, 32 bytes each) signs `msg` under this key and the
@@ -235,11 +235,10 @@ impl Sm2PublicKey {
         let Some(z) = self.z(uid) else {
             return false;
         };
-        let e: [u8; 32] = Sm3::new()
-            .chain_update(z)
-            .chain_update(msg)
-            .finalize()
-            .into();
+        let mut h = Sm3::new();
+        h.update(&z);
+        h.update(msg);
+        let e = h.finish();
         let e = bignum::from_be_bytes(&e);
         // Plain numbers below n add modulo n without Montgomery form.
         let t = order.add(&r, &s);

@@ -946,10 +946,15 @@ pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// SHA-256, streaming: the RustCrypto `sha2` the signature code already links, behind the
-/// three calls the download loop makes.
-#[derive(Default)]
-pub struct Sha256(sha2::Sha256);
+/// SHA-256, streaming: ring's (linked for TLS anyway), behind the three calls the download
+/// loop makes.
+pub struct Sha256(ring::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Sha256 {
+        Sha256(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
 
 impl Sha256 {
     pub fn new() -> Sha256 {
@@ -957,11 +962,13 @@ impl Sha256 {
     }
 
     pub fn update(&mut self, data: &[u8]) {
-        sha2::Digest::update(&mut self.0, data);
+        self.0.update(data);
     }
 
     pub fn finish(self) -> [u8; 32] {
-        sha2::Digest::finalize(self.0).into()
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
     }
 }
 

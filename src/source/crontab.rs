@@ -385,8 +385,7 @@ fn id_prefix(name: &str) -> String {
 
 /// The first 10 hex digits of the SHA-256 of `key`.
 fn short_hash(key: &str) -> String {
-    use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(key.as_bytes());
+    let digest = crate::sha256::sha256(key.as_bytes());
     digest[..5].iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -990,8 +990,7 @@ struct Digest([u8; 32]);
 
 impl Digest {
     fn of(bytes: &[u8]) -> Digest {
-        use sha2::Digest as _;
-        Digest(sha2::Sha256::digest(bytes).into())
+        Digest(crate::sha256::sha256(bytes))
     }
 
     fn hex(&self) -> String {
