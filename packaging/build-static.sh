@@ -42,6 +42,11 @@
 #     lives in target/order-train/; training runs again only when that build or
 #     train-order.sh changed.
 #   aarch64 and the glibc fallback use the prebuilt std, the system linker, the default layout.
+# Every flavour's Rust code keeps its frame pointers (-C force-frame-pointers=yes): each
+# function's unwind table entry, which stays, then says "the frame is at rbp" once instead
+# of following every push and pop, 82 KB less of .eh_frame on x86_64 musl for 0.5 KB more
+# of .text, and profilers and debuggers can walk the stack by the frame chain alone
+# (README "The static binary").
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (cargo's own), STATIC_DIR (default
 # target/static, relative to the repository), STATIC_FLAVOUR=auto|musl|glibc (x86_64 only;
@@ -61,6 +66,8 @@ if [ "${STATIC_LOCAL_ONLY:-}" = 1 ]; then
 fi
 STATIC_DIR=${STATIC_DIR:-target/static}
 cargo_out=${CARGO_TARGET_DIR:-target}
+# Frame pointers in every flavour's Rust code (above).
+frame_flags="-C force-frame-pointers=yes"
 
 say() { printf 'build-static: %s\n' "$*"; }
 die() { printf 'build-static: error: %s\n' "$*" >&2; exit 1; }
@@ -104,11 +111,11 @@ set_remap_flags() {
 # being "source" (-Zbuild-std) or "prebuilt". $link_flags and $features apply to every build.
 musl_cargo() {
     if [ "$2" = source ]; then
-        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $drop_flags $link_flags $3" \
+        RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $frame_flags $remap_flags $drop_flags $link_flags $3" \
             "$CARGO" build --release --locked --target "$target" $features \
             -Zbuild-std=std,panic_unwind -Zbuild-std-features=optimize_for_size
     else
-        CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $remap_flags $link_flags $3" \
+        CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:-} $frame_flags $remap_flags $link_flags $3" \
             "$CARGO" build --release --locked --target "$target" $features
     fi
 }
@@ -261,7 +268,7 @@ x86_64)
         say "flavour glibc-static ($target, +crt-static)"
         # With --target, RUSTFLAGS reach only the target crates, not build scripts or proc
         # macros, which must stay dynamic.
-        RUSTFLAGS="${RUSTFLAGS:-} $remap_flags -C target-feature=+crt-static" \
+        RUSTFLAGS="${RUSTFLAGS:-} $frame_flags $remap_flags -C target-feature=+crt-static" \
             "$CARGO" build --release --locked --target "$target" $features
         say "WARNING: static glibc: only users in /etc/passwd resolve, and on hosts whose"
         say "  nsswitch.conf lists more than 'files' for passwd/group, a task for an unknown"
@@ -290,7 +297,7 @@ aarch64)
     CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-$linker}
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER CC_aarch64_unknown_linux_musl
     say "flavour musl ($target, linked with $linker)"
-    RUSTFLAGS="${RUSTFLAGS:-} $remap_flags" \
+    RUSTFLAGS="${RUSTFLAGS:-} $frame_flags $remap_flags" \
         "$CARGO" build --release --locked --target "$target" $features
     ;;
 *)
